@@ -1,0 +1,34 @@
+"""Dynamic ATSS: ATSS whose label assigner combines predicted and anchor IoUs, on timm backbones."""
+
+from .config import (
+    AnchorConfig,
+    AssignerConfig,
+    BackboneConfig,
+    ConventionConfig,
+    HeadConfig,
+    LossConfig,
+    ModelConfig,
+    TestConfig,
+)
+from .models.detector import DynamicATSS
+from .models.zoo import (
+    dynamic_atss_r50,
+    dynamic_atss_r50_dcn,
+    dynamic_atss_r101,
+    dynamic_atss_r101_dcn,
+    dynamic_atss_x101_32x8d,
+    dynamic_atss_x101_32x8d_dcn,
+    dynamic_atss_x101_64x4d,
+    dynamic_atss_x101_64x4d_dcn,
+)
+from .registry import create, get_pretrained_cfg, list_models, register_pretrained
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnchorConfig", "AssignerConfig", "BackboneConfig", "ConventionConfig", "DynamicATSS", "HeadConfig",
+    "LossConfig", "ModelConfig", "TestConfig", "create", "dynamic_atss_r50", "dynamic_atss_r50_dcn",
+    "dynamic_atss_r101", "dynamic_atss_r101_dcn", "dynamic_atss_x101_32x8d", "dynamic_atss_x101_32x8d_dcn",
+    "dynamic_atss_x101_64x4d", "dynamic_atss_x101_64x4d_dcn", "get_pretrained_cfg", "list_models",
+    "register_pretrained",
+]

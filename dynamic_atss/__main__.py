@@ -1,0 +1,30 @@
+"""`python -m dynamic_atss {demo,predict,benchmark}` (also installed as the `dynamic-atss` command)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> module whose `main(argv)` runs it; imported lazily so `--help` stays fast.
+COMMANDS = {
+    "demo": ("dynamic_atss.demo", "train a small model on the embedded dataset, evaluate it, draw predictions"),
+    "predict": ("dynamic_atss.predict", "detect objects in image files and write PNGs + JSON"),
+    "benchmark": ("dynamic_atss.benchmark", "COCO AP (`benchmark coco`) or throughput (`benchmark speed`)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: python -m dynamic_atss COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

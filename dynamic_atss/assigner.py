@@ -1,0 +1,270 @@
+"""Combined-IoU ATSS label assignment: the paper's contribution.
+
+Plain ATSS picks, for every ground-truth box (GT), the anchors whose centres are closest to the GT centre
+on each FPN level ("candidates") and makes positive those candidates whose anchor IoU with the GT is at
+least `mean + std` of the candidates' IoUs. Dynamic ATSS replaces the anchor IoU by a *combined* IoU
+
+    ciou = w_p * piou + w_a * aiou
+
+where `piou` is the IoU of the anchor's current (detached) predicted box with the GT and `aiou` the IoU of
+the anchor itself. The statistics are taken per source and summed (METHOD.md, "Label assignment"):
+
+    thr = w_p * (mean(piou_c) + std(piou_c)) + w_a * (mean(aiou_c) + std(aiou_c))
+
+over the K candidates of the GT, `std` unbiased. This is *not* `mean + std` of the summed IoUs.
+A candidate is positive when `ciou >= thr` and its anchor centre lies strictly inside the GT with a
+margin: `min(cx - x1, cy - y1, x2 - cx, y2 - cy) > center_margin`. An anchor positive for several GTs goes
+to the GT with the highest `ciou` (ties: the lowest GT index).
+
+`w_p = 0` is plain ATSS, `w_a = 0` uses the predicted IoUs only (Table II). A weight may also be "up"
+(= progress = iter / max_iter) or "down" (= 1 - progress), the dynamic weights of Table III.
+
+Implementation: everything is batched over images and GTs; only the (at most five) FPN levels are looped
+over. IoUs are only evaluated for the (image, GT, candidate) triples, (B, G, K) with K = sum of the
+per-level k, never for the full (B, N, G) matrix, because positives can only be candidates. Distance ties
+are broken deterministically: among equidistant anchors the lowest anchor index is a candidate first.
+Distances are squared L2 distances between centres (same order as L2, no sqrt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from .config import AssignerConfig
+
+Weight = Union[float, str]
+
+
+@dataclass
+class AssignResult:
+    """Per-anchor assignment of a batch.
+
+    gt_index: (B, N) int64 index into the G (padded) GTs of the image, -1 for negatives.
+    pred_iou: (B, N) float32 IoU of the anchor's predicted box with its assigned GT, 0 for negatives
+        (also 0 everywhere when no predicted boxes were given).
+    anchor_iou: (B, N) float32 IoU of the anchor with its assigned GT, 0 for negatives.
+    stats: detached float32 scalars for monitoring (see `CombinedIoUAssigner.__call__`).
+    """
+
+    gt_index: Tensor
+    pred_iou: Tensor
+    anchor_iou: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def pos_mask(self) -> Tensor:
+        return self.gt_index >= 0
+
+
+def resolve_weight(weight: Weight, progress: float) -> float:
+    """A fixed weight, or the dynamic weights of Table III: "up" = progress, "down" = 1 - progress."""
+    if weight == "up":
+        return float(progress)
+    if weight == "down":
+        return 1.0 - float(progress)
+    if isinstance(weight, str):
+        raise ValueError(f"unknown weight schedule {weight!r}; use a number, 'up' or 'down'")
+    return float(weight)
+
+
+def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of corresponding xyxy boxes, broadcasting over leading dims: (..., 4), (..., 4) -> (...).
+
+    Same arithmetic, in the same order, as `torchvision.ops.box_iou` (so the two agree bit for bit),
+    but element-wise instead of all pairs.
+    """
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.max(boxes1[..., :2], boxes2[..., :2])
+    rb = torch.min(boxes1[..., 2:], boxes2[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - inter
+    return inter / union
+
+
+def nearest_k(dist: Tensor, k: int) -> Tensor:
+    """Indices of the k smallest entries along the last dim, ties broken by the lowest index.
+
+    Returned in (distance, index) order. `torch.topk` leaves the order of equal values unspecified, so we
+    take a window of 2k with topk (fast) and order it exactly with two sorts; if a group of equal
+    distances straddles the window's edge (rare), the window grows to the whole dim.
+    """
+    n = dist.shape[-1]
+    window = min(n, 2 * k)
+    while True:
+        vals, idx = dist.topk(window, dim=-1, largest=False)
+        if window == n or not bool((vals[..., -1] == vals[..., k - 1]).any()):
+            break
+        window = n
+    idx, order = idx.sort(dim=-1)  # by index ...
+    vals = vals.gather(-1, order)
+    _, order = vals.sort(dim=-1, stable=True)  # ... then stably by distance
+    return idx.gather(-1, order)[..., :k]
+
+
+class CombinedIoUAssigner:
+    """ATSS with combined predicted/anchor IoUs. See the module docstring for the rule."""
+
+    def __init__(
+        self, topk: int = 9, pred_weight: Weight = 1.0, anchor_weight: Weight = 1.0, center_margin: float = 0.01
+    ) -> None:
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        resolve_weight(pred_weight, 0.0)  # validate early
+        resolve_weight(anchor_weight, 0.0)
+        self.topk = topk
+        self.pred_weight = pred_weight
+        self.anchor_weight = anchor_weight
+        self.center_margin = center_margin
+
+    @classmethod
+    def from_config(cls, config: AssignerConfig) -> CombinedIoUAssigner:
+        return cls(config.topk, config.pred_weight, config.anchor_weight, config.center_margin)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(topk={self.topk}, pred_weight={self.pred_weight!r}, "
+            f"anchor_weight={self.anchor_weight!r}, center_margin={self.center_margin})"
+        )
+
+    def weights(self, progress: float = 0.0) -> tuple[float, float]:
+        """Effective (pred_weight, anchor_weight) at a training progress in [0, 1]."""
+        return resolve_weight(self.pred_weight, progress), resolve_weight(self.anchor_weight, progress)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        anchors: Tensor,
+        num_anchors_per_level: list[int],
+        gt_boxes: Tensor,
+        gt_mask: Tensor,
+        pred_boxes: Tensor | None = None,
+        progress: float = 0.0,
+    ) -> AssignResult:
+        """Assign the N anchors of B images to their G (padded) GTs.
+
+        anchors (N, 4) xyxy, shared by the batch; num_anchors_per_level sums to N;
+        gt_boxes (B, G, 4) xyxy; gt_mask (B, G) bool, False for padding;
+        pred_boxes (B, N, 4) decoded predictions, or None when the effective pred weight is 0.
+
+        stats: num_pos (positives in the batch), pos_per_gt (mean positives per valid GT), iou_threshold
+        (mean threshold over valid GTs), pos_pred_iou / pos_anchor_iou (mean PIoU / AIoU of the
+        positives), frac_not_atss (fraction of the positives that plain ATSS, i.e. weights 0/1 with the same
+        candidates, would have left negative), pred_weight / anchor_weight (effective weights).
+        All zero, never NaN, when there are no GTs or no positives.
+        """
+        w_pred, w_anchor = self.weights(progress)
+        if pred_boxes is None and w_pred != 0:
+            raise ValueError(f"pred_boxes is required when the predicted-IoU weight is non-zero (got {w_pred})")
+        if sum(num_anchors_per_level) != anchors.shape[0]:
+            raise ValueError(f"num_anchors_per_level {num_anchors_per_level} does not sum to {anchors.shape[0]}")
+
+        anchors = anchors.float()
+        gt_boxes = gt_boxes.float()
+        gt_mask = gt_mask.bool()
+        device = anchors.device
+        batch, num_gt = gt_boxes.shape[:2]
+        num_anchors = anchors.shape[0]
+
+        if num_gt == 0:
+            return self._empty(batch, num_anchors, device, w_pred, w_anchor)
+
+        # 1. Candidates: per level the k anchors nearest to each GT centre -> (B, G, K) anchor indices.
+        anchor_ctr = (anchors[:, :2] + anchors[:, 2:]) / 2
+        gt_ctr = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
+        cand_per_level = []
+        start = 0
+        for n_level in num_anchors_per_level:
+            ctr = anchor_ctr[start:start + n_level]
+            # squared distance (B, G, n) = dx^2 + dy^2, in place: these are the largest tensors here
+            dist = (ctr[:, 0] - gt_ctr[..., 0, None]).square_()
+            dist += (ctr[:, 1] - gt_ctr[..., 1, None]).square_()
+            cand_per_level.append(nearest_k(dist, min(self.topk, n_level)) + start)
+            start += n_level
+        cand = torch.cat(cand_per_level, dim=-1)  # (B, G, K)
+        num_cand = cand.shape[-1]
+
+        # 2. IoUs of the candidates' anchors / predicted boxes with their GT: (B, G, K).
+        gt = gt_boxes[:, :, None, :]
+        cand_anchors = anchors[cand]  # (B, G, K, 4)
+        aiou = paired_iou(cand_anchors, gt)
+        if pred_boxes is not None:
+            flat = cand.reshape(batch, -1, 1).expand(-1, -1, 4)
+            cand_pred = pred_boxes.detach().float().gather(1, flat).view(batch, num_gt, num_cand, 4)
+            piou = paired_iou(cand_pred, gt)
+        else:
+            piou = torch.zeros_like(aiou)
+
+        # 3. Per-GT threshold from per-source statistics; 4. combined IoU.
+        def mean_plus_std(iou: Tensor) -> Tensor:
+            std = iou.std(dim=-1) if num_cand > 1 else torch.zeros_like(iou[..., 0])
+            return iou.mean(dim=-1) + std
+
+        anchor_stat = mean_plus_std(aiou)  # (B, G)
+        thr = w_pred * mean_plus_std(piou) + w_anchor * anchor_stat
+        ciou = w_pred * piou + w_anchor * aiou
+
+        # 5. Positive candidates: above the threshold and centre inside the GT (with margin), real GT.
+        cand_ctr = anchor_ctr[cand]  # (B, G, K, 2)
+        inside = torch.stack(
+            [cand_ctr[..., 0] - gt[..., 0], cand_ctr[..., 1] - gt[..., 1],
+             gt[..., 2] - cand_ctr[..., 0], gt[..., 3] - cand_ctr[..., 1]], dim=-1,
+        ).amin(dim=-1) > self.center_margin
+        valid = inside & gt_mask[:, :, None]
+        pos = valid & (ciou >= thr[..., None])
+
+        # 6. Anchors positive for several GTs: highest ciou wins, ties to the lowest GT index.
+        #    Scatter-reductions over the flat (B*N) anchor index; slot B*N collects the non-positives.
+        #    Only amax / amin reductions are used, so the result does not depend on the scatter order.
+        dump = batch * num_anchors
+        flat_cand = cand + torch.arange(batch, device=device)[:, None, None] * num_anchors  # (B, G, K)
+
+        def scatter_max(mask: Tensor, values: Tensor, fill: float) -> Tensor:
+            slots = torch.where(mask, flat_cand, dump).flatten()
+            out = torch.full((dump + 1,), fill, dtype=values.dtype, device=device)
+            return out.scatter_reduce(0, slots, torch.where(mask, values, fill).flatten(), reduce="amax")
+
+        best = scatter_max(pos, ciou, float("-inf"))
+        best_here = pos & (ciou == best[flat_cand])
+        gt_ids = torch.arange(num_gt, device=device)[None, :, None].expand_as(cand)
+        # amin of the GT index == -amax of its negation
+        winner = -scatter_max(best_here, -gt_ids, -num_gt)[:dump]
+        gt_index = torch.where(winner < num_gt, winner, -1).view(batch, num_anchors)
+        win = best_here & (gt_ids == winner[flat_cand])  # exactly one (GT, candidate) per positive anchor
+        pred_iou = scatter_max(win, piou, 0.0)[:dump].view(batch, num_anchors)
+        anchor_iou = scatter_max(win, aiou, 0.0)[:dump].view(batch, num_anchors)
+
+        # Monitoring. Plain ATSS (w_p = 0, w_a = 1) on the same candidates: aiou >= mean + std of aiou.
+        atss_pos = valid & (aiou >= anchor_stat[..., None])
+        atss_anchor = scatter_max(atss_pos, torch.ones_like(aiou), 0.0)[:dump] > 0
+        pos_anchor = gt_index.flatten() >= 0
+        num_pos = pos_anchor.sum().float()
+        num_valid_gt = gt_mask.sum().float()
+        denom_pos = num_pos.clamp(min=1)
+        stats = {
+            "num_pos": num_pos,
+            "pos_per_gt": num_pos / num_valid_gt.clamp(min=1),
+            "iou_threshold": torch.where(gt_mask, thr, 0.0).sum() / num_valid_gt.clamp(min=1),
+            "pos_pred_iou": pred_iou.sum() / denom_pos,
+            "pos_anchor_iou": anchor_iou.sum() / denom_pos,
+            "frac_not_atss": (pos_anchor & ~atss_anchor).sum().float() / denom_pos,
+            "pred_weight": torch.tensor(w_pred, device=device),
+            "anchor_weight": torch.tensor(w_anchor, device=device),
+        }
+        return AssignResult(gt_index, pred_iou, anchor_iou, {k: v.detach().float() for k, v in stats.items()})
+
+    @staticmethod
+    def _empty(batch: int, num_anchors: int, device: torch.device, w_pred: float, w_anchor: float) -> AssignResult:
+        zeros = torch.zeros(batch, num_anchors, device=device)
+        zero = torch.zeros((), device=device)
+        stats = {name: zero.clone() for name in
+                 ("num_pos", "pos_per_gt", "iou_threshold", "pos_pred_iou", "pos_anchor_iou", "frac_not_atss")}
+        stats["pred_weight"] = torch.tensor(w_pred, device=device)
+        stats["anchor_weight"] = torch.tensor(w_anchor, device=device)
+        return AssignResult(torch.full((batch, num_anchors), -1, dtype=torch.long, device=device),
+                            zeros, zeros.clone(), stats)

@@ -1,0 +1,3 @@
+from .detector import DynamicATSS
+
+__all__ = ["DynamicATSS"]

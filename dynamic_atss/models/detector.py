@@ -1,0 +1,192 @@
+"""DynamicATSS: transform -> timm backbone -> FPN -> ATSS head; train -> losses, eval -> detections."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..anchors import AnchorGenerator, BoxCoder
+from ..config import TEST_PRESETS, ModelConfig
+from ..hub import HubMixin
+from ..postprocess import postprocess
+from .backbone import TimmBackbone
+from .fpn import FPN
+from .head import ATSSHead
+
+
+class DynamicATSS(HubMixin, nn.Module):
+    """Dynamic ATSS with torchvision's detection calling convention.
+
+    - `model.train(); model(images, targets)` -> `{"loss_cls", "loss_box", "loss_quality", "loss"}`; the
+      label-assignment statistics of that step are left in `model.assign_stats`.
+    - `model.eval(); model(images)` -> per image `{"boxes": (N,4) xyxy, "scores": (N,), "labels": (N,)}`,
+      boxes in that image's own pixel coordinates.
+
+    `images` is a list of (3, H, W) float tensors in [0, 1], of any sizes (a (B, 3, H, W) tensor works too);
+    `targets` a list of `{"boxes": (G, 4) float xyxy in the image's pixels, "labels": (G,) int64}`.
+    Resizing (`min_size` / `max_size`), normalisation and padding to a multiple of `size_divisible`
+    happen inside, like torchvision's `GeneralizedRCNNTransform`.
+    """
+
+    def __init__(self, config: ModelConfig, backbone_pretrained: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = TimmBackbone(config.backbone, pretrained=backbone_pretrained)
+        self.fpn = FPN(self.backbone.out_channels, config.fpn_channels, config.conventions.relu_before_p7)
+        self.head = ATSSHead(config.head, config.fpn_channels, config.num_classes, len(config.anchors.strides))
+        self.anchor_generator = AnchorGenerator(config.anchors)
+        self.box_coder = BoxCoder()
+        from ..losses import DetectionLoss  # noqa: PLC0415  (kept local: the loss module imports the assigner)
+
+        self.loss_fn = DetectionLoss(config.loss, config.assigner, config.head.quality, config.num_classes, self.box_coder)
+        self.register_buffer("image_mean", torch.tensor(config.image_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(config.image_std).view(-1, 1, 1), persistent=False)
+        self.train_progress = 0.0  # iter / max_iter, set by the training loop; drives "up"/"down" weights
+        self.assign_stats: dict[str, Tensor] = {}
+        expected = list(self.backbone.strides) + [self.backbone.strides[-1] * 2, self.backbone.strides[-1] * 4]
+        if expected != list(config.anchors.strides):
+            raise ValueError(
+                f"backbone {config.backbone.name!r} gives strides {self.backbone.strides} for out_indices "
+                f"{config.backbone.out_indices}, so the FPN levels have strides {expected}, but "
+                f"anchors.strides is {list(config.anchors.strides)}; pick out_indices with strides 8, 16, 32"
+            )
+
+    # ------------------------------------------------------------------ presets
+    def set_test_preset(self, name: str) -> DynamicATSS:
+        """Switch the inference thresholds: "eval" (score > 0.05, 100 detections) or "vis" (higher threshold)."""
+        if name not in TEST_PRESETS:
+            raise ValueError(f"unknown test preset {name!r}; choose one of {sorted(TEST_PRESETS)}")
+        self.config.test = dataclasses.replace(TEST_PRESETS[name])
+        return self
+
+    # ------------------------------------------------------------------ raw network
+    def forward_raw(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """(B, 3, H, W) normalised, padded input -> per level P3..P7: cls logits (B, A*C, H_l, W_l),
+        box deltas (B, A*4, H_l, W_l), quality logits (B, A, H_l, W_l)."""
+        return self.head(self.fpn(self.backbone(x)))
+
+    # ------------------------------------------------------------------ transform
+    def _check_images(self, images: list[Tensor] | Tensor) -> list[Tensor]:
+        if isinstance(images, Tensor):
+            if images.dim() == 3:
+                raise ValueError("images must be a list of (3, H, W) tensors or a (B, 3, H, W) tensor; got one (3, H, W) tensor: wrap it in a list")
+            images = list(images.unbind(0))
+        if not isinstance(images, (list, tuple)) or len(images) == 0:
+            raise ValueError("images must be a non-empty list of (3, H, W) float tensors in [0, 1]")
+        for index, image in enumerate(images):
+            if not isinstance(image, Tensor):
+                raise TypeError(f"image {index}: expected a torch.Tensor, got {type(image).__name__}")
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"image {index}: expected shape (3, H, W), got {tuple(image.shape)}")
+            if not image.is_floating_point():
+                raise ValueError(
+                    f"image {index}: expected a float tensor in [0, 1], got dtype {image.dtype}; "
+                    "convert with image.float() / 255"
+                )
+            if image.shape[1] == 0 or image.shape[2] == 0:
+                raise ValueError(f"image {index}: has a zero side, shape {tuple(image.shape)}")
+        return list(images)
+
+    def _target_size(self, height: int, width: int) -> tuple[int, int]:
+        min_size = self.config.min_size
+        if isinstance(min_size, (tuple, list)):
+            # Multi-scale training samples a shorter side per image; evaluation uses the largest.
+            min_size = random.choice(min_size) if self.training else max(min_size)
+        scale = min(min_size / min(height, width), self.config.max_size / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def preprocess(self, images: list[Tensor] | Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+        """Resize, normalise and pad. Returns the batch (B, 3, H', W'), the resized sizes (B, 2) as
+        (height, width), and the original sizes."""
+        images = self._check_images(images)
+        original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        resized = []
+        for image, (height, width) in zip(images, original_sizes):
+            size = self._target_size(height, width)
+            image = image.to(self.image_mean.device, self.image_mean.dtype)
+            if size != (height, width):
+                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+            resized.append((image - self.image_mean) / self.image_std)
+        divisor = self.config.size_divisible
+        pad_h = int(math.ceil(max(img.shape[1] for img in resized) / divisor) * divisor)
+        pad_w = int(math.ceil(max(img.shape[2] for img in resized) / divisor) * divisor)
+        batch = resized[0].new_zeros(len(resized), 3, pad_h, pad_w)
+        for slot, image in zip(batch, resized):
+            slot[:, : image.shape[1], : image.shape[2]].copy_(image)
+        sizes = torch.tensor([img.shape[1:] for img in resized], device=batch.device)
+        return batch, sizes, original_sizes
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if self.training and targets is None:
+            raise ValueError("in train mode, model(images, targets) needs targets; call model.eval() for inference")
+        batch, sizes, original_sizes = self.preprocess(images)
+        cls_levels, box_levels, quality_levels = self.forward_raw(batch)
+        feature_sizes = [tuple(level.shape[-2:]) for level in cls_levels]
+        anchors, num_per_level = self.anchor_generator(feature_sizes, batch.device)
+        cls_flat = [c.permute(0, 2, 3, 1).reshape(c.shape[0], -1, self.config.num_classes) for c in cls_levels]
+        box_flat = [b.permute(0, 2, 3, 1).reshape(b.shape[0], -1, 4) for b in box_levels]
+        quality_flat = [q.flatten(1) for q in quality_levels]
+        if self.training:
+            scales = [(h / oh, w / ow) for (h, w), (oh, ow) in zip(sizes.tolist(), original_sizes)]
+            gt_boxes, gt_labels, gt_mask = self._prepare_targets(targets, scales, batch.device)
+            losses, stats = self.loss_fn(
+                anchors, num_per_level, torch.cat(cls_flat, 1), torch.cat(box_flat, 1), torch.cat(quality_flat, 1),
+                gt_boxes, gt_labels, gt_mask, progress=self.train_progress,
+            )
+            self.assign_stats = stats
+            losses["loss"] = losses["loss_cls"] + losses["loss_box"] + losses["loss_quality"]
+            return losses
+        detections = postprocess(
+            cls_flat, box_flat, quality_flat, list(anchors.split(num_per_level)), sizes, self.box_coder,
+            self.config.test, self.config.conventions.score_sqrt,
+        )
+        for det, (height, width), (orig_h, orig_w) in zip(detections, sizes.tolist(), original_sizes):
+            ratio = det["boxes"].new_tensor([orig_w / width, orig_h / height, orig_w / width, orig_h / height])
+            det["boxes"] = det["boxes"] * ratio
+        return detections
+
+    def _prepare_targets(
+        self, targets: list[dict[str, Tensor]], scales: list[tuple[float, float]], device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Validate, rescale to the resized images and pad: boxes (B, G, 4), labels (B, G), mask (B, G)."""
+        if len(targets) != len(scales):
+            raise ValueError(f"got {len(scales)} images but {len(targets)} targets")
+        max_gt = max((len(t["boxes"]) for t in targets), default=0)
+        gt_boxes = torch.zeros(len(targets), max_gt, 4, device=device)
+        gt_labels = torch.zeros(len(targets), max_gt, dtype=torch.int64, device=device)
+        gt_mask = torch.zeros(len(targets), max_gt, dtype=torch.bool, device=device)
+        for index, (target, (scale_h, scale_w)) in enumerate(zip(targets, scales)):
+            boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
+            labels = torch.as_tensor(target["labels"], device=device).reshape(-1)
+            if len(labels) != len(boxes):
+                raise ValueError(f"image {index}: {len(boxes)} boxes but {len(labels)} labels")
+            if labels.is_floating_point():
+                raise ValueError(f"image {index}: labels must be integers (int64), got {labels.dtype}")
+            if len(boxes):
+                bad = ~torch.isfinite(boxes).all(1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+                if bad.any():
+                    box_index = int(bad.nonzero()[0])
+                    raise ValueError(
+                        f"image {index}: box {box_index} {boxes[box_index].tolist()} is not finite or has zero or "
+                        "negative width/height; boxes must be xyxy with x2 > x1 and y2 > y1 (the data pipeline "
+                        "drops such boxes with a warning)"
+                    )
+                out_of_range = (labels < 0) | (labels >= self.config.num_classes)
+                if out_of_range.any():
+                    raise ValueError(
+                        f"image {index}: label {int(labels[out_of_range][0])} is outside [0, {self.config.num_classes}); "
+                        "labels must be contiguous class indices (map dataset category ids first)"
+                    )
+            n = len(boxes)
+            gt_boxes[index, :n] = boxes * boxes.new_tensor([scale_w, scale_h, scale_w, scale_h])
+            gt_labels[index, :n] = labels
+            gt_mask[index, :n] = True
+        return gt_boxes, gt_labels, gt_mask

@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+# Tiny models keep the suite fast on 2 CPU cores: timm's test_resnet trunk, 32-channel FPN/head.
+TINY = {
+    "backbone": "test_resnet",
+    "fpn_channels": 32,
+    "head.channels": 32,
+    "head.num_groups": 8,
+    "head.num_convs": 2,
+    "min_size": 128,
+    "max_size": 192,
+}
+
+
+@pytest.fixture
+def tiny_kwargs():
+    return dict(TINY)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
