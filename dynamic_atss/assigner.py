@@ -206,8 +206,11 @@ class CombinedIoUAssigner:
             return iou.mean(dim=-1) + std
 
         anchor_stat = mean_plus_std(aiou)  # (B, G)
-        thr = w_pred * mean_plus_std(piou) + w_anchor * anchor_stat
-        ciou = w_pred * piou + w_anchor * aiou
+        thr = w_anchor * anchor_stat
+        ciou = w_anchor * aiou
+        if w_pred != 0:  # (a weight of 0 must not let a non-finite prediction in)
+            thr = w_pred * mean_plus_std(piou) + thr
+            ciou = w_pred * piou + ciou
 
         # 5. Positive candidates: above the threshold and centre inside the GT (with margin), real GT.
         cand_ctr = anchor_ctr[cand]  # (B, G, K, 2)

@@ -314,6 +314,10 @@ def test_pred_boxes_required_only_with_nonzero_pred_weight():
     atss = CombinedIoUAssigner(pred_weight=0.0)(anchors, num_per_level, gt, gt_mask, None)
     assert torch.equal(up.gt_index, atss.gt_index)
     assert (up.pred_iou == 0).all()
+    # With weight 0 the predictions do not influence the assignment, even when they are not finite.
+    bad = torch.full((3, anchors.shape[0], 4), float("nan"))
+    with_bad = CombinedIoUAssigner(pred_weight=0.0)(anchors, num_per_level, gt, gt_mask, bad)
+    assert torch.equal(with_bad.gt_index, atss.gt_index)
     with pytest.raises(ValueError):
         CombinedIoUAssigner(pred_weight="sideways")
 

@@ -1,7 +1,8 @@
 """Training configuration: plain dataclasses, loaded from YAML with `--key value` overrides.
 
-A YAML file mirrors `TrainConfig` (nested sections are nested mappings); the model architecture is a
-registry name plus dotted `ModelConfig` overrides, e.g.
+A YAML file mirrors `TrainConfig` (nested sections are nested mappings) and may start from one
+`base: other.yaml` whose values it overrides; the model architecture is a registry name plus dotted
+`ModelConfig` overrides, e.g.
 
     model: r50
     model_overrides: {assigner.pred_weight: 0.0, loss.cls_loss: focal, head.quality: centerness}
@@ -9,6 +10,7 @@ registry name plus dotted `ModelConfig` overrides, e.g.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +113,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist; see the recipes in configs/")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _read_yaml(path)
+    return config_from_dict(data, overrides, where=str(path or "defaults"))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe may name one `base:` file (relative to itself) whose values it overrides, key by key."""
+    if path.resolve() in seen:
+        raise ValueError(f"config {path}: circular `base:` chain {[str(p) for p in seen]}")
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise FileNotFoundError(f"config {path}: base file {base_path} does not exist")
+    return _merge(_read_yaml(base_path, seen + (path.resolve(),)), data)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, where: str = "config") -> TrainConfig:
+    """A `TrainConfig` from nested mappings (as in YAML), after `key=value` overrides."""
+    data = copy.deepcopy(data)
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value")
@@ -125,7 +154,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return _build(TrainConfig, data, where=str(path or "defaults"))
+    return _build(TrainConfig, data, where=where)
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

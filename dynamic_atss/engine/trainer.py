@@ -30,6 +30,26 @@ class NonFiniteLossError(RuntimeError):
     """Raised after `max_bad_steps` consecutive steps with a NaN/inf loss."""
 
 
+class SeededAugmentation(torch.utils.data.Dataset):
+    """Makes a dataset's random augmentations a pure function of (seed, epoch, index).
+
+    torchvision's transforms draw from the global torch RNG, and data loaders fetch ahead, so without this a
+    resumed run would flip different images than the uninterrupted one. Set `epoch` before each epoch
+    (loader workers must not be persistent, so they pick the new value up).
+    """
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+            return self.dataset[index]
+
+
 def build_datasets(config: DataConfig, seed: int) -> tuple[Any, Any | None]:
     """Train and validation datasets of the configured kind, with train / eval transforms."""
     train_tf = build_transforms(train=True, flip_prob=config.flip_prob, photometric=config.photometric)
@@ -117,9 +137,10 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     total_batch = config.batch_size * accelerator.num_processes * config.grad_accum
     optimizer = build_optimizer(model, config.optim, total_batch)
     scheduler = build_scheduler(optimizer, config.optim)
+    seeded_train_set = SeededAugmentation(train_set, config.seed)
     loader = DataLoader(
-        train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate_fn, drop_last=True,
-        num_workers=config.data.num_workers, persistent_workers=config.data.num_workers > 0,
+        seeded_train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate_fn, drop_last=True,
+        num_workers=config.data.num_workers,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     raw_model = accelerator.unwrap_model(model)
@@ -141,6 +162,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     while step < max_steps:
         epoch, skip = divmod(step * config.grad_accum, steps_per_epoch)
         loader.set_epoch(epoch)
+        seeded_train_set.epoch = epoch
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for images, targets in epoch_loader:
             raw_model.train_progress = step / max_steps

@@ -1,0 +1,66 @@
+"""Drawing detections and plotting training curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+
+def draw_detections(image: Tensor, detections: dict[str, Tensor], class_names: list[str] | None = None,
+                    score_thresh: float = 0.3) -> Tensor:
+    """(3, H, W) float image in [0, 1] + one image's detections -> (3, H, W) uint8 with labelled boxes."""
+    keep = detections["scores"] >= score_thresh
+    boxes = detections["boxes"][keep].detach().cpu()
+    labels = [
+        f"{class_names[int(l)] if class_names else int(l)} {float(s):.2f}"
+        for l, s in zip(detections["labels"][keep], detections["scores"][keep])
+    ]
+    canvas = (image.detach().cpu().clamp(0, 1) * 255).to(torch.uint8)
+    return draw_bounding_boxes(canvas, boxes, labels=labels, colors="red", width=2)
+
+
+def save_png(image: Tensor, path: str | Path) -> None:
+    """Write a (3, H, W) uint8 tensor as PNG."""
+    from torchvision.io import write_png  # noqa: PLC0415
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_png(image, str(path))
+
+
+def save_grid(images: list[Tensor], path: str | Path, columns: int = 4) -> None:
+    """Tile same-sized (3, H, W) uint8 images into one PNG."""
+    save_png(make_grid(torch.stack(images), nrow=columns, padding=4, pad_value=255), path)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_losses(runs: dict[str, str | Path], path: str | Path, keys: tuple[str, ...] = ("loss_box", "loss_cls", "loss_quality")) -> bool:
+    """Plot training losses over iterations for one or more runs' log.jsonl (the paper's Figure 2 compares
+    `loss_box` with and without the combined IoUs). Returns False when matplotlib is not installed."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
+    for axis, key in zip(axes, keys):
+        for label, log in runs.items():
+            records = [r for r in read_log(log) if key in r]
+            axis.plot([r["step"] for r in records], [r[key] for r in records], label=label)
+        axis.set_title(key)
+        axis.set_xlabel("iteration")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
