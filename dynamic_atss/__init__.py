@@ -21,6 +21,7 @@ from .models.zoo import (
     dynamic_atss_x101_64x4d,
     dynamic_atss_x101_64x4d_dcn,
 )
+from .hub import load_pretrained
 from .registry import create, get_pretrained_cfg, list_models, register_pretrained
 
 __version__ = "0.1.0"
@@ -29,6 +30,6 @@ __all__ = [
     "AnchorConfig", "AssignerConfig", "BackboneConfig", "ConventionConfig", "DynamicATSS", "HeadConfig",
     "LossConfig", "ModelConfig", "TestConfig", "create", "dynamic_atss_r50", "dynamic_atss_r50_dcn",
     "dynamic_atss_r101", "dynamic_atss_r101_dcn", "dynamic_atss_x101_32x8d", "dynamic_atss_x101_32x8d_dcn",
-    "dynamic_atss_x101_64x4d", "dynamic_atss_x101_64x4d_dcn", "get_pretrained_cfg", "list_models",
+    "dynamic_atss_x101_64x4d", "dynamic_atss_x101_64x4d_dcn", "get_pretrained_cfg", "list_models", "load_pretrained",
     "register_pretrained",
 ]

@@ -50,6 +50,7 @@ class ConventionConfig:
 
     relu_before_p7: bool = True  # authors' code: P7 = conv(relu(P6)); mmdetection: P7 = conv(P6)
     score_sqrt: bool = True  # final score sqrt(cls * quality) (authors) vs cls * quality (mmdetection)
+    pre_nms_rank_by_joint: bool = True  # per-level top-k by cls * quality (authors) vs by cls (mmdetection)
 
 
 @dataclass

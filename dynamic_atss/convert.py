@@ -38,7 +38,8 @@ takes mmdetection's, so that the converted model computes what it computed in mm
   conv(relu(P6)). Converted: `conventions.relu_before_p7 = False`.
 - score: mmdetection ranks by `cls * centerness`; the authors' code by `sqrt(cls * quality)`.
   Converted: `conventions.score_sqrt = False` (same ranking within an image, different values and
-  thresholds across images).
+  thresholds across images). mmdetection also picks each level's pre-NMS top 1000 by the cls score alone,
+  the authors' code by cls x quality: `conventions.pre_nms_rank_by_joint = False`.
 - head convs: mmdetection's `ConvModule` drops the conv bias before GroupNorm (`head.conv_bias = False`);
   the quality branch is centerness (`head.quality = "centerness"`).
 - box width: the authors' code (maskrcnn-benchmark) adds +1 to box widths ("TO_REMOVE"); mmdetection 2.x+
@@ -350,7 +351,7 @@ def convert_mmdet_state_dict(
         head=HeadConfig(channels=head_channels, num_convs=num_convs, num_groups=32, conv_bias=conv_bias,
                         dcn_last_conv=bool(offsets), quality="centerness"),
         anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False),
+        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
         assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
         loss=LossConfig(cls_loss="focal"),
         image_mean=image_mean,  # type: ignore[arg-type]

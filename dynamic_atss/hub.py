@@ -51,7 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ARCHITECTURE", "CONFIG_NAME", "CARD_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "ConfigFormatError",
     "HubMixin", "HubUnreachableError", "LOAD_TIME_OVERRIDES", "StateDictMismatchError", "build_model_from_state_dict",
-    "generate_model_card", "load_pretrained", "push_model_dir", "read_config", "save_model_dir",
+    "check_state_dict", "config_to_json", "generate_model_card", "load_pretrained", "parse_config", "push_model_dir",
+    "read_config", "save_model_dir",
 ]
 
 CONFIG_NAME = "config.json"
@@ -68,7 +69,7 @@ _CONFIG_KEYS = {"architecture", "format_version", "library_version", "model", "r
 # A key ending in "." allows that whole section.
 LOAD_TIME_OVERRIDES = (
     "min_size", "max_size", "size_divisible", "class_names", "test.", "assigner.", "loss.",
-    "backbone.frozen_stages", "conventions.score_sqrt",
+    "backbone.frozen_stages", "conventions.score_sqrt", "conventions.pre_nms_rank_by_joint",
 )
 
 CITATION = """@article{zhang2022dynamic,
@@ -280,12 +281,11 @@ def build_model_from_state_dict(
         if leftover:  # pragma: no cover - check_state_dict already caught these
             raise StateDictMismatchError(f"{source}: could not load {leftover}")
         _reset_classifier(model)
+        names = "" if "class_names" in overrides else " class_names were reset (pass class_names= to name the classes)."
         warnings.warn(
             f"{source}: num_classes={config.num_classes} differs from the checkpoint's {checkpoint_classes}, so the "
-            "classification "
-            f"layer ({CLASSIFIER_PREFIX}weight/bias) is newly initialised and must be trained; every other tensor "
-            "comes from the checkpoint."
-            + ("" if "class_names" in overrides else " class_names were reset (pass class_names= to name the new classes)."),
+            f"classification layer ({CLASSIFIER_PREFIX}weight/bias) is newly initialised (N(0, 0.01), prior bias) and "
+            f"must be trained; every other tensor comes from the checkpoint.{names}",
             UserWarning,
             stacklevel=3,
         )
@@ -468,8 +468,9 @@ def _parse_name(name: str) -> tuple[str, str, str | None]:
         return "dir", name[len("local-dir:"):], None
     if Path(name).expanduser().is_dir():
         return "dir", name, None
-    if _REPO_ID.match(name) and not name.startswith((".", "/", "~")):
-        return "hub", name, None
+    repo, _, revision = name.partition("@")
+    if _REPO_ID.match(repo) and not name.startswith((".", "/", "~")):
+        return "hub", repo, revision or None
     raise FileNotFoundError(
         f"{name!r} is not a folder; pass a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
         "('local-dir:/path' or the path itself), or a Hub repo as 'hf-hub:org/name[@revision]'"

@@ -7,15 +7,16 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from .anchors import BoxCoder
-from .config import TestConfig
+from .config import ConventionConfig, TestConfig
 
 
 def postprocess(
     cls_logits: list[Tensor], box_deltas: list[Tensor], quality_logits: list[Tensor], anchors: list[Tensor],
-    image_sizes: Tensor, box_coder: BoxCoder, test: TestConfig, score_sqrt: bool = True,
+    image_sizes: Tensor, box_coder: BoxCoder, test: TestConfig, conventions: ConventionConfig | None = None,
 ) -> list[dict[str, Tensor]]:
-    """Per level: keep cls probabilities > score_thresh, top `pre_nms_topk` by cls * quality, decode;
-    then class-wise NMS over all levels and the top `max_detections` per image.
+    """Per level: keep cls probabilities > score_thresh, top `pre_nms_topk` by cls * quality (authors) or by
+    cls alone (mmdetection), decode; then class-wise NMS over all levels and the top `max_detections` per
+    image. Scores are sqrt(cls * quality) (authors) or cls * quality (mmdetection).
 
     Args (one list entry per FPN level):
         cls_logits: (B, N_l, C); box_deltas: (B, N_l, 4); quality_logits: (B, N_l); anchors: (N_l, 4).
@@ -23,14 +24,18 @@ def postprocess(
     Returns: per image `{"boxes": (D,4) xyxy, "scores": (D,), "labels": (D,) int64}`, sorted by score;
     boxes that clipping leaves with zero area are dropped.
     """
+    conventions = conventions or ConventionConfig()
     batch_size, _, num_classes = cls_logits[0].shape
     all_boxes, all_scores, all_labels = [], [], []
     for cls_level, delta_level, quality_level, anchor_level in zip(cls_logits, box_deltas, quality_logits, anchors):
         cls_prob = cls_level.float().sigmoid()
-        joint = cls_prob * quality_level.float().sigmoid().unsqueeze(-1)
+        joint = (cls_prob * quality_level.float().sigmoid().unsqueeze(-1)).flatten(1)
         # -1 marks non-candidates: topk then never prefers them over a real candidate.
-        joint = torch.where(cls_prob > test.score_thresh, joint, joint.new_full((), -1.0)).flatten(1)
-        values, flat_index = joint.topk(min(test.pre_nms_topk, joint.shape[1]), dim=1)
+        candidate = (cls_prob > test.score_thresh).flatten(1)
+        rank_by = joint if conventions.pre_nms_rank_by_joint else cls_prob.flatten(1)
+        ranking = torch.where(candidate, rank_by, rank_by.new_full((), -1.0))
+        flat_index = ranking.topk(min(test.pre_nms_topk, ranking.shape[1]), dim=1).indices
+        values = torch.where(torch.gather(candidate, 1, flat_index), torch.gather(joint, 1, flat_index), -1.0)
         anchor_index = flat_index // num_classes
         deltas = torch.gather(delta_level, 1, anchor_index.unsqueeze(-1).expand(-1, -1, 4))
         all_boxes.append(box_coder.decode(deltas, anchor_level[anchor_index]))
@@ -44,7 +49,7 @@ def postprocess(
         [boxes[..., 0].clamp(min=0).minimum(widths), boxes[..., 1].clamp(min=0).minimum(heights),
          boxes[..., 2].clamp(min=0).minimum(widths), boxes[..., 3].clamp(min=0).minimum(heights)], dim=-1,
     )
-    if score_sqrt:
+    if conventions.score_sqrt:
         scores = scores.clamp(min=0).sqrt().where(scores >= 0, scores)
 
     # Boxes entirely outside the image collapse to zero area when clipped: drop them.

@@ -21,4 +21,5 @@ def tiny_kwargs():
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    # Tiny tensors: one thread avoids oversubscription (a busy 2-core machine is 10-100x slower with 2).
+    torch.set_num_threads(1)

@@ -22,14 +22,16 @@ from dynamic_atss.convert import (
     infer_mmdet_backbone,
 )
 from dynamic_atss.hub import StateDictMismatchError
+from hub_server import hub_server  # noqa: F401  (pytest fixture)
 
 TINY = dict(layers=(1, 1, 2, 1), planes=(8, 16, 32, 64), stem=64, fpn=32, head=32, num_convs=2, num_classes=3)
 TINY_OVERRIDES = {"head.num_groups": 8, "min_size": 64, "max_size": 96}
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Tiny convolutions: one thread is ~100x faster than two on a shared, busy 2-core machine."""
+    """Tiny convolutions: one thread is ~100x faster than two on a shared, busy 2-core machine.
+    (Function scope, so that it runs after conftest's autouse fixture, which sets the thread count.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -354,16 +356,16 @@ def test_matches_real_mmdetection_atss_r50():
             loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
             loss_centerness=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0)),
         train_cfg=dict(assigner=dict(type="ATSSAssigner", topk=9), allowed_border=-1, pos_weight=-1, debug=False),
-        # nms_pre larger than any level: mmdetection ranks the pre-NMS top-k by cls score, this library by
-        # cls * quality (the authors' code); without truncation both keep the same candidates.
-        test_cfg=dict(nms_pre=1_000_000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.6),
+        # mmdetection's own test settings: pre-NMS top 1000 per level ranked by cls score, which the
+        # converter reproduces with conventions.pre_nms_rank_by_joint = False.
+        test_cfg=dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.6),
                       max_per_img=100),
     ))
     mm = MODELS.build(config).eval()
     source = mmdet_atss_state_dict(seed=7)
     source["bbox_head.atss_cls.bias"].fill_(-1.5)  # plenty of detections above 0.05
     mm.load_state_dict(source, strict=True)  # our synthetic layout is exactly mmdetection's
-    model = convert_mmdet_atss({"state_dict": mm.state_dict(), "meta": {}}, **{"test.pre_nms_topk": 1_000_000})
+    model = convert_mmdet_atss({"state_dict": mm.state_dict(), "meta": {}})
 
     height, width = 256, 320
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
@@ -399,3 +401,28 @@ def test_matches_real_mmdetection_atss_r50():
     assert torch.equal(detections["labels"], expected.labels)
     assert torch.allclose(detections["scores"], expected.scores, atol=1e-4)
     assert torch.allclose(detections["boxes"], expected.bboxes, atol=1e-2)
+
+
+def test_convert_script_writes_and_pushes(tmp_path, hub_server):  # noqa: F811
+    import importlib.util
+    from pathlib import Path
+
+    from dynamic_atss import create
+
+    source = mmdet_atss_state_dict(**TINY, seed=9)
+    checkpoint = tmp_path / "atss_tiny_coco.pth"
+    torch.save({"state_dict": source, "meta": {"CLASSES": ("a", "b", "c")}}, checkpoint)  # mmdetection 2.x meta
+    path = Path(__file__).resolve().parents[1] / "hub" / "convert_mmdet.py"
+    spec = importlib.util.spec_from_file_location("hub_script_convert_mmdet", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    assert script.main([str(checkpoint), "--out", str(out), "--push", "org/converted", "--endpoint",
+                        hub_server.endpoint, "--token", "t", "--metrics", '{"AP": 12.5}']) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    card = (out / "README.md").read_text()
+    assert "mmdetection" in card and "hf-hub:org/converted" in card
+    loaded = create("hf-hub:org/converted", endpoint=hub_server.endpoint, cache_dir=tmp_path / "cache")
+    assert loaded.config.class_names == ["a", "b", "c"] and loaded.config.head.num_groups == 32
+    assert loaded.pretrained_info["recipe"]["checkpoint"] == "atss_tiny_coco.pth"
+    assert_all_landed(loaded, source)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+import timm
 import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -49,11 +50,11 @@ def tiny_model(seed: int = 0, num_classes: int = 3) -> DynamicATSS:
 
 def images() -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return [torch.rand(3, 60, 90, generator=generator), torch.rand(3, 80, 64, generator=generator)]
+    return [torch.rand(3, 48, 72, generator=generator), torch.rand(3, 70, 56, generator=generator)]
 
 
 def assert_same_outputs(a: DynamicATSS, b: DynamicATSS) -> None:
-    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for level_a, level_b in zip(a.forward_raw(x), b.forward_raw(x)):
             assert all(torch.equal(u, v) for u, v in zip(level_a, level_b))
@@ -71,9 +72,10 @@ def closed_port_endpoint() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Tiny convolutions: one thread is ~100x faster than two on a shared, busy 2-core machine."""
+    """Tiny convolutions: one thread is ~100x faster than two on a shared, busy 2-core machine.
+    (Function scope, so that it runs after conftest's autouse fixture, which sets the thread count.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -96,8 +98,16 @@ def scratch_registry(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- local folders
-def test_save_load_round_trip(tmp_path):
+def test_save_load_round_trip(tmp_path, monkeypatch):
     model = tiny_model()
+    create_model = timm.create_model
+    calls = []
+
+    def recording_create_model(*args, **kwargs):
+        calls.append(kwargs.get("pretrained"))
+        return create_model(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", recording_create_model)
     model.save_pretrained(tmp_path / "m", recipe={"name": "tiny", "iterations": 10}, metrics=METRICS)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     document = json.loads((tmp_path / "m" / "config.json").read_text())
@@ -113,6 +123,7 @@ def test_save_load_round_trip(tmp_path):
     loaded = DynamicATSS.from_pretrained(tmp_path / "m")
     assert_same_outputs(model, loaded)
     assert loaded.pretrained_info["source"] == "local-dir" and loaded.pretrained_info["metrics"] == METRICS
+    assert calls == [False, False, False]  # rebuilt three times, never downloading ImageNet weights
 
 
 def test_model_card(tmp_path):
@@ -162,7 +173,8 @@ def test_other_num_classes_reinitialises_only_the_classifier(tmp_path):
     assert torch.allclose(new["head.cls_logits.bias"], torch.full((7,), -math.log(99.0)))
     with torch.no_grad():
         assert tuned.forward_raw(torch.randn(1, 3, 64, 64))[0][0].shape[1] == 7
-    named = DynamicATSS.from_pretrained(tmp_path / "m", num_classes=2, class_names=["a", "b"])  # warns too
+    with pytest.warns(UserWarning, match="cls_logits"):
+        named = DynamicATSS.from_pretrained(tmp_path / "m", num_classes=2, class_names=["a", "b"])
     assert named.config.class_names == ["a", "b"]
 
 
@@ -241,8 +253,6 @@ def test_push_then_load_from_hub(hub_server, cache, scratch_registry, monkeypatc
     assert_same_outputs(model, pinned)
     latest = DynamicATSS.from_pretrained("org/tiny-atss", endpoint=hub_server.endpoint, cache_dir=cache)
     assert_same_outputs(other, latest)
-    at_commit = load_pretrained(f"hf-hub:org/tiny-atss@{info.oid}", endpoint=hub_server.endpoint, cache_dir=cache)
-    assert_same_outputs(model, at_commit)
 
     with pytest.warns(UserWarning, match="cls_logits"):
         tuned = dynamic_atss.create("hf-hub:org/tiny-atss", num_classes=5, endpoint=hub_server.endpoint,
@@ -321,3 +331,36 @@ def test_unpublished_weights_fail_clearly():
         dynamic_atss.create("r50", pretrained=True)
     assert all(entry["hf_hub_id"] is None or entry["revision"]
                for entry in json.loads(registry.INDEX_FILE.read_text())["weights"]), "published weights must be pinned"
+
+
+# ---------------------------------------------------------------------------------------------- hub/ scripts
+def load_script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "hub" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hub_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_push_script_pins_the_index(hub_server, cache, tmp_path, scratch_registry, capsys):  # noqa: F811
+    model = tiny_model(seed=6)
+    model.save_pretrained(tmp_path / "m", recipe="dynamic_atss_r50_1x", metrics=METRICS)
+    index = tmp_path / "model_index.json"
+    shutil.copy(registry.INDEX_FILE, index)
+    before = json.loads(index.read_text())["weights"]
+    push = load_script("push")
+    assert push.main(["--model", str(tmp_path / "m"), "--repo", "org/indexed", "--endpoint", hub_server.endpoint,
+                      "--token", "t", "--update-index", "dynamic_atss_r50.coco_1x", "--index-file", str(index)]) == 0
+    sha = hub_server.repos["org/indexed"].branches["main"]
+    assert sha in capsys.readouterr().out
+    after = json.loads(index.read_text())["weights"]
+    assert len(after) == len(before) and after[1:] == before[1:]
+    entry = after[0]
+    assert (entry["model"], entry["tag"], entry["hf_hub_id"], entry["revision"]) == \
+        ("dynamic_atss_r50", "coco_1x", "org/indexed", sha)
+    assert entry["metrics"] == METRICS and entry["recipe"] == "dynamic_atss_r50_1x"
+    register_pretrained(PretrainedCfg(**entry))
+    assert_same_outputs(model, dynamic_atss.create("r50", pretrained=True, endpoint=hub_server.endpoint,
+                                                   cache_dir=cache))

@@ -146,7 +146,7 @@ class DynamicATSS(HubMixin, nn.Module):
             return losses
         detections = postprocess(
             cls_flat, box_flat, quality_flat, list(anchors.split(num_per_level)), sizes, self.box_coder,
-            self.config.test, self.config.conventions.score_sqrt,
+            self.config.test, self.config.conventions,
         )
         for det, (height, width), (orig_h, orig_w) in zip(detections, sizes.tolist(), original_sizes):
             ratio = det["boxes"].new_tensor([orig_w / width, orig_h / height, orig_w / width, orig_h / height])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
@@ -109,10 +110,15 @@ def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> None:
 class FusedConv2d(nn.Conv2d):
     """`nn.Conv2d` + an optional fused epilogue: `"relu"`, or (via `forward_add_relu`) `relu(conv(x) + other)`.
 
-    On CPU in float32 without autograd it runs oneDNN's fused kernel with a weight packed once (cached and
-    re-packed if the weight changes); otherwise `F.conv2d` followed by the same epilogue. Outputs of the oneDNN
-    path are channels_last. Parameter names are those of `nn.Conv2d`, so weights load unchanged.
+    On CPU in float32 without autograd it runs oneDNN's fused kernel with a packed weight; otherwise
+    `F.conv2d` followed by the same epilogue. Outputs of the oneDNN path are channels_last. Parameter names are
+    those of `nn.Conv2d`, so weights load unchanged.
+
+    Packed weights are cached per input shape (at most `max_packed` shapes per conv, least recently used first
+    out; re-packed if the weight changes), because oneDNN's best weight layout depends on the input shape.
     """
+
+    max_packed = 8
 
     def __init__(self, *args: Any, activation: str = "none", prepack: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -120,8 +126,7 @@ class FusedConv2d(nn.Conv2d):
             raise ValueError(f"activation must be 'none' or 'relu', got {activation!r}")
         self.activation = activation
         self.prepack = prepack
-        self._packed: Tensor | None = None
-        self._packed_key: tuple | None = None
+        self._packed: OrderedDict[tuple, Tensor] = OrderedDict()
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, activation: str = "none", prepack: bool = True) -> FusedConv2d:
@@ -133,8 +138,7 @@ class FusedConv2d(nn.Conv2d):
         fused._modules = dict(conv._modules)
         fused.activation = activation
         fused.prepack = prepack
-        fused._packed = None
-        fused._packed_key = None
+        fused._packed = OrderedDict()
         return fused
 
     def extra_repr(self) -> str:
@@ -156,16 +160,25 @@ class FusedConv2d(nn.Conv2d):
         )
 
     def _packed_weight(self, x: Tensor) -> Tensor:
+        # oneDNN picks the blocked weight layout from the input shape too (e.g. the 256-channel 3x3 convs of
+        # the head get one layout at 100x152 and another at 25x38); a weight packed for the wrong layout is
+        # re-ordered on every call, which is slower than not packing. So pack per input shape (a small LRU:
+        # the shared head sees one shape per FPN level).
         weight = self.weight
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
-        if self._packed is None or self._packed_key != key:
+        key = (tuple(x.shape), weight.data_ptr(), weight._version)
+        packed = self._packed.get(key)
+        if packed is None:
             with torch.no_grad():
-                self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                     weight.detach().contiguous().to_mkldnn(), list(self.padding), list(self.stride),
                     list(self.dilation), self.groups, list(x.shape),
                 )
-            self._packed_key = key
-        return self._packed
+            self._packed[key] = packed
+            while len(self._packed) > self.max_packed:
+                self._packed.popitem(last=False)
+        else:
+            self._packed.move_to_end(key)
+        return packed
 
     def _bias(self) -> Tensor | None:
         return None if self.bias is None else self.bias.detach()

@@ -1,0 +1,338 @@
+"""COCO box AP of a model: val2017 metrics (the paper's columns) or a test-dev2017 submission zip.
+
+    python -m dynamic_atss benchmark coco --model r50.coco_1x --data /data/coco --split val2017
+    accelerate launch benchmarks/coco.py --model local-dir:runs/r50 --data /data/coco --split test-dev2017
+
+COCO folder layout (the official one):
+
+    ROOT/val2017/*.jpg    + ROOT/annotations/instances_val2017.json         (--split val2017)
+    ROOT/test2017/*.jpg   + ROOT/annotations/image_info_test-dev2017.json   (--split test-dev2017)
+    ROOT/<split>/         + ROOT/annotations/instances_<split>.json         (any other split name)
+
+``--data`` may instead be a Hugging Face dataset (a ``save_to_disk`` folder, Parquet files, or a Hub name when
+online), read by `dynamic_atss.data.HFDetection` with ``--split`` as its split.
+
+On an annotated split the script prints AP, AP50, AP75, APs, APm, APl (and COCOeval's summary) and writes
+``OUT/metrics_<split>.json`` plus the detections ``OUT/detections_<split>_<name>_results.json``. On test-dev it
+writes ``OUT/detections_test-dev2017_<name>_results.json`` and the zip to upload to the evaluation server.
+Under ``accelerate launch`` every process evaluates its shard of the images; the evaluator gathers them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["COCO_SPLITS", "BenchmarkInputError", "load_model", "main", "parse_args", "resolve_coco_split", "run"]
+
+#: split name -> (image folder, annotation file) inside a COCO root
+COCO_SPLITS: dict[str, tuple[str, str]] = {
+    "train2017": ("train2017", "instances_train2017.json"),
+    "val2017": ("val2017", "instances_val2017.json"),
+    "test-dev2017": ("test2017", "image_info_test-dev2017.json"),
+    "test2017": ("test2017", "image_info_test2017.json"),
+}
+SUBMISSION_SPLITS = ("test-dev2017", "test2017")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_HF_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
+
+
+class BenchmarkInputError(ValueError):
+    """Bad input (model, data, split): the message says what is missing."""
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _available_splits(root: Path) -> list[str]:
+    found = []
+    for path in sorted(glob.glob(str(root / "annotations" / "*.json"))):
+        name = os.path.basename(path)
+        match = re.fullmatch(r"instances_(.+)\.json", name)
+        if match:
+            found.append(match.group(1))
+        elif name.startswith("image_info_") and name.endswith(".json"):
+            found.append(name[len("image_info_"): -len(".json")])
+    return found
+
+
+def resolve_coco_split(root: str | os.PathLike, split: str) -> tuple[str, str]:
+    """(image folder, annotation file) of `split` in the COCO folder `root`; errors name what is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"COCO root folder not found: {root}")
+    image_name, ann_name = COCO_SPLITS.get(split, (split, f"instances_{split}.json"))
+    image_dir, ann_file = root / image_name, root / "annotations" / ann_name
+    missing = [str(p) + ("/" if p is image_dir else "") for p in (image_dir, ann_file) if not p.exists()]
+    if missing:
+        available = _available_splits(root)
+        hint = f"; splits with an annotation file here: {available}" if available else (
+            "; there is no annotations/*.json at all: is this a COCO root (ROOT/annotations, ROOT/val2017, ...)?"
+        )
+        known = "" if split in COCO_SPLITS else f" ('{split}' is not a standard COCO split: {sorted(COCO_SPLITS)})"
+        raise FileNotFoundError(
+            f"split '{split}' of COCO root {root} needs {image_dir}/ and {ann_file}; missing: "
+            f"{', '.join(missing)}{known}{hint}"
+        )
+    return str(image_dir), str(ann_file)
+
+
+def detect_data_format(data: str) -> str:
+    """'coco' (a folder with annotations/) or 'hf' (a datasets folder, Parquet, or a Hub name)."""
+    path = Path(data)
+    if path.is_dir():
+        if (path / "annotations").is_dir():
+            return "coco"
+        if any((path / m).is_file() for m in _HF_MARKERS) or glob.glob(str(path / "**" / "*.parquet"), recursive=True):
+            return "hf"
+        return "coco"  # let the COCO resolver say what is missing
+    if path.is_file():
+        if path.suffix == ".parquet":
+            return "hf"
+        raise ValueError(f"--data {data} is a file; give a COCO root folder or a Hugging Face dataset")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", data) and not data.startswith((".", "/")):
+        return "hf"  # a Hub dataset name
+    raise FileNotFoundError(f"--data: no such folder: {data}")
+
+
+def build_dataset(data: str, split: str, data_format: str = "auto"):
+    """The evaluation dataset (no transforms: the model resizes) and a description for logs."""
+    from ..data import CocoDetection, HFDetection  # noqa: PLC0415
+
+    data_format = detect_data_format(data) if data_format == "auto" else data_format
+    if data_format == "coco":
+        image_dir, ann_file = resolve_coco_split(data, split)
+        return CocoDetection(image_dir, ann_file), f"COCO {split} ({ann_file})"
+    try:
+        return HFDetection(data, split=split), f"Hugging Face {data} [{split}]"
+    except KeyError as error:  # unknown split of a DatasetDict: KeyError's repr would quote the message
+        raise ValueError(f"--data {data}: {error.args[0] if error.args else error}") from error
+
+
+# ----------------------------------------------------------------------------------------------- model
+def load_model(spec: str, random_weights: bool = False, num_classes: int | None = None,
+               model_args: dict[str, Any] | None = None) -> tuple[nn.Module, str]:
+    """A model and a name for file names, from a registry name (with a pretrained tag, or random weights with
+    `random_weights`), ``local-dir:PATH`` / a folder (``config.json`` + ``model.safetensors``), or ``hf-hub:org/name``."""
+    from .. import create  # noqa: PLC0415
+
+    if spec.startswith("hf-hub:"):
+        return create(spec), spec[len("hf-hub:"):].split("@")[0].rstrip("/").split("/")[-1]
+    path = spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec
+    looks_like_path = spec.startswith("local-dir:") or os.sep in spec or spec.startswith(".") or os.path.exists(spec)
+    if looks_like_path:
+        folder = Path(path)
+        if not folder.exists():
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        if not folder.is_dir():
+            raise ValueError(
+                f"--model {spec}: give the model folder (config.json + model.safetensors, as save_pretrained "
+                "writes it), not a file"
+            )
+        missing = []
+        if not (folder / "config.json").is_file():
+            missing.append("config.json")
+        if not any((folder / w).is_file() for w in _WEIGHT_FILES):
+            missing.append(" or ".join(_WEIGHT_FILES) + " (the weights)")
+        if missing:
+            present = sorted(p.name for p in folder.iterdir())[:20]
+            raise FileNotFoundError(f"model folder {folder} has no {' and no '.join(missing)}; it contains {present}")
+        try:
+            model = create(f"local-dir:{folder}")
+        except ImportError as error:
+            raise RuntimeError(f"loading {folder} needs dynamic_atss.hub ({error})") from error
+        return model, folder.resolve().name
+    from ..registry import split_name  # noqa: PLC0415
+
+    canonical, tag = split_name(spec)  # raises for unknown names, with the closest ones
+    if random_weights:
+        kwargs = dict(model_args or {})
+        if num_classes is not None:
+            kwargs.setdefault("num_classes", num_classes)
+        return create(canonical, pretrained=False, **kwargs), canonical + "-random"
+    if model_args:
+        raise ValueError("--model-args only applies with --random-weights (a trained model has its own config)")
+    try:
+        model = create(spec, pretrained=True)
+    except RuntimeError as error:  # e.g. "has no published weights yet": say so without a traceback
+        raise BenchmarkInputError(f"--model {spec}: {error}") from error
+    return model, canonical + (f".{tag}" if tag else "")
+
+
+# ----------------------------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate (or write a submission) as described by `args`; returns metrics / written files (main process)."""
+    from accelerate import Accelerator  # noqa: PLC0415
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    from ..data import collate_fn  # noqa: PLC0415
+    from ..evaluation import CocoEvaluator, format_table  # noqa: PLC0415
+
+    submission = args.split in SUBMISSION_SPLITS or args.submission
+    accelerator = Accelerator(cpu=args.cpu)
+    dataset, description = build_dataset(args.data, args.split, args.data_format)
+    num_images = len(dataset)
+    if args.limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, num_images)))
+    model, name = load_model(args.model, args.random_weights, len(dataset_attr(dataset, "label_to_cat_id")),
+                             args.model_args)
+    name = args.name or name
+    label_to_cat_id = dataset_attr(dataset, "label_to_cat_id")
+    class_names = dataset_attr(dataset, "class_names")
+    config = getattr(model, "config", None)
+    if config is not None and config.num_classes != len(label_to_cat_id):
+        raise ValueError(
+            f"the model predicts {config.num_classes} classes but {description} has {len(label_to_cat_id)} "
+            "categories; evaluate on the dataset the model was trained for"
+        )
+    if config is not None and config.class_names and list(config.class_names) != list(class_names):
+        warnings.warn(
+            "the model's class names differ from the dataset's categories (in sorted category-id order): "
+            f"e.g. {config.class_names[:3]} vs {class_names[:3]}", stacklevel=2,
+        )
+    if config is not None:
+        if args.min_size is not None:
+            config.min_size = args.min_size
+        if args.max_size is not None:
+            config.max_size = args.max_size
+    device = accelerator.device
+    model = model.to(device).eval()
+    if args.fuse:
+        from ..models.fuse import fuse_for_inference  # noqa: PLC0415
+
+        model = fuse_for_inference(model)
+    amp = args.amp and device.type == "cuda"
+    if args.amp and not amp:
+        warnings.warn("--amp is CUDA autocast; ignored on CPU", stacklevel=2)
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers, collate_fn=collate_fn,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    loader = accelerator.prepare(loader)
+    gt = dataset_attr(dataset, "coco", None)
+    evaluator = CocoEvaluator(gt if gt is not None else dataset_attr(dataset, "to_coco_dict")(), label_to_cat_id,
+                              class_names=class_names)
+    if accelerator.is_main_process:
+        print(f"{name}: {description}, {len(dataset)} images, batch {args.batch_size} x {accelerator.num_processes} "
+              f"process(es) on {device}", file=sys.stderr)
+    start = time.perf_counter()
+    progress = tqdm(total=len(loader), desc=f"{args.split}", unit="batch", disable=not accelerator.is_main_process
+                    or args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
+    with torch.inference_mode():
+        for images, targets in loader:
+            with autocast:
+                outputs = model(list(images))
+            evaluator.update([int(t["image_id"]) for t in targets], outputs)
+            progress.update(1)
+    progress.close()
+    evaluator.gather(accelerator)
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = {"model": name, "split": args.split, "data": args.data, "num_images": len(evaluator),
+                              "seconds": seconds, "images_per_s": len(evaluator) / max(seconds, 1e-9), "files": []}
+    if accelerator.is_main_process:
+        out_dir = Path(args.out or os.path.join("outputs", "coco", re.sub(r"[^\w.\-]", "-", name)))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if submission:
+            zip_path = evaluator.write_test_dev_submission(out_dir, name)
+            json_path = zip_path.with_suffix(".json")
+            result["files"] = [str(json_path), str(zip_path)]
+            print(f"wrote {json_path}\nwrote {zip_path}  (upload this to the COCO {args.split} evaluation server)")
+        else:
+            metrics = evaluator.evaluate(per_class=args.per_class)
+            result["metrics"] = metrics
+            print(f"\n{name} on {args.split} ({len(evaluator)} images, {seconds:.1f} s)\n")
+            print(format_table(metrics))
+            if args.verbose and evaluator.summary:
+                print("\n" + evaluator.summary)
+            det_path = evaluator.write_results_json(out_dir / f"detections_{args.split}_{_safe(name)}_results.json")
+            metrics_path = out_dir / f"metrics_{args.split}.json"
+            result["files"] = [str(metrics_path), str(det_path)]
+            metrics_path.write_text(json.dumps({**result, "metrics_percent": {
+                k: round(100 * v, 2) for k, v in metrics.items() if isinstance(v, float)}}, indent=2))
+            print(f"\nwrote {metrics_path}\nwrote {det_path}")
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.\-]", "-", name)
+
+
+def dataset_attr(dataset: Any, attr: str, *default: Any) -> Any:
+    """An attribute of the dataset, looking through `torch.utils.data.Subset`."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, attr, *default)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m dynamic_atss benchmark coco",
+        description="COCO box AP (val2017) or a test-dev2017 submission zip for a Dynamic ATSS model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", required=True,
+                        help="registered name with a pretrained tag (r50.coco_1x), a model folder / local-dir:PATH, "
+                             "or hf-hub:org/name")
+    parser.add_argument("--data", required=True, help="COCO root folder, or a Hugging Face dataset")
+    parser.add_argument("--split", default="val2017", help="val2017, test-dev2017, or another split name")
+    parser.add_argument("--data-format", choices=("auto", "coco", "hf"), default="auto")
+    parser.add_argument("--submission", action="store_true",
+                        help="write a submission zip instead of evaluating (implied by test-dev2017 / test2017)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per process and step")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
+    parser.add_argument("--amp", action="store_true", help="CUDA autocast (float16)")
+    parser.add_argument("--fuse", action="store_true", help="fuse_for_inference (folded BN, oneDNN kernels on CPU)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only (not with test-dev)")
+    parser.add_argument("--out", default=None, help="output folder (default outputs/coco/<model name>)")
+    parser.add_argument("--name", default=None, help="model name in the output file names")
+    parser.add_argument("--min-size", type=int, default=None, help="override the model's test shorter side")
+    parser.add_argument("--max-size", type=int, default=None, help="override the model's test longer-side cap")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="a registered model with random weights (checks the pipeline; AP ~0)")
+    parser.add_argument("--model-args", type=json.loads, default=None,
+                        help='with --random-weights: JSON config overrides, e.g. \'{"backbone": "resnet18"}\'')
+    parser.add_argument("--per-class", action="store_true", help="also compute per-class AP (in the JSON)")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is available")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print COCOeval's 12-line summary")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
+    if args.limit is not None and (args.split in SUBMISSION_SPLITS or args.submission):
+        parser.error(f"--limit cannot be used for a {args.split} submission: the server needs every image")
+    if args.model_args is not None and not isinstance(args.model_args, dict):
+        parser.error("--model-args must be a JSON object")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError) as error:  # bad input: the message names what is missing
+        if os.environ.get("DYNAMIC_ATSS_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Convert an mmdetection ATSS checkpoint into a dynamic-atss model folder, and optionally push it.
+
+    python hub/convert_mmdet.py atss_r50_fpn_1x_coco_20200209-985f7bd0.pth --out out/atss_r50_1x_mmdet
+    python hub/convert_mmdet.py atss_r101_fpn_1x_coco.pth --out out/atss_r101 --push org/atss-r101-1x-coco \\
+        --metrics '{"dataset": "coco", "split": "val2017", "AP": ...}'
+
+The checkpoint is read with torch.load(weights_only=True) (or as .safetensors); nothing else is unpickled.
+The model keeps mmdetection's conventions (anchor offset 0, no ReLU before P7, score cls x centerness) and
+plain ATSS training settings; see dynamic_atss/convert.py for the mapping and the differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dynamic_atss.convert import convert_mmdet_atss
+from dynamic_atss.hub import push_model_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="mmdetection checkpoint (.pth) or .safetensors state dict")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (config.json, model.safetensors, README.md)")
+    parser.add_argument("--push", metavar="ORG/NAME", default=None, help="also push the folder to this Hub repo")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--backbone", default=None, help="expected timm backbone (checked; inferred by default)")
+    parser.add_argument("--dcn", default=None, action=argparse.BooleanOptionalAction, help="expected DCN (checked)")
+    parser.add_argument("--class-names", type=Path, default=None,
+                        help="text file, one class name per line (default: the checkpoint's meta, if any)")
+    parser.add_argument("--metrics", default=None, help='JSON, e.g. \'{"dataset": "coco", "split": "val2017", "AP": 39.4}\'')
+    parser.add_argument("--license", default="apache-2.0", help="license in the model card (mmdetection: apache-2.0)")
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--endpoint", default=None)
+    args = parser.parse_args(argv)
+
+    class_names = None
+    if args.class_names is not None:
+        class_names = [line.strip() for line in args.class_names.read_text().splitlines() if line.strip()]
+    metrics = json.loads(args.metrics) if args.metrics else None
+    model = convert_mmdet_atss(args.checkpoint, backbone=args.backbone, dcn=args.dcn, class_names=class_names)
+    config = model.config
+    recipe = {"name": f"mmdetection:{args.checkpoint.stem}", "source": "mmdetection ATSS checkpoint",
+              "checkpoint": args.checkpoint.name}
+    description = (f"Converted from the mmdetection ATSS checkpoint `{args.checkpoint.name}` with "
+                   "`hub/convert_mmdet.py`: plain ATSS weights with mmdetection's conventions. Fine-tune it as "
+                   "Dynamic ATSS by setting `assigner.pred_weight` (see the dynamic-atss docs).")
+    model.save_pretrained(args.out, recipe=recipe, metrics=metrics, repo_id=args.push, license=args.license,
+                          tags=["mmdetection", "converted"], description=description)
+    print(f"converted {args.checkpoint} -> {args.out}: backbone {config.backbone.name}"
+          f"{' + DCN' if config.backbone.dcn else ''}, {config.num_classes} classes"
+          f"{'' if config.class_names else ' (unnamed)'}")
+    if args.push:
+        info = push_model_dir(args.out, args.push, private=args.private or None, token=args.token,
+                              endpoint=args.endpoint,
+                              commit_message=f"Convert mmdetection checkpoint {args.checkpoint.name}")
+        print(f"pushed to {args.push}: commit {info.oid}\n  {info.commit_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
