@@ -30,13 +30,13 @@ DEMO_CONFIG = TrainConfig(
         "head.channels": 64,
         "head.num_groups": 16,
         "head.num_convs": 2,
-        "min_size": 256,
-        "max_size": 256,
+        "min_size": 192,
+        "max_size": 192,
     },
     backbone_pretrained=False,
-    data=DataConfig(kind="synthetic", num_train=6000, num_val=100, image_size=(256, 256), num_workers=0),
-    optim=OptimConfig(name="adamw", lr=0.002, base_batch_size=8, weight_decay=1e-4, warmup_iters=50,
-                      max_iters=400, steps=(300, 370), grad_clip=10.0),
+    data=DataConfig(kind="synthetic", num_train=6000, num_val=100, image_size=(192, 192), num_workers=0),
+    optim=OptimConfig(name="adamw", lr=0.003, base_batch_size=8, weight_decay=1e-4, warmup_iters=50,
+                      max_iters=600, steps=(480, 560), grad_clip=10.0),
     batch_size=8,
     log_every=10,
     checkpoint_every=200,
@@ -55,14 +55,14 @@ def draw_predictions(model_dir: Path, config: TrainConfig, out_path: Path, count
     images = [data[i][0] for i in range(count)]
     with torch.no_grad():
         detections = model(images)
-    save_grid([draw_detections(img, det, model.config.class_names, 0.3) for img, det in zip(images, detections)], out_path)
+    save_grid([draw_detections(img, det, model.config.class_names, 0.5) for img, det in zip(images, detections)], out_path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dynamic_atss demo", description=__doc__)
     parser.add_argument("--config", help="a YAML recipe instead of the embedded default")
     parser.add_argument("--out", help="output folder (default outputs/demo)")
-    parser.add_argument("--iters", type=int, help="training iterations (default 400)")
+    parser.add_argument("--iters", type=int, help="training iterations (default 600)")
     parser.add_argument("--compare", action="store_true", help="also train plain ATSS and plot both (Figure 2)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.lr=0.001")
     args = parser.parse_args(argv)

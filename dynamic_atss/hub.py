@@ -437,6 +437,12 @@ def save_model_dir(
     """Write `model.safetensors`, `config.json` and `README.md` into `save_directory` (created if needed)."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
+    if getattr(model, "fused_for_inference", False):
+        raise ValueError(
+            "this model was fused for inference (BatchNorm folded into the convs, so its state dict no longer "
+            "matches the architecture); save the model before calling fuse_for_inference"
+        )
+
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     document = config_to_json(model.config, recipe, metrics)

@@ -28,16 +28,6 @@ TINY = dict(layers=(1, 1, 2, 1), planes=(8, 16, 32, 64), stem=64, fpn=32, head=3
 TINY_OVERRIDES = {"head.num_groups": 8, "min_size": 64, "max_size": 96}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny convolutions: one thread is ~100x faster than two on a shared, busy 2-core machine.
-    (Function scope, so that it runs after conftest's autouse fixture, which sets the thread count.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mmdet_atss_state_dict(
     layers=(3, 4, 6, 3), planes=(64, 128, 256, 512), stem=64, bottleneck=True, groups=1, base_width=64,
     fpn=256, head=256, num_convs=4, num_classes=80, dcn=False, head_dcn=False, device="cpu", seed=0,

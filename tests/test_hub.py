@@ -72,16 +72,6 @@ def closed_port_endpoint() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny convolutions: one thread is ~100x faster than two on a shared, busy 2-core machine.
-    (Function scope, so that it runs after conftest's autouse fixture, which sets the thread count.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """An empty Hub cache; also the default one, so nothing of the user's cache is read."""

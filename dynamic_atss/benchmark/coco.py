@@ -46,7 +46,7 @@ COCO_SPLITS: dict[str, tuple[str, str]] = {
     "test2017": ("test2017", "image_info_test2017.json"),
 }
 SUBMISSION_SPLITS = ("test-dev2017", "test2017")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_WEIGHT_FILES = ("model.safetensors",)  # what dynamic_atss.hub reads (convert .pth files first)
 _HF_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 
 
@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     submission = args.split in SUBMISSION_SPLITS or args.submission
     accelerator = Accelerator(cpu=args.cpu)
+    torch.manual_seed(args.seed)  # --random-weights: the same weights on every process
     dataset, description = build_dataset(args.data, args.split, args.data_format)
     num_images = len(dataset)
     if args.limit is not None:
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out_dir = Path(args.out or os.path.join("outputs", "coco", re.sub(r"[^\w.\-]", "-", name)))
         out_dir.mkdir(parents=True, exist_ok=True)
         if submission:
-            zip_path = evaluator.write_test_dev_submission(out_dir, name)
+            zip_path = evaluator.write_test_dev_submission(out_dir, _safe(name))
             json_path = zip_path.with_suffix(".json")
             result["files"] = [str(json_path), str(zip_path)]
             print(f"wrote {json_path}\nwrote {zip_path}  (upload this to the COCO {args.split} evaluation server)")
@@ -306,6 +307,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a registered model with random weights (checks the pipeline; AP ~0)")
     parser.add_argument("--model-args", type=json.loads, default=None,
                         help='with --random-weights: JSON config overrides, e.g. \'{"backbone": "resnet18"}\'')
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     parser.add_argument("--per-class", action="store_true", help="also compute per-class AP (in the JSON)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is available")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

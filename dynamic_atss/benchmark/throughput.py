@@ -74,11 +74,13 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def _split_spec(spec: str) -> tuple[str, bool]:
-    """'r50+fuse' -> ('r50', True)."""
-    if spec.endswith("+fuse"):
-        return spec[: -len("+fuse")], True
-    return spec, False
+def _split_spec(spec: str) -> tuple[str, set[str]]:
+    """'r50+fuse+nowinograd' -> ('r50', {'fuse', 'nowinograd'})."""
+    name, *options = spec.split("+")
+    unknown = set(options) - {"fuse", "nowinograd"}
+    if unknown or not name:
+        raise ValueError(f"model {spec!r}: the suffixes are '+fuse' and '+nowinograd', got {sorted(unknown)}")
+    return name, set(options)
 
 
 def build_ours(name: str, num_classes: int = 80, overrides: dict[str, Any] | None = None) -> nn.Module:
@@ -491,9 +493,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         overrides["backbone"] = args.backbone
     overrides.update(args.model_args or {})
     for spec in args.models:
-        name, fuse = _split_spec(spec)
-        fuse = fuse or args.fuse
-        log(f"building {name}{' (fused)' if fuse else ''} ...")
+        name, options = _split_spec(spec)
+        winograd = not ("nowinograd" in options or args.no_winograd)
+        fuse = "fuse" in options or args.fuse or "nowinograd" in options
+        suffix = ("+fuse" if fuse else "") + ("+nowinograd" if fuse and not winograd else "")
+        log(f"building {name}{suffix} ...")
         base = build_ours(name, args.num_classes, overrides).to(device)
         if args.cls_prior is not None:
             _set_cls_prior(base, args.cls_prior)
@@ -501,8 +505,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         model = base
         if fuse and any(m != "train" for m in args.modes):
             # --compile traces plain convs better than oneDNN's fused ops: fold BN + channels_last only.
-            model = fuse_for_inference(copy.deepcopy(base), prepack=None if not args.compile else False)
-        contestants.append(Contestant(name + ("+fuse" if fuse else ""), "ours", model, base, fuse))
+            model = fuse_for_inference(copy.deepcopy(base), prepack=None if not args.compile else False,
+                                       winograd=winograd)
+        contestants.append(Contestant(name + suffix, "ours", model, base, fuse))
     for peer in args.peers:
         log(f"building torchvision {peer} ({args.peer_backbone}) ...")
         model = build_peer(peer, args.num_classes, args.peer_backbone).to(device).to(memory_format=memory_format)
@@ -521,7 +526,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         group: list[Contestant] = []
         for c in contestants:
             if mode == "train" and c.fused:
-                c = dataclasses.replace(c, name=c.name[: -len("+fuse")], fused=False)
+                c = dataclasses.replace(c, name=c.name.split("+")[0], fused=False)
             if all(o.name != c.name for o in group):
                 group.append(c)
         for height, width in sizes:
@@ -546,6 +551,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             "batch_sizes": list(args.batch_sizes), "train_sizes": [list(s) for s in args.train_sizes],
             "train_batch_sizes": list(args.train_batch_sizes), "amp": args.amp,
             "channels_last": args.channels_last, "compile": args.compile, "fuse": args.fuse,
+            "winograd": not args.no_winograd,
             "warmup": args.warmup, "iters": args.iters, "quick": args.quick, "num_classes": args.num_classes,
             "num_boxes": args.num_boxes, "cls_prior": args.cls_prior, "model_overrides": overrides,
             "score_thresh": 0.05, "ratio": "our images/s over the peer's, from median latencies",
@@ -577,7 +583,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--models", nargs="+", default=["r50"],
                         help="our models: registered names (r50, r101_dcn, ...), local-dir:/path or hf-hub:org/name; "
-                             "a '+fuse' suffix (r50+fuse) measures that model with fuse_for_inference")
+                             "a '+fuse' suffix (r50+fuse) measures that model with fuse_for_inference, "
+                             "'+nowinograd' (r50+nowinograd) fused without the Winograd convs")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS,
                         help="torchvision models measured in the same run (none: --peers with no value, or --no-peers)")
     parser.add_argument("--no-peers", action="store_true", help="measure only our models")
@@ -603,7 +610,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for every model")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network of every model")
     parser.add_argument("--fuse", action="store_true", help="our models only: fuse_for_inference (folded BN, fused "
-                        "ReLU / residual add, packed oneDNN weights on CPU, channels_last)")
+                        "ReLU / residual add, packed oneDNN weights and Winograd convs on CPU, channels_last)")
+    parser.add_argument("--no-winograd", action="store_true", help="with --fuse: direct convolution only (by default "
+                        "the fused path runs the 256+-channel 3x3 convs as Winograd F(2x2,3x3) on CPU; a "
+                        "'+nowinograd' model suffix does this for one model)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls per model (default 1 on CPU, 5 on CUDA)")
     parser.add_argument("--iters", type=int, default=None, help="timed calls per model (default 5 on CPU, 30 on CUDA)")
