@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
 
+from .data.coco import load_image
 from .registry import create
 from .visualize import draw_detections, save_png
 
@@ -22,13 +22,7 @@ def load_model(name_or_path: str, device: str = "cpu") -> torch.nn.Module:
 
 def read_image(path: str | Path) -> torch.Tensor:
     """An image file -> (3, H, W) float in [0, 1]; a clear error naming the file if it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
-    try:
-        return decode_image(str(path), mode=ImageReadMode.RGB).float() / 255
-    except RuntimeError as error:
-        raise ValueError(f"could not decode image {path}: {error}") from error
+    return load_image(str(path), "predict").as_subclass(torch.Tensor).float() / 255
 
 
 def main(argv: list[str] | None = None) -> int:

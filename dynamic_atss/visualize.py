@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import PIL.Image
 import torch
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
@@ -20,15 +21,15 @@ def draw_detections(image: Tensor, detections: dict[str, Tensor], class_names: l
         for l, s in zip(detections["labels"][keep], detections["scores"][keep])
     ]
     canvas = (image.detach().cpu().clamp(0, 1) * 255).to(torch.uint8)
+    if len(boxes) == 0:
+        return canvas
     return draw_bounding_boxes(canvas, boxes, labels=labels, colors="red", width=2)
 
 
 def save_png(image: Tensor, path: str | Path) -> None:
     """Write a (3, H, W) uint8 tensor as PNG."""
-    from torchvision.io import write_png  # noqa: PLC0415
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_png(image, str(path))
+    PIL.Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)
 
 
 def save_grid(images: list[Tensor], path: str | Path, columns: int = 4) -> None:
