@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ..anchors import AnchorGenerator, BoxCoder
 from ..config import TEST_PRESETS, ModelConfig
 from ..hub import HubMixin
+from ..losses import DetectionLoss
 from ..postprocess import postprocess
 from .backbone import TimmBackbone
 from .fpn import FPN
@@ -41,8 +42,6 @@ class DynamicATSS(HubMixin, nn.Module):
         self.head = ATSSHead(config.head, config.fpn_channels, config.num_classes, len(config.anchors.strides))
         self.anchor_generator = AnchorGenerator(config.anchors)
         self.box_coder = BoxCoder()
-        from ..losses import DetectionLoss  # noqa: PLC0415  (kept local: the loss module imports the assigner)
-
         self.loss_fn = DetectionLoss(config.loss, config.assigner, config.head.quality, config.num_classes, self.box_coder)
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(-1, 1, 1), persistent=False)
