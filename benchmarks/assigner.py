@@ -48,7 +48,7 @@ def make_problem(batch: int, num_gt: int, height: int, width: int, device: torch
     mask = torch.ones(batch, num_gt, dtype=torch.bool, device=device)
     deltas = (torch.randn(batch, anchors.shape[0], 4, generator=gen) * 0.5).to(device)
     pred = BoxCoder().decode(deltas, anchors)
-    return anchors, num_per_level, gt, mask, pred
+    return anchors, num_per_level, gt, mask, pred, sizes
 
 
 def dense_atss_per_image(anchors, num_per_level, gt, mask, pred, topk=9, margin=0.01):
@@ -100,26 +100,29 @@ def timeit(fn: Callable[[], object], repeats: int, device: torch.device) -> list
 
 
 def bench_assigner(args, device: torch.device) -> list[dict]:
-    anchors, num_per_level, gt, mask, pred = make_problem(args.batch, args.num_gt, args.height, args.width, device)
+    anchors, num_per_level, gt, mask, pred, sizes = make_problem(args.batch, args.num_gt, args.height, args.width, device)
     combined = CombinedIoUAssigner(pred_weight=1.0, anchor_weight=1.0)
     anchor_only = CombinedIoUAssigner(pred_weight=0.0, anchor_weight=1.0)
 
-    def batched(assigner):
-        return lambda: assigner(anchors, num_per_level, gt, mask, pred)
+    def batched(assigner, shapes=sizes):
+        return lambda: assigner(anchors, num_per_level, gt, mask, pred, level_shapes=shapes)
 
-    def per_image(assigner):
-        return lambda: [assigner(anchors, num_per_level, gt[b:b + 1], mask[b:b + 1], pred[b:b + 1])
+    def per_image(assigner, shapes=sizes):
+        return lambda: [assigner(anchors, num_per_level, gt[b:b + 1], mask[b:b + 1], pred[b:b + 1], level_shapes=shapes)
                         for b in range(gt.shape[0])]
 
-    # Sanity: the per-image loop gives the same assignment as the batched call.
-    loop_index = torch.cat([r.gt_index for r in per_image(combined)()])
-    assert torch.equal(loop_index, combined(anchors, num_per_level, gt, mask, pred).gt_index)
+    # Sanity: the per-image loop and the full search give the same assignment as the batched windowed call.
+    reference = combined(anchors, num_per_level, gt, mask, pred, level_shapes=sizes).gt_index
+    assert torch.equal(torch.cat([r.gt_index for r in per_image(combined)()]), reference)
+    assert torch.equal(combined(anchors, num_per_level, gt, mask, pred).gt_index, reference)
 
     rows = [
         ("batched, combined", batched(combined)),
         ("batched, anchor-only (pred_weight=0)", batched(anchor_only)),
+        ("batched, combined, full distance search (no level_shapes)", batched(combined, None)),
         ("per-image loop (B=1 calls), combined", per_image(combined)),
         ("per-image loop (B=1 calls), anchor-only", per_image(anchor_only)),
+        ("per-image loop (B=1 calls), combined, full distance search", per_image(combined, None)),
         ("per-image dense N x G (original ATSS style), combined",
          lambda: dense_atss_per_image(anchors, num_per_level, gt, mask, pred)),
     ]

@@ -23,7 +23,11 @@ Implementation: everything is batched over images and GTs; only the (at most fiv
 over. IoUs are only evaluated for the (image, GT, candidate) triples, (B, G, K) with K = sum of the
 per-level k, never for the full (B, N, G) matrix, because positives can only be candidates. Distance ties
 are broken deterministically: among equidistant anchors the lowest anchor index is a candidate first.
-Distances are squared L2 distances between centres (same order as L2, no sqrt).
+Distances are squared L2 distances between centres (same order as L2, no sqrt). When the caller passes
+`level_shapes` (the detector does), the candidates of a large level are searched in a (k+2) x (k+2) window
+of the anchor grid around each GT centre instead of over the whole level; the window result is checked
+to be exact (no anchor outside the window can be as close as the k-th) and the full search is used
+otherwise, so the assignment is identical either way.
 """
 
 from __future__ import annotations
@@ -107,6 +111,52 @@ def nearest_k(dist: Tensor, k: int) -> Tensor:
     return idx.gather(-1, order)[..., :k]
 
 
+def grid_nearest_k(ctr: Tensor, grid: tuple[int, int], query: Tensor, k: int) -> Tensor | None:
+    """`nearest_k` for anchor centres on a row-major (H, W) grid, looking only at a window around each query.
+
+    ctr: (H*W, 2) centres, rows and columns evenly spaced; query: (..., 2) points. Each query gets a window of
+    `k + 2` rows x `k + 2` columns around its nearest grid cell (clamped into the grid), so the work is
+    O(k^2) per query instead of O(H*W). Exact: returns None (the caller then searches the whole level)
+    unless, for every query, the k-th window distance is smaller than the distance to any anchor outside
+    its window. Window positions are in anchor-index order, so ties still go to the lowest anchor index.
+    """
+    height, width = grid
+    side = k + 2
+    if height * width != ctr.shape[0] or (height <= side and width <= side):
+        return None
+
+    def axis(coords: Tensor, size: int, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Window indices (..., n) along one axis, the distance from q to the nearest index outside the
+        window, and the distance from q to the grid's extent (0 inside it)."""
+        n = min(size, side)
+        if size > 1:
+            nearest = ((q - coords[0]) / (coords[1] - coords[0])).round().clamp(0, size - 1).long()
+        else:
+            nearest = torch.zeros_like(q, dtype=torch.long)
+        first = (nearest - n // 2).clamp(0, size - n)
+        outside = torch.full_like(q, float("inf"))
+        below, above = first - 1, first + n
+        outside = torch.where(below >= 0, torch.minimum(outside, q - coords[below.clamp(min=0)]), outside)
+        outside = torch.where(above < size, torch.minimum(outside, coords[above.clamp(max=size - 1)] - q), outside)
+        extent = (coords[0] - q).clamp(min=0) + (q - coords[-1]).clamp(min=0)
+        return first[..., None] + torch.arange(n, device=q.device), outside, extent
+
+    rows, row_gap, row_extent = axis(ctr[::width, 1], height, query[..., 1])
+    cols, col_gap, col_extent = axis(ctr[:width, 0], width, query[..., 0])
+    index = (rows[..., :, None] * width + cols[..., None, :]).flatten(-2)  # ascending anchor index
+    window = ctr[index]
+    dist = (window[..., 0] - query[..., 0, None]).square_()
+    dist += (window[..., 1] - query[..., 1, None]).square_()
+    chosen = nearest_k(dist, k)
+    kth = dist.gather(-1, chosen[..., -1:]).squeeze(-1)
+    # An anchor outside the window is outside its rows (or columns) and at least as far as the grid's
+    # extent along the other axis.
+    outside = torch.minimum(row_gap.square() + col_extent.square(), col_gap.square() + row_extent.square())
+    if not bool((kth < outside).all()):
+        return None
+    return index.gather(-1, chosen)
+
+
 class CombinedIoUAssigner:
     """ATSS with combined predicted/anchor IoUs. See the module docstring for the rule."""
 
@@ -145,12 +195,16 @@ class CombinedIoUAssigner:
         gt_mask: Tensor,
         pred_boxes: Tensor | None = None,
         progress: float = 0.0,
+        level_shapes: list[tuple[int, int]] | None = None,
     ) -> AssignResult:
         """Assign the N anchors of B images to their G (padded) GTs.
 
         anchors (N, 4) xyxy, shared by the batch; num_anchors_per_level sums to N;
         gt_boxes (B, G, 4) xyxy; gt_mask (B, G) bool, False for padding;
-        pred_boxes (B, N, 4) decoded predictions, or None when the effective pred weight is 0.
+        pred_boxes (B, N, 4) decoded predictions, or None when the effective pred weight is 0;
+        level_shapes: optional (H, W) per level when each level's anchors form a row-major grid with one
+        anchor per location; candidates are then searched in a window around each GT centre (same
+        result, much less work on large levels).
 
         stats: num_pos (positives in the batch), pos_per_gt (mean positives per valid GT), iou_threshold
         (mean threshold over valid GTs), pos_pred_iou / pos_anchor_iou (mean PIoU / AIoU of the
@@ -179,12 +233,16 @@ class CombinedIoUAssigner:
         gt_ctr = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
         cand_per_level = []
         start = 0
-        for n_level in num_anchors_per_level:
+        for level, n_level in enumerate(num_anchors_per_level):
             ctr = anchor_ctr[start:start + n_level]
-            # squared distance (B, G, n) = dx^2 + dy^2, in place: these are the largest tensors here
-            dist = (ctr[:, 0] - gt_ctr[..., 0, None]).square_()
-            dist += (ctr[:, 1] - gt_ctr[..., 1, None]).square_()
-            cand_per_level.append(nearest_k(dist, min(self.topk, n_level)) + start)
+            k = min(self.topk, n_level)
+            chosen = grid_nearest_k(ctr, level_shapes[level], gt_ctr, k) if level_shapes else None
+            if chosen is None:
+                # squared distance (B, G, n) = dx^2 + dy^2, in place: these are the largest tensors here
+                dist = (ctr[:, 0] - gt_ctr[..., 0, None]).square_()
+                dist += (ctr[:, 1] - gt_ctr[..., 1, None]).square_()
+                chosen = nearest_k(dist, k)
+            cand_per_level.append(chosen + start)
             start += n_level
         cand = torch.cat(cand_per_level, dim=-1)  # (B, G, K)
         num_cand = cand.shape[-1]

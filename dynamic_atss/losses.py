@@ -113,23 +113,26 @@ class DetectionLoss(nn.Module):
     def forward(
         self, anchors: Tensor, num_anchors_per_level: list[int], cls_logits: Tensor, box_deltas: Tensor,
         quality_logits: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor, progress: float = 0.0,
+        level_shapes: list[tuple[int, int]] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """anchors (N, 4); cls_logits (B, N, C); box_deltas (B, N, 4); quality_logits (B, N);
-        gt_boxes (B, G, 4) xyxy; gt_labels (B, G) int64; gt_mask (B, G) bool; progress in [0, 1].
+        gt_boxes (B, G, 4) xyxy; gt_labels (B, G) int64; gt_mask (B, G) bool; progress in [0, 1];
+        level_shapes: the (H, W) anchor grid of each level, when known (faster candidate search).
 
         Returns ({"loss_cls", "loss_box", "loss_quality"}, assigner stats).
         """
         with torch.autocast(device_type=cls_logits.device.type, enabled=False):
             return self._forward(anchors, num_anchors_per_level, cls_logits.float(), box_deltas.float(),
-                                 quality_logits.float(), gt_boxes.float(), gt_labels, gt_mask, progress)
+                                 quality_logits.float(), gt_boxes.float(), gt_labels, gt_mask, progress, level_shapes)
 
     def _forward(
         self, anchors: Tensor, num_anchors_per_level: list[int], cls_logits: Tensor, box_deltas: Tensor,
         quality_logits: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor, progress: float,
+        level_shapes: list[tuple[int, int]] | None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         anchors = anchors.float()
         pred_boxes = self.box_coder.decode(box_deltas.detach(), anchors)  # (B, N, 4)
-        result = self.assigner(anchors, num_anchors_per_level, gt_boxes, gt_mask, pred_boxes, progress)
+        result = self.assigner(anchors, num_anchors_per_level, gt_boxes, gt_mask, pred_boxes, progress, level_shapes)
 
         img_idx, anchor_idx = (result.gt_index >= 0).nonzero(as_tuple=True)  # positives
         gt_idx = result.gt_index[img_idx, anchor_idx]

@@ -341,3 +341,34 @@ def test_threshold_is_inclusive():
     result = CombinedIoUAssigner(pred_weight=0.0)(anchors, [4], gt, torch.ones(1, 1, dtype=torch.bool))
     assert result.gt_index[0].tolist() == [0, 0, 0, 0]
     assert result.stats["iou_threshold"].item() == 0.5
+
+
+@pytest.mark.parametrize("height,width", [(128, 160), (512, 384)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_grid_window_search_gives_the_same_assignment(height, width, seed):
+    import dynamic_atss.assigner as assigner_module
+
+    anchors, num_per_level, gt, gt_mask, pred = random_batch(seed, height, width)
+    # GTs partly or wholly outside the image, where the window's exactness check matters.
+    gt[1, 0] = torch.tensor([-300.0, 10.0, -280.0, 40.0])
+    gt[1, 1] = torch.tensor([width - 6.0, height - 6.0, width + 250.0, height + 90.0])
+    gt[1, 2] = torch.tensor([width - 30.0, 4.0, width + 120.0, 40.0])
+    shapes = [(-(-height // s), -(-width // s)) for s in (8, 16, 32, 64, 128)]
+    used = []
+    original = assigner_module.grid_nearest_k
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        used.append(out is not None)
+        return out
+
+    assigner = CombinedIoUAssigner(topk=9)
+    full = assigner(anchors, num_per_level, gt, gt_mask, pred)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(assigner_module, "grid_nearest_k", spy)
+        windowed = assigner(anchors, num_per_level, gt, gt_mask, pred, level_shapes=shapes)
+    assert any(used)  # the window search really ran on the large levels
+    assert torch.equal(windowed.gt_index, full.gt_index)
+    assert torch.equal(windowed.pred_iou, full.pred_iou) and torch.equal(windowed.anchor_iou, full.anchor_iou)
+    ref_index = reference_assign(anchors, num_per_level, gt, gt_mask, pred, 9, 1.0, 1.0)[0]
+    assert torch.equal(windowed.gt_index, ref_index)

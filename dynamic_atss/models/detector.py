@@ -139,6 +139,8 @@ class DynamicATSS(HubMixin, nn.Module):
             losses, stats = self.loss_fn(
                 anchors, num_per_level, torch.cat(cls_flat, 1), torch.cat(box_flat, 1), torch.cat(quality_flat, 1),
                 gt_boxes, gt_labels, gt_mask, progress=self.train_progress,
+                # one anchor per location, row-major per level: the assigner may search a window of the grid
+                level_shapes=feature_sizes,
             )
             self.assign_stats = stats
             losses["loss"] = losses["loss_cls"] + losses["loss_box"] + losses["loss_quality"]
