@@ -30,7 +30,6 @@ This module must not import `models.detector` at import time (the detector impor
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -230,15 +229,6 @@ def check_state_dict(
         )
 
 
-def _reset_classifier(model: nn.Module) -> None:
-    """Re-initialise `head.cls_logits` like a fresh ATSS head: N(0, 0.01) weights, prior-probability bias."""
-    layer = model.head.cls_logits
-    prior = model.config.head.prior_prob
-    with torch.no_grad():
-        nn.init.normal_(layer.weight, std=0.01)
-        nn.init.constant_(layer.bias, -math.log((1 - prior) / prior))
-
-
 def build_model_from_state_dict(
     config: ModelConfig,
     state_dict: dict[str, Tensor],
@@ -280,7 +270,7 @@ def build_model_from_state_dict(
         leftover = [k for k in result.missing_keys if not k.startswith(CLASSIFIER_PREFIX)] + list(result.unexpected_keys)
         if leftover:  # pragma: no cover - check_state_dict already caught these
             raise StateDictMismatchError(f"{source}: could not load {leftover}")
-        _reset_classifier(model)
+        # head.cls_logits keeps the fresh initialisation the model was just built with (ATSSHead.__init__).
         names = "" if "class_names" in overrides else " class_names were reset (pass class_names= to name the classes)."
         warnings.warn(
             f"{source}: num_classes={config.num_classes} differs from the checkpoint's {checkpoint_classes}, so the "

@@ -95,7 +95,9 @@ def evaluate(model: torch.nn.Module, dataset: Any, accelerator: Accelerator, bat
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers))
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-    evaluator = CocoEvaluator(base.to_coco_dict(), base.label_to_cat_id, base.class_names)
+    # A COCO folder's already-indexed ground truth, rather than re-indexing its dict at every evaluation.
+    coco_gt = getattr(base, "coco", None) or base.to_coco_dict()
+    evaluator = CocoEvaluator(coco_gt, base.label_to_cat_id, base.class_names)
     was_training = model.training
     model.eval()
     for images, targets in tqdm(loader, desc="eval", disable=not accelerator.is_main_process, leave=False):
