@@ -31,8 +31,8 @@ from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dynamic_atss.anchors import AnchorGenerator, BoxCoder  # noqa: E402
-from dynamic_atss.assigner import CombinedIoUAssigner  # noqa: E402
+from dynamic_atss.detection.anchors import AnchorGenerator, BoxCoder  # noqa: E402
+from dynamic_atss.detection.assigner import CombinedIoUAssigner  # noqa: E402
 from dynamic_atss.config import AnchorConfig  # noqa: E402
 
 
@@ -179,7 +179,7 @@ def bench_train_step(args, device: torch.device) -> list[dict] | None:
 
         def step():
             losses = model(images, targets)
-            losses["loss"].backward()
+            sum(losses.values()).backward()
             for p in params:
                 p.grad = None
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from dynamic_atss.anchors import AnchorGenerator, BoxCoder
-from dynamic_atss.assigner import CombinedIoUAssigner, nearest_k, paired_iou
+from dynamic_atss.detection.anchors import AnchorGenerator, BoxCoder
+from dynamic_atss.detection.assigner import CombinedIoUAssigner, nearest_k, paired_iou
 from dynamic_atss.config import AnchorConfig, AssignerConfig
 
 
@@ -346,7 +346,7 @@ def test_threshold_is_inclusive():
 @pytest.mark.parametrize("height,width", [(128, 160), (512, 384)])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_grid_window_search_gives_the_same_assignment(height, width, seed):
-    import dynamic_atss.assigner as assigner_module
+    import dynamic_atss.detection.assigner as assigner_module
 
     anchors, num_per_level, gt, gt_mask, pred = random_batch(seed, height, width)
     # GTs partly or wholly outside the image, where the window's exactness check matters.

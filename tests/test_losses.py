@@ -9,11 +9,11 @@ import torch
 import torchvision
 from torchvision.ops import box_iou
 
-import dynamic_atss.losses as losses_module
-from dynamic_atss.anchors import AnchorGenerator, BoxCoder
-from dynamic_atss.assigner import CombinedIoUAssigner
+import dynamic_atss.detection.losses as losses_module
+from dynamic_atss.detection.anchors import AnchorGenerator, BoxCoder
+from dynamic_atss.detection.assigner import CombinedIoUAssigner
 from dynamic_atss.config import AnchorConfig, AssignerConfig, LossConfig
-from dynamic_atss.losses import (
+from dynamic_atss.detection.losses import (
     DetectionLoss,
     centerness_target,
     quality_focal_loss,

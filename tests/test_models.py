@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import dynamic_atss as da
-from dynamic_atss.anchors import AnchorGenerator, BoxCoder
+from dynamic_atss.detection.anchors import AnchorGenerator, BoxCoder
 from dynamic_atss.config import AnchorConfig, ModelConfig, TestConfig, apply_overrides
 from dynamic_atss.models.dcn import ModulatedDeformConv2d, patch_resnet_dcn
-from dynamic_atss.postprocess import postprocess
+from dynamic_atss.detection.postprocess import postprocess
 
 ALL_MODELS = [
     "dynamic_atss_r50", "dynamic_atss_r101", "dynamic_atss_r50_dcn", "dynamic_atss_r101_dcn",

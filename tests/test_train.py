@@ -91,7 +91,7 @@ def test_resume_errors_are_clear(tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
-    from dynamic_atss.losses import DetectionLoss
+    from dynamic_atss.detection.losses import DetectionLoss
 
     original = DetectionLoss.forward
 

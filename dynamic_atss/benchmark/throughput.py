@@ -322,7 +322,7 @@ def make_step(contestant: Contestant, mode: str, height: int, width: int, batch:
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, args.amp):
                 losses = model(images, targets)
-                loss = losses["loss"] if "loss" in losses else sum(losses.values())
+                loss = sum(losses.values())
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

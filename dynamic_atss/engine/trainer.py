@@ -170,12 +170,13 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             raw_model.train_progress = step / max_steps
             with accelerator.accumulate(model):
                 losses = model(images, targets)
+                loss = sum(losses.values())  # the model returns the parts (torchvision convention)
                 # Every process must take the same decision, or DDP's gradient all-reduce would hang.
-                finite = accelerator.reduce(torch.isfinite(losses["loss"].detach()).float(), reduction="sum")
+                finite = accelerator.reduce(torch.isfinite(loss.detach()).float(), reduction="sum")
                 if finite.item() < accelerator.num_processes:
                     bad_steps += 1
                     optimizer.zero_grad(set_to_none=True)
-                    warnings.warn(f"step {step}: non-finite loss {losses['loss'].item()}; skipping this step", stacklevel=1)
+                    warnings.warn(f"step {step}: non-finite loss {loss.item()}; skipping this step", stacklevel=1)
                     if bad_steps >= config.max_bad_steps:
                         raise NonFiniteLossError(
                             f"{bad_steps} consecutive steps with a non-finite loss (last at step {step}); "
@@ -183,7 +184,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
                         )
                     continue
                 bad_steps = 0
-                accelerator.backward(losses["loss"])
+                accelerator.backward(loss)
                 if config.optim.grad_clip and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
                 optimizer.step()
@@ -226,6 +227,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
 def _log_record(accelerator: Accelerator, losses: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
                 scheduler: Any, step: int, start: float) -> dict[str, float]:
     values = {k: v.detach().float() for k, v in losses.items()}
+    values["loss"] = sum(values.values())
     values.update({f"assign/{k}": v.detach().float() for k, v in stats.items()})
     names = sorted(values)
     reduced = accelerator.reduce(torch.stack([values[n] for n in names]), reduction="mean")

@@ -10,20 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..anchors import AnchorGenerator, BoxCoder
+from ..detection.anchors import AnchorGenerator, BoxCoder
 from ..config import TEST_PRESETS, ModelConfig
 from ..hub import HubMixin
-from ..losses import DetectionLoss
-from ..postprocess import postprocess
+from ..detection.losses import DetectionLoss
+from ..detection.postprocess import postprocess
 from .backbone import TimmBackbone
 from .fpn import FPN
-from .head import ATSSHead
+from ..detection.heads.atss import ATSSHead
 
 
 class DynamicATSS(HubMixin, nn.Module):
     """Dynamic ATSS with torchvision's detection calling convention.
 
-    - `model.train(); model(images, targets)` -> `{"loss_cls", "loss_box", "loss_quality", "loss"}`; the
+    - `model.train(); model(images, targets)` -> `{"loss_cls", "loss_box", "loss_quality"}` (the parts:
+      `sum(losses.values())` is the training loss); the
       label-assignment statistics of that step are left in `model.assign_stats`.
     - `model.eval(); model(images)` -> per image `{"boxes": (N,4) xyxy, "scores": (N,), "labels": (N,)}`,
       boxes in that image's own pixel coordinates.
@@ -143,7 +144,6 @@ class DynamicATSS(HubMixin, nn.Module):
                 level_shapes=feature_sizes,
             )
             self.assign_stats = stats
-            losses["loss"] = losses["loss_cls"] + losses["loss_box"] + losses["loss_quality"]
             return losses
         detections = postprocess(
             cls_flat, box_flat, quality_flat, list(anchors.split(num_per_level)), sizes, self.box_coder,

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from .config import AnchorConfig
+from ..config import AnchorConfig
 
 
 class AnchorGenerator:

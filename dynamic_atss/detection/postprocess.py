@@ -7,7 +7,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from .anchors import BoxCoder
-from .config import ConventionConfig, TestConfig
+from ..config import ConventionConfig, TestConfig
 
 
 def postprocess(

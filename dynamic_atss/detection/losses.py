@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .anchors import BoxCoder
 from .assigner import CombinedIoUAssigner
-from .config import AssignerConfig, LossConfig
+from ..config import AssignerConfig, LossConfig
 
 _WEIGHT_EPS = 1e-6
 

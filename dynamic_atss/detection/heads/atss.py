@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..config import HeadConfig
-from .dcn import ModulatedDeformConv2d
+from ...config import HeadConfig
+from ...models.dcn import ModulatedDeformConv2d
 
 
 class Scale(nn.Module):

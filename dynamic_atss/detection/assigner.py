@@ -38,7 +38,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from .config import AssignerConfig
+from ..config import AssignerConfig
 
 Weight = Union[float, str]
 

@@ -71,12 +71,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .config import AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig
-from .config import apply_overrides
-from .hub import StateDictMismatchError, build_model_from_state_dict
+from ..config import AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig
+from ..config import apply_overrides
+from ..hub import StateDictMismatchError, build_model_from_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .models.detector import DynamicATSS
+    from ..models.detector import DynamicATSS
 
 __all__ = ["convert_mmdet_atss", "convert_mmdet_state_dict", "infer_mmdet_backbone", "load_checkpoint_file"]
 
