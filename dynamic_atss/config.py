@@ -28,6 +28,7 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
+    kind: str = "atss"  # the head family (detection/heads/): "atss", ...
     channels: int = 256
     num_convs: int = 4
     num_groups: int = 32  # GroupNorm groups in the towers
