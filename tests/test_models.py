@@ -232,6 +232,8 @@ def test_head_family_is_a_config_field(tiny_kwargs):
     assert len(model.forward_raw(torch.zeros(1, 3, 64, 64))) == len(model.head.output_names)
     with pytest.raises(ValueError, match=r"head.kind='yolo' is not a known head family; known: \['atss'"):
         da.create("r50", **{**tiny_kwargs, "head.kind": "yolo"})
+    with pytest.raises(ValueError, match="head.dgqp=True needs box distributions"):
+        da.create("r50", **{**tiny_kwargs, "head.dgqp": True})
 
 
 def test_test_presets(tiny_kwargs):

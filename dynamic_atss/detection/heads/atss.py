@@ -47,6 +47,11 @@ class ATSSHead(DenseHead):
         head, loss = config.head, config.loss
         if loss.cls_loss not in ("focal", "qfl", "vfl"):
             raise ValueError(f"loss.cls_loss={loss.cls_loss!r} is unknown for head.kind='atss'; use 'focal', 'qfl' or 'vfl'")
+        if head.dgqp:
+            raise ValueError(
+                "head.dgqp=True needs box distributions (GFLV2's quality predictor); head.kind='atss' regresses "
+                "deltas: use head.kind='gfl' or set head.dgqp=False"
+            )
         if head.quality not in ("centerness", "iou"):
             raise ValueError(f"head.quality={head.quality!r} is unknown; use 'centerness' or 'iou'")
         self.loss_cfg = loss
