@@ -41,6 +41,13 @@ class AnchorGenerator:
     def _generate(
         self, feature_sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, list[int]]:
+        per_level = self.level_anchors(feature_sizes, device, dtype)
+        return torch.cat(per_level), [len(a) for a in per_level]
+
+    def level_anchors(
+        self, feature_sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> list[Tensor]:
+        """Uncached: one (H_l * W_l, 4) tensor per level (traceable with symbolic sizes, for export)."""
         if len(feature_sizes) != len(self.config.strides):
             raise ValueError(f"got {len(feature_sizes)} feature maps for {len(self.config.strides)} strides")
         per_level = []
@@ -51,8 +58,8 @@ class AnchorGenerator:
             cy, cx = torch.meshgrid(ys, xs, indexing="ij")
             half = 0.5 * self.config.octave_scale * stride
             centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 4)
-            per_level.append(centres + centres.new_tensor([-half, -half, half, half]))
-        return torch.cat(per_level).to(dtype), [len(a) for a in per_level]
+            per_level.append((centres + centres.new_tensor([-half, -half, half, half])).to(dtype))
+        return per_level
 
 
 class BoxCoder:

@@ -9,6 +9,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import BackboneConfig
 from .dcn import patch_resnet_dcn
+from .fold import fold_frozen_batch_norms
 
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:
@@ -92,6 +93,7 @@ class TimmBackbone(nn.Module):
             patch_resnet_dcn(self.trunk)
         if config.norm == "frozen_bn":
             freeze_batch_norm(self.trunk)
+            fold_frozen_batch_norms(self.trunk)  # free BatchNorms whenever no gradient is needed (models/fold.py)
         freeze_stages(self.trunk, config.frozen_stages)
         self.out_channels: list[int] = self.trunk.feature_info.channels()
         self.strides: list[int] = self.trunk.feature_info.reduction()

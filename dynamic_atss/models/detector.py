@@ -72,6 +72,10 @@ class DynamicATSS(HubMixin, nn.Module):
         """(B, 3, H, W) normalised, padded input -> the head family's raw outputs: one list per name in
         `model.head.output_names`, each holding a (B, k, H_l, W_l) tensor per level P3..P7 (for ATSS: cls
         logits (B, C, ...), box deltas (B, 4, ...), quality logits (B, 1, ...))."""
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+            # oneDNN's convolutions are ~1.15x faster on channels_last activations (the layout then propagates
+            # through the whole network; the parameters keep theirs, so state dicts stay contiguous)
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.fpn(self.backbone(x)))
 
     # ------------------------------------------------------------------ transform
@@ -133,22 +137,32 @@ class DynamicATSS(HubMixin, nn.Module):
             raise ValueError("in train mode, model(images, targets) needs targets; call model.eval() for inference")
         batch, sizes, original_sizes = self.preprocess(images)
         raw = self.forward_raw(batch)
+        if not self.training:
+            return self.detections_from_raw(raw, sizes, original_sizes)
         feature_sizes = [tuple(level.shape[-2:]) for level in raw[0]]
         anchors, num_per_level = self.anchor_generator(feature_sizes, batch.device)
         flat_levels = self.head.flatten(raw)
         strides = list(self.config.anchors.strides)
-        if self.training:
-            scales = [(h / oh, w / ow) for (h, w), (oh, ow) in zip(sizes.tolist(), original_sizes)]
-            targets = Targets(*self._prepare_targets(targets, scales, batch.device))
-            flat = {name: torch.cat([level[name] for level in flat_levels], 1) for name in flat_levels[0]}
-            losses, self.assign_stats = self.head.compute_loss(
-                flat, anchors, num_per_level, strides, targets, self.assigner, self.train_progress,
-                # one anchor per location, row-major per level: the assigner may search a window of the grid
-                level_shapes=feature_sizes,
-            )
-            return losses
+        scales = [(h / oh, w / ow) for (h, w), (oh, ow) in zip(sizes.tolist(), original_sizes)]
+        targets = Targets(*self._prepare_targets(targets, scales, batch.device))
+        flat = {name: torch.cat([level[name] for level in flat_levels], 1) for name in flat_levels[0]}
+        losses, self.assign_stats = self.head.compute_loss(
+            flat, anchors, num_per_level, strides, targets, self.assigner, self.train_progress,
+            # one anchor per location, row-major per level: the assigner may search a window of the grid
+            level_shapes=feature_sizes,
+        )
+        return losses
+
+    def detections_from_raw(
+        self, raw: tuple[list[Tensor], ...], sizes: Tensor, original_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Post-processing: `forward_raw`'s outputs and `preprocess`'s sizes -> per image detections in that
+        image's own pixels (what `model.eval(); model(images)` returns; also used by exported runtimes)."""
+        feature_sizes = [tuple(level.shape[-2:]) for level in raw[0]]
+        anchors, num_per_level = self.anchor_generator(feature_sizes, raw[0][0].device)
         detections = postprocess(
-            self.head, flat_levels, list(anchors.split(num_per_level)), strides, sizes, self.config.test
+            self.head, self.head.flatten(raw), list(anchors.split(num_per_level)),
+            list(self.config.anchors.strides), sizes, self.config.test,
         )
         for det, (height, width), (orig_h, orig_w) in zip(detections, sizes.tolist(), original_sizes):
             ratio = det["boxes"].new_tensor([orig_w / width, orig_h / height, orig_w / width, orig_h / height])

@@ -1,0 +1,205 @@
+"""Export: ONNX (dynamic batch and image size, optionally with NMS in the graph) and `torch.export`.
+
+Two graphs, for any head family (their outputs are named after the family's `head.output_names`):
+
+- **raw** (`with_postprocess=False`): input ``images`` (B, 3, H, W), normalised and padded to a multiple of
+  the model's ``size_divisible`` (what `DynamicATSS.preprocess` returns); outputs ``<name>_p<level>`` for every
+  entry of `head.output_names` and every FPN level (e.g. ``cls_logits_p3`` ... ``quality_logits_p7``), each
+  (B, k, H_l, W_l). This is `model.forward_raw`; `OnnxRuntimeDetector` wraps it with the model's own pre- and
+  post-processing (the documented fast CPU path).
+- **detections** (`with_postprocess=True`): inputs ``images`` (B, 3, H, W) in [0, 1] (already resized; any
+  padding, H and W multiples of ``size_divisible``) and ``image_sizes`` (B, 2) int64 (height, width of each
+  image inside the batch); the graph normalises, zeroes the padding as `preprocess` does, runs the network,
+  decodes, runs class-wise NMS (torchvision's, exported as ONNX ``NonMaxSuppression``) and keeps each image's
+  top ``max_detections``. Outputs ``boxes`` (D, 4) xyxy in the batch's pixels, ``scores`` (D,), ``labels``
+  (D,) int64 and ``batch_index`` (D,) int64, grouped by image and sorted by score inside an image. The test
+  thresholds (``model.config.test``) are baked in at export time.
+
+ONNX export uses PyTorch's `torch.export`-based exporter (`torch.onnx.export(..., dynamo=True)`, needs
+``onnxscript``: ``pip install "dynamic-atss[export]"``). DCN models (torchvision's `deform_conv2d`) do not
+export: PyTorch's exporter has no translation for it, and ONNX Runtime's CPU provider implements no
+``DeformConv`` kernel either (checked with onnxruntime 1.32); `export_onnx` says so before tracing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..detection.postprocess import select_detections
+from ..models.dcn import ModulatedDeformConv2d
+
+__all__ = ["DetectionGraph", "RawGraph", "export_onnx", "export_program", "raw_output_names", "check_exportable"]
+
+# An example input's side per 32 px of stride: big enough that every level has a few cells (P7 >= 2 x 2).
+_EXAMPLE_SIDE = 256
+
+
+def raw_output_names(model: nn.Module) -> list[str]:
+    """``<name>_p<level>`` for each of `model.head.output_names` and each FPN level, in `forward_raw` order."""
+    levels = [int(round(math.log2(s))) for s in model.config.anchors.strides]
+    return [f"{name}_p{level}" for name in model.head.output_names for level in levels]
+
+
+def check_exportable(model: nn.Module, format: str = "onnx") -> None:
+    """Raise a clear error for models the exporters cannot translate (DCN)."""
+    if any(isinstance(m, ModulatedDeformConv2d) for m in model.modules()):
+        raise NotImplementedError(
+            f"this model has deformable convolutions (DCN), which do not export to {format}: PyTorch's ONNX exporter "
+            "has no translation for torchvision's deform_conv2d, and ONNX Runtime has no CPU DeformConv kernel. "
+            "The models without DCN export (dynamic_atss_r50, _r101, _x101_32x8d, _x101_64x4d and custom configs "
+            "with backbone.dcn=false and head.dcn_last_conv=false); run DCN models in PyTorch "
+            "(torch.export.export of forward_raw works for them)."
+            if format == "onnx" else f"this model has deformable convolutions (DCN), which do not export to {format}"
+        )
+
+
+class RawGraph(nn.Module):
+    """`model.forward_raw` with its per-level lists flattened into one tuple (the graph's outputs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        return tuple(t for level_list in self.model.forward_raw(images) for t in level_list)
+
+
+class DetectionGraph(nn.Module):
+    """[0, 1] images (B, 3, H, W) + their sizes (B, 2) -> flat detections (see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        model = self.model
+        height, width = images.shape[-2:]
+        inside = (torch.arange(height, device=images.device).view(1, -1, 1) < image_sizes[:, 0].view(-1, 1, 1)) & (
+            torch.arange(width, device=images.device).view(1, 1, -1) < image_sizes[:, 1].view(-1, 1, 1)
+        )
+        batch = torch.where(inside.unsqueeze(1), (images - model.image_mean) / model.image_std, 0.0)
+        raw = model.forward_raw(batch)
+        feature_sizes = [tuple(level.shape[-2:]) for level in raw[0]]
+        # uncached: the generator's cache is keyed on concrete sizes (symbolic while exporting)
+        anchors = model.anchor_generator.level_anchors(feature_sizes, images.device)
+        return select_detections(
+            model.head, model.head.flatten(raw), anchors,
+            list(model.config.anchors.strides), image_sizes, model.config.test,
+        )
+
+
+def _example_images(model: nn.Module, batch: int, channels_ok: bool = True) -> Tensor:
+    divisor = model.config.size_divisible
+    side = max(_EXAMPLE_SIDE, 2 * max(model.config.anchors.strides))
+    side = int(math.ceil(side / divisor) * divisor)
+    generator = torch.Generator().manual_seed(0)
+    param = next(model.parameters())
+    return torch.rand(batch, 3, side, side + divisor, generator=generator).to(param.device, param.dtype)
+
+
+def _dynamic_shapes(model: nn.Module, with_postprocess: bool) -> tuple[dict[int, Any], ...]:
+    divisor = model.config.size_divisible
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    # H = divisor * h: the exporter then knows every stride divides the input (no per-level rounding guards)
+    height = divisor * torch.export.Dim("height_blocks", min=1, max=8192 // divisor)
+    width = divisor * torch.export.Dim("width_blocks", min=1, max=8192 // divisor)
+    image_dims = {0: batch, 2: height, 3: width}
+    return (image_dims, {0: batch}) if with_postprocess else (image_dims,)
+
+
+def export_program(model: nn.Module, example_input: Tensor | None = None, dynamic: bool = True
+                   ) -> torch.export.ExportedProgram:
+    """`torch.export.export` of `model.forward_raw` (any head family, DCN included), dynamic batch and size.
+
+    The program returns the flat tuple of `RawGraph` (`raw_output_names(model)` order)."""
+    model.eval()
+    example = _example_images(model, 2) if example_input is None else example_input
+    shapes = _dynamic_shapes(model, False) if dynamic else None
+    with torch.no_grad():
+        return torch.export.export(RawGraph(model), (example,), dynamic_shapes=shapes)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    with_postprocess: bool = False,
+    opset: int = 18,
+    dynamic: bool = True,
+    check: bool = True,
+) -> Path:
+    """Export `model` to an ONNX file at `path` (see the module docstring for the two graphs); returns the path.
+
+    `check`: run the file with ONNX Runtime (when installed) on a second input size and batch and compare with
+    PyTorch; raises `RuntimeError` if they differ.
+    """
+    try:
+        import onnxscript  # noqa: F401, PLC0415
+    except ImportError as error:
+        raise ImportError(
+            "ONNX export needs the onnx and onnxscript packages: pip install 'dynamic-atss[export]'"
+        ) from error
+    check_exportable(model, "onnx")
+    model.eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = _example_images(model, 2)
+    if with_postprocess:
+        graph: nn.Module = DetectionGraph(model)
+        args: tuple[Tensor, ...] = (images, torch.tensor([[images.shape[2], images.shape[3]]] * 2,
+                                                         device=images.device))
+        input_names = ["images", "image_sizes"]
+        output_names = ["boxes", "scores", "labels", "batch_index"]
+    else:
+        graph = RawGraph(model)
+        args = ((images - model.image_mean) / model.image_std,)
+        input_names = ["images"]
+        output_names = raw_output_names(model)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph, args, dynamo=True, opset_version=opset, input_names=input_names, output_names=output_names,
+            dynamic_shapes=_dynamic_shapes(model, with_postprocess) if dynamic else None, verbose=False,
+        )
+    program.save(str(path))
+    if check:
+        _check_onnx(model, path, with_postprocess)
+    return path
+
+
+def _check_onnx(model: nn.Module, path: Path, with_postprocess: bool) -> None:
+    try:
+        import onnxruntime  # noqa: F401, PLC0415
+    except ImportError:
+        return
+    from .runtime import OnnxRuntimeDetector  # noqa: PLC0415
+
+    runner = OnnxRuntimeDetector(path, model)
+    divisor = model.config.size_divisible
+    generator = torch.Generator().manual_seed(1)
+    side = int(math.ceil(max(_EXAMPLE_SIDE, 2 * max(model.config.anchors.strides)) / divisor) * divisor)
+    images = torch.rand(1, 3, side + 2 * divisor, side, generator=generator)
+    if with_postprocess:
+        return  # detections are compared by the tests (a random model's detections are mostly ties)
+    with torch.no_grad():
+        expected = RawGraph(model)((images - model.image_mean.cpu()) / model.image_std.cpu())
+    got = runner.run_raw((images - model.image_mean.cpu()) / model.image_std.cpu())
+    _assert_close(expected, [t for level in got for t in level], f"ONNX Runtime on {path}")
+
+
+def _assert_close(expected: Sequence[Tensor], got: Sequence[Tensor], what: str, rtol: float = 1e-3) -> None:
+    if len(expected) != len(got):
+        raise RuntimeError(f"{what}: {len(got)} outputs, PyTorch gives {len(expected)}")
+    for index, (a, b) in enumerate(zip(expected, got)):
+        a, b = a.detach().double().cpu(), b.detach().double().cpu()
+        if a.shape != b.shape:
+            raise RuntimeError(f"{what}: output {index} has shape {tuple(b.shape)}, PyTorch gives {tuple(a.shape)}")
+        error = float((a - b).abs().max() / a.abs().max().clamp(min=1e-6)) if a.numel() else 0.0
+        if not error <= rtol:
+            raise RuntimeError(f"{what}: output {index} differs from PyTorch by {error:.2e} relative (> {rtol:g})")
