@@ -1,4 +1,4 @@
-"""`python -m dynamic_atss {demo,predict,benchmark}` (also installed as the `dynamic-atss` command)."""
+"""`python -m dynamic_atss {demo,predict,benchmark,export}` (also installed as the `dynamic-atss` command)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ COMMANDS = {
     "demo": ("dynamic_atss.demo", "train a small model on the embedded dataset, evaluate it, draw predictions"),
     "predict": ("dynamic_atss.predict", "detect objects in image files and write PNGs + JSON"),
     "benchmark": ("dynamic_atss.benchmark", "COCO AP (`benchmark coco`) or throughput (`benchmark speed`)"),
+    "export": ("dynamic_atss.inference.cli", "export to ONNX (optionally with NMS) or torch.export"),
 }
 
 

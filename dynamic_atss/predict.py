@@ -33,15 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing and JSON")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--no-fuse", action="store_true",
-                        help="on CPU, skip folding BatchNorm into the convs (fuse_for_inference, ~1.7x faster)")
     args = parser.parse_args(argv)
 
-    model = load_model(args.model, args.device)
-    if args.device == "cpu" and not args.no_fuse:
-        from .models.fuse import fuse_for_inference  # noqa: PLC0415
-
-        fuse_for_inference(model)
+    model = load_model(args.model, args.device)  # BatchNorm folding and channels_last are the default path
     class_names = model.config.class_names
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ TINY_ARGS = json.dumps({"backbone": "test_resnet", "fpn_channels": 32, "head.cha
 # ----------------------------------------------------------------------------------------------- throughput
 def test_throughput_quick_end_to_end_writes_json(tmp_path, capsys):
     path = tmp_path / "speed.json"
-    code = throughput.main(["--quick", "--models", "r50", "r50+fuse", "--iters", "2", "--warmup", "0",
+    code = throughput.main(["--quick", "--models", "r50", "r50+bf16", "--iters", "2", "--warmup", "0",
                             "--json", str(path), "--markdown", str(tmp_path / "speed.md"), "-q"])
     assert code == 0
     out = capsys.readouterr().out
@@ -34,8 +34,8 @@ def test_throughput_quick_end_to_end_writes_json(tmp_path, capsys):
     assert set(report) >= {"config", "environment", "noise", "results", "ratios", "markdown"}
     assert report["config"]["quick"] is True and report["config"]["peers"] == ["fcos", "retinanet"]
     rows = {(r["model"], r["mode"]) for r in report["results"]}
-    expected = {(m, mode) for m in ("r50", "r50+fuse", "fcos", "retinanet") for mode in ("inference", "raw")}
-    expected |= {(m, "train") for m in ("r50", "fcos", "retinanet")}  # a fused model trains as its base
+    expected = {(m, mode) for m in ("r50", "r50+bf16", "fcos", "retinanet") for mode in ("inference", "raw")}
+    expected |= {(m, "train") for m in ("r50", "fcos", "retinanet")}  # an inference variant trains as its base
     assert rows == expected
     for row in report["results"]:
         assert row["images_per_s"] > 0 and row["images_per_s_p50"] > 0
@@ -47,7 +47,11 @@ def test_throughput_quick_end_to_end_writes_json(tmp_path, capsys):
         assert (row["height"], row["width"]) == (128, 128)
         assert row["batch_size"] == (2 if row["mode"] == "train" else 1)
     ratios = {(r["model"], r["peer"], r["mode"]) for r in report["ratios"]}
-    assert ("r50+fuse", "fcos", "inference") in ratios and ("r50", "retinanet", "train") in ratios
+    assert ("r50+bf16", "fcos", "inference") in ratios and ("r50", "retinanet", "train") in ratios
+    # the assigner's share of our training step is reported (and only there)
+    shares = {(r["model"], r["mode"]): r["assigner_share"] for r in report["results"]}
+    assert 0 < shares[("r50", "train")] < 1 and shares[("fcos", "train")] is None
+    assert shares[("r50", "inference")] is None
     assert all(r["speedup"] > 0 for r in report["ratios"])
     assert (tmp_path / "speed.md").read_text().startswith("| model |")
 
@@ -114,7 +118,7 @@ def test_cli_entry_points_dispatch(capsys):
     result = subprocess.run([sys.executable, "benchmarks/throughput.py", "--help"], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "usage:" in result.stdout and "--fuse" in result.stdout
+    assert "usage:" in result.stdout and "+onnx" in result.stdout
 
 
 # ----------------------------------------------------------------------------------------------- COCO
@@ -172,8 +176,10 @@ def test_coco_test_dev_writes_complete_submission_zip(coco_root, tmp_path):
     assert all(len(r["bbox"]) == 4 and 0 <= r["score"] <= 1 for r in rows)
 
 
-def test_coco_model_folder_and_fuse(coco_root, tmp_path, capsys):
-    """A saved model folder is loaded by path; --fuse gives the same AP."""
+def test_coco_model_folder_and_onnx(coco_root, tmp_path, capsys):
+    """A saved model folder is loaded by path; --onnx (ONNX Runtime) gives the same AP."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
     import dynamic_atss as da
     from dynamic_atss.hub import save_model_dir
 
@@ -182,7 +188,7 @@ def test_coco_model_folder_and_fuse(coco_root, tmp_path, capsys):
     model = da.create("r50", num_classes=6, **json.loads(TINY_ARGS))
     folder = save_model_dir(model, tmp_path / "tiny_model")
     results = []
-    for fuse in ([], ["--fuse"]):
+    for fuse in ([], ["--onnx"]):
         out = tmp_path / f"out{len(fuse)}"
         argv = ["--model", str(folder), "--data", str(root), "--workers", "0", "--no-progress", "--cpu",
                 "--out", str(out), *fuse]

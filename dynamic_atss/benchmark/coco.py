@@ -209,10 +209,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             config.max_size = args.max_size
     device = accelerator.device
     model = model.to(device).eval()
-    if args.fuse:
-        from ..models.fuse import fuse_for_inference  # noqa: PLC0415
+    if args.onnx:
+        if device.type != "cpu":
+            raise SystemExit("--onnx runs the network in ONNX Runtime on CPU; pass --cpu")
+        from ..inference import onnx_runtime  # noqa: PLC0415
 
-        model = fuse_for_inference(model)
+        model = onnx_runtime(model)
     amp = args.amp and device.type == "cuda"
     if args.amp and not amp:
         warnings.warn("--amp is CUDA autocast; ignored on CPU", stacklevel=2)
@@ -297,7 +299,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=2, help="images per process and step")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
     parser.add_argument("--amp", action="store_true", help="CUDA autocast (float16)")
-    parser.add_argument("--fuse", action="store_true", help="fuse_for_inference (folded BN, oneDNN kernels on CPU)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="the fast CPU path: the network in ONNX Runtime (dynamic_atss.inference.onnx_runtime)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only (not with test-dev)")
     parser.add_argument("--out", default=None, help="output folder (default outputs/coco/<model name>)")
     parser.add_argument("--name", default=None, help="model name in the output file names")

@@ -17,7 +17,8 @@ Fairness: the peers are built as their users run them from ImageNet weights (``F
 frozen, ``trainable_backbone_layers=3``; see `build_peer`), with random weights and ``score_thresh=0.05``; every
 model gets ``min_size`` / ``max_size`` equal to the input's sides, so the same input is processed at the same size
 by all. ``--amp`` / ``--channels-last`` / ``--compile`` apply to every model (options their users have too);
-``--fuse`` (our folded-BN inference path, `dynamic_atss.models.fuse`) only to ours. Calls of the different models
+a ``+onnx`` model suffix (``r50+onnx``, the fast path: the network in ONNX Runtime, `dynamic_atss.inference`) and
+``+bf16`` (CPU bfloat16 / CUDA autocast) only to ours. Calls of the different models
 are interleaved round-robin, so slow drifts of a shared machine's load hit all of them alike.
 
 Random weights produce almost no detections above the threshold, so post-processing is cheap for every model;
@@ -74,12 +75,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+SUFFIXES = ("onnx", "bf16")
+
+
 def _split_spec(spec: str) -> tuple[str, set[str]]:
-    """'r50+fuse+nowinograd' -> ('r50', {'fuse', 'nowinograd'})."""
+    """'r50+onnx' -> ('r50', {'onnx'})."""
     name, *options = spec.split("+")
-    unknown = set(options) - {"fuse", "nowinograd"}
-    if unknown or not name:
-        raise ValueError(f"model {spec!r}: the suffixes are '+fuse' and '+nowinograd', got {sorted(unknown)}")
+    unknown = set(options) - set(SUFFIXES)
+    if unknown or not name or set(SUFFIXES) <= set(options):
+        raise ValueError(f"model {spec!r}: the suffixes are '+onnx' (ONNX Runtime) or '+bf16' (bfloat16 autocast), "
+                         f"one at a time; got {options}")
     return name, set(options)
 
 
@@ -240,9 +245,9 @@ def measure_peak_memory(step: Callable[[], Any], device: torch.device) -> tuple[
 class Contestant:
     name: str
     kind: str  # "ours" or "peer"
-    model: nn.Module  # inference model (fused if requested)
-    train_model: nn.Module | None  # unfused model for the training step (None: same as model)
-    fused: bool = False
+    model: Any  # inference model: an nn.Module, or an OnnxRuntimeDetector (+onnx)
+    train_model: nn.Module | None  # the PyTorch model for the training step (None: same as model)
+    variant: str = ""  # "", "onnx" or "bf16": inference-only variants share their base's training step
 
 
 def _random_targets(batch: int, height: int, width: int, num_boxes: int, num_classes: int, device: torch.device,
@@ -258,10 +263,32 @@ def _random_targets(batch: int, height: int, width: int, num_boxes: int, num_cla
     return targets
 
 
-def _autocast(device: torch.device, amp: bool):
+def _autocast(device: torch.device, amp: bool, bf16: bool = False):
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+class _AssignerTimer:
+    """Wraps a model's assigner: accumulates the wall time of its calls (synchronised on CUDA)."""
+
+    def __init__(self, assigner: Any, device: torch.device) -> None:
+        self.assigner, self.device, self.seconds = assigner, device, 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        out = self.assigner(*args, **kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.assigner, name)
 
 
 def _raw_forward(model: nn.Module) -> Callable[[Tensor], Any]:
@@ -282,13 +309,15 @@ def make_step(contestant: Contestant, mode: str, height: int, width: int, batch:
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
 
+    bf16 = contestant.variant == "bf16"
+    onnx = contestant.variant == "onnx"
     if mode == "inference":
-        model = contestant.model.eval()
-        _set_input_size(model, height, width)
+        model = contestant.model
+        _set_input_size(model.model if onnx else model.eval(), height, width)
         images = [torch.rand(3, height, width, generator=generator).to(device) for _ in range(batch)]
 
         def step() -> Any:
-            with torch.inference_mode(), _autocast(device, args.amp):
+            with torch.inference_mode(), _autocast(device, args.amp, bf16):
                 out = model(images)
             sync()
             return out
@@ -296,13 +325,13 @@ def make_step(contestant: Contestant, mode: str, height: int, width: int, batch:
         return step
 
     if mode == "raw":
-        model = contestant.model.eval()
+        model = contestant.model
         padded = (math.ceil(height / 32) * 32, math.ceil(width / 32) * 32)
         x = torch.randn(batch, 3, *padded, generator=generator).to(device).contiguous(memory_format=memory_format)
-        forward = _raw_forward(model)
+        forward = model.run_raw if onnx else _raw_forward(model.eval())
 
         def step() -> Any:
-            with torch.inference_mode(), _autocast(device, args.amp):
+            with torch.inference_mode(), _autocast(device, args.amp, bf16):
                 out = forward(x)
             sync()
             return out
@@ -318,7 +347,15 @@ def make_step(contestant: Contestant, mode: str, height: int, width: int, batch:
         optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
         scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
 
+        timer = None
+        if hasattr(model, "assigner"):  # ours: time the label assignment inside the step
+            if not isinstance(model.assigner, _AssignerTimer):
+                model.assigner = _AssignerTimer(model.assigner, device)
+            timer = model.assigner
+        assign_s: list[float] = []
+
         def step() -> Any:
+            before = timer.seconds if timer is not None else 0.0
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, args.amp):
                 losses = model(images, targets)
@@ -327,8 +364,11 @@ def make_step(contestant: Contestant, mode: str, height: int, width: int, batch:
             scaler.step(optimizer)
             scaler.update()
             sync()
+            if timer is not None:
+                assign_s.append(timer.seconds - before)
             return loss.detach()
 
+        step.assign_s = assign_s  # type: ignore[attr-defined]  # per call, warm-up calls included
         return step
 
     raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
@@ -348,6 +388,7 @@ class Result:
     cpu_s: list[float]
     peak_mem_mb: float | None = None
     mem_kind: str | None = None
+    assign_s: list[float] = dataclasses.field(default_factory=list)  # train: the assigner's seconds per step
 
     @property
     def p50(self) -> float:
@@ -376,6 +417,7 @@ class Result:
             "cpu_s_per_iter": statistics.median(self.cpu_s) if self.cpu_s else None,
             "peak_mem_mb": self.peak_mem_mb,
             "mem_kind": self.mem_kind,
+            "assigner_share": statistics.median(self.assign_s) / self.p50 if self.assign_s else None,
             "latencies_ms": [1e3 * t for t in self.latencies_s],
         }  # fmt: skip
 
@@ -399,7 +441,7 @@ def compute_ratios(results: list[Result]) -> list[dict[str, Any]]:
 
 def format_markdown(results: list[Result], ratios: list[dict[str, Any]], peers: Sequence[str]) -> str:
     """One row per (model, mode, size, batch); `×fcos` etc.: our images/s over the peer's (median latencies)."""
-    header = ["model", "mode", "input", "batch", "img/s", "p50 ms", "p90 ms", "CPU s/it", "peak MiB"]
+    header = ["model", "mode", "input", "batch", "img/s", "p50 ms", "p90 ms", "CPU s/it", "peak MiB", "assigner"]
     header += [f"x{peer}" for peer in peers]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     index = {(r["model"], r["peer"], r["mode"], r["height"], r["width"], r["batch_size"]): r["speedup"] for r in ratios}
@@ -410,6 +452,7 @@ def format_markdown(results: list[Result], ratios: list[dict[str, Any]], peers: 
             f"{row['images_per_s_p50']:.3g}", f"{row['latency_ms']['p50']:.1f}", f"{row['latency_ms']['p90']:.1f}",
             "-" if row["cpu_s_per_iter"] is None else f"{row['cpu_s_per_iter']:.2f}",
             "-" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.0f}",
+            "" if row["assigner_share"] is None else f"{100 * row['assigner_share']:.0f}%",
         ]
         for peer in peers:
             key = (result.model, peer, result.mode, result.height, result.width, result.batch_size)
@@ -475,8 +518,6 @@ def _loadavg() -> list[float] | None:
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark described by `args` (see `parse_args`); returns the JSON-able report."""
-    from ..models.fuse import fuse_for_inference  # noqa: PLC0415
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -492,22 +533,28 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     if args.backbone:
         overrides["backbone"] = args.backbone
     overrides.update(args.model_args or {})
+    bases: dict[str, nn.Module] = {}
     for spec in args.models:
         name, options = _split_spec(spec)
-        winograd = not ("nowinograd" in options or args.no_winograd)
-        fuse = "fuse" in options or args.fuse or "nowinograd" in options
-        suffix = ("+fuse" if fuse else "") + ("+nowinograd" if fuse and not winograd else "")
-        log(f"building {name}{suffix} ...")
-        base = build_ours(name, args.num_classes, overrides).to(device)
-        if args.cls_prior is not None:
-            _set_cls_prior(base, args.cls_prior)
-        base = base.to(memory_format=memory_format)
-        model = base
-        if fuse and any(m != "train" for m in args.modes):
-            # --compile traces plain convs better than oneDNN's fused ops: fold BN + channels_last only.
-            model = fuse_for_inference(copy.deepcopy(base), prepack=None if not args.compile else False,
-                                       winograd=winograd)
-        contestants.append(Contestant(name + suffix, "ours", model, base, fuse))
+        variant = next(iter(options), "")
+        if name not in bases:
+            log(f"building {name} ...")
+            base = build_ours(name, args.num_classes, overrides).to(device)
+            if args.cls_prior is not None:
+                _set_cls_prior(base, args.cls_prior)
+            bases[name] = base.to(memory_format=memory_format)
+        base = bases[name]
+        model: Any = base
+        if variant == "onnx":
+            if device.type != "cpu":
+                raise ValueError(f"{spec}: the ONNX Runtime rows run on CPU; pass --device cpu")
+            from ..inference import onnx_runtime  # noqa: PLC0415
+
+            log(f"exporting {name} to ONNX ...")
+            start = time.perf_counter()
+            model = onnx_runtime(copy.deepcopy(base).eval(), threads=torch.get_num_threads())
+            log(f"  exported and checked in {time.perf_counter() - start:.1f} s")
+        contestants.append(Contestant(spec, "ours", model, base, variant))
     for peer in args.peers:
         log(f"building torchvision {peer} ({args.peer_backbone}) ...")
         model = build_peer(peer, args.num_classes, args.peer_backbone).to(device).to(memory_format=memory_format)
@@ -522,11 +569,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     for mode in args.modes:
         sizes = args.train_sizes if mode == "train" else args.sizes
         batches = args.train_batch_sizes if mode == "train" else args.batch_sizes
-        # The training step of a fused variant is that of its unfused base: measure it once, under the base name.
+        # The training step of an inference variant (+onnx, +bf16) is its base's: measure it once, under the base name.
         group: list[Contestant] = []
         for c in contestants:
-            if mode == "train" and c.fused:
-                c = dataclasses.replace(c, name=c.name.split("+")[0], fused=False)
+            if mode == "train" and c.variant:
+                c = dataclasses.replace(c, name=c.name.split("+")[0], variant="")
             if all(o.name != c.name for o in group):
                 group.append(c)
         for height, width in sizes:
@@ -537,8 +584,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 for c in group:
                     peak, kind = (None, None) if args.no_memory else measure_peak_memory(steps[c.name], device)
                     wall, cpu = timings[c.name]
+                    assign = getattr(steps[c.name], "assign_s", [])[args.warmup: args.warmup + args.iters]
                     results.append(Result(c.name, c.kind, mode, height, width, batch, args.iters, wall,
-                                          cpu if device.type == "cpu" else [], peak, kind))
+                                          cpu if device.type == "cpu" else [], peak, kind, assign))
                 del steps
                 gc.collect()
 
@@ -550,8 +598,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             "modes": list(args.modes), "sizes": [list(s) for s in args.sizes],
             "batch_sizes": list(args.batch_sizes), "train_sizes": [list(s) for s in args.train_sizes],
             "train_batch_sizes": list(args.train_batch_sizes), "amp": args.amp,
-            "channels_last": args.channels_last, "compile": args.compile, "fuse": args.fuse,
-            "winograd": not args.no_winograd,
+            "channels_last": args.channels_last, "compile": args.compile,
             "warmup": args.warmup, "iters": args.iters, "quick": args.quick, "num_classes": args.num_classes,
             "num_boxes": args.num_boxes, "cls_prior": args.cls_prior, "model_overrides": overrides,
             "score_thresh": 0.05, "ratio": "our images/s over the peer's, from median latencies",
@@ -566,7 +613,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
 
 
 def _compile(contestant: Contestant) -> None:
-    for model in {id(m): m for m in (contestant.model, contestant.train_model) if m is not None}.values():
+    for model in {id(m): m for m in (contestant.model, contestant.train_model) if isinstance(m, nn.Module)}.values():
         if hasattr(model, "forward_raw"):
             model.forward_raw = torch.compile(model.forward_raw)
         else:
@@ -575,16 +622,22 @@ def _compile(contestant: Contestant) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+def _onnx_available() -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnxscript"))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dynamic_atss benchmark speed",
         description="Images/s, latency and peak memory of Dynamic ATSS vs torchvision FCOS / RetinaNet (same run).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--models", nargs="+", default=["r50"],
+    parser.add_argument("--models", nargs="+", default=None,
                         help="our models: registered names (r50, r101_dcn, ...), local-dir:/path or hf-hub:org/name; "
-                             "a '+fuse' suffix (r50+fuse) measures that model with fuse_for_inference, "
-                             "'+nowinograd' (r50+nowinograd) fused without the Winograd convs")
+                             "a '+onnx' suffix (r50+onnx) runs that model's network in ONNX Runtime (CPU, the fast "
+                             "path; needs onnxruntime), '+bf16' under bfloat16 autocast (inference rows only)")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS,
                         help="torchvision models measured in the same run (none: --peers with no value, or --no-peers)")
     parser.add_argument("--no-peers", action="store_true", help="measure only our models")
@@ -609,11 +662,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amp", action="store_true", help="CUDA autocast (float16) for every model")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for every model")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network of every model")
-    parser.add_argument("--fuse", action="store_true", help="our models only: fuse_for_inference (folded BN, fused "
-                        "ReLU / residual add, packed oneDNN weights and Winograd convs on CPU, channels_last)")
-    parser.add_argument("--no-winograd", action="store_true", help="with --fuse: direct convolution only (by default "
-                        "the fused path runs the 256+-channel 3x3 convs as Winograd F(2x2,3x3) on CPU; a "
-                        "'+nowinograd' model suffix does this for one model)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls per model (default 1 on CPU, 5 on CUDA)")
     parser.add_argument("--iters", type=int, default=None, help="timed calls per model (default 5 on CPU, 30 on CUDA)")
@@ -629,6 +677,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.no_peers:
         args.peers = []
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if args.models is None:  # eager, and on CPU the fast path (ONNX Runtime) next to it when installed
+        args.models = ["r50"] + (["r50+onnx"] if not cuda and _onnx_available() else [])
     if args.quick:
         args.sizes = args.sizes or [(128, 128)]
         args.train_sizes = args.train_sizes or [(128, 128)]

@@ -1,0 +1,52 @@
+"""`python -m dynamic_atss export --model NAME_OR_PATH --format onnx --out model.onnx [--with-postprocess]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .export import export_onnx, export_program
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dynamic_atss export",
+        description="Export a model: ONNX (dynamic batch and image size; --with-postprocess puts decoding and NMS "
+                    "in the graph) or a torch.export ExportedProgram of forward_raw (.pt2). See "
+                    "dynamic_atss/inference/export.py for the graphs' inputs and outputs.",
+    )
+    parser.add_argument("--model", required=True,
+                        help="registry name (r50, r50.coco_1x; a name without tag has random weights), "
+                             "hf-hub:org/name, local-dir:/path or a saved model folder")
+    parser.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
+    parser.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for torch-export)")
+    parser.add_argument("--with-postprocess", action="store_true",
+                        help="ONNX: [0, 1] images + sizes in, detections out (decoding and NMS in the graph)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    parser.add_argument("--static", action="store_true", help="fixed batch and image size (those of the example)")
+    parser.add_argument("--no-check", action="store_true", help="ONNX: skip running the file in ONNX Runtime")
+    args = parser.parse_args(argv)
+
+    from ..predict import load_model  # noqa: PLC0415  (the one model-loading path)
+
+    if args.format == "torch-export" and args.with_postprocess:
+        parser.error("--with-postprocess is for --format onnx (torch-export exports forward_raw)")
+    model = load_model(args.model, "cpu")
+    start = time.perf_counter()
+    try:
+        if args.format == "onnx":
+            path = export_onnx(model, args.out, with_postprocess=args.with_postprocess, opset=args.opset,
+                               dynamic=not args.static, check=not args.no_check)
+        else:
+            path = Path(args.out)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.export.save(export_program(model, dynamic=not args.static), str(path))
+    except (NotImplementedError, ImportError) as error:
+        print(f"export failed: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+    return 0
