@@ -452,7 +452,7 @@ def format_markdown(results: list[Result], ratios: list[dict[str, Any]], peers: 
             f"{row['images_per_s_p50']:.3g}", f"{row['latency_ms']['p50']:.1f}", f"{row['latency_ms']['p90']:.1f}",
             "-" if row["cpu_s_per_iter"] is None else f"{row['cpu_s_per_iter']:.2f}",
             "-" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.0f}",
-            "" if row["assigner_share"] is None else f"{100 * row['assigner_share']:.0f}%",
+            "" if row["assigner_share"] is None else f"{100 * row['assigner_share']:.1f}%",
         ]
         for peer in peers:
             key = (result.model, peer, result.mode, result.height, result.width, result.batch_size)

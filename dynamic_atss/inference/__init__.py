@@ -1,9 +1,11 @@
 """Inference beyond eager PyTorch: ONNX / `torch.export` export and the ONNX Runtime fast path."""
 
-from .export import DetectionGraph, RawGraph, check_exportable, export_onnx, export_program, raw_output_names
+from .export import (
+    DetectionGraph, RawGraph, check_exportable, export_onnx, export_program, has_dcn, raw_output_names,
+)
 from .runtime import OnnxRuntimeDetector, onnx_runtime
 
 __all__ = [
     "DetectionGraph", "OnnxRuntimeDetector", "RawGraph", "check_exportable", "export_onnx", "export_program",
-    "onnx_runtime", "raw_output_names",
+    "has_dcn", "onnx_runtime", "raw_output_names",
 ]

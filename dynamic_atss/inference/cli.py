@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for torch-export)")
     parser.add_argument("--with-postprocess", action="store_true",
                         help="ONNX: [0, 1] images + sizes in, detections out (decoding and NMS in the graph)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    parser.add_argument("--opset", type=int, default=19, help="ONNX opset (DCN models need >= 19: DeformConv)")
     parser.add_argument("--static", action="store_true", help="fixed batch and image size (those of the example)")
     parser.add_argument("--no-check", action="store_true", help="ONNX: skip running the file in ONNX Runtime")
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """Export: ONNX (dynamic batch and image size, optionally with NMS in the graph) and `torch.export`.
 
-Two graphs, for any head family (their outputs are named after the family's `head.output_names`):
+Both graphs take any batch size and any H, W that are multiples of ``size_divisible`` and at least twice the
+largest stride (256 px for P7: `torch.export` specialises dimensions of size 1). Two graphs, for any head family (their outputs are named after the family's `head.output_names`):
 
 - **raw** (`with_postprocess=False`): input ``images`` (B, 3, H, W), normalised and padded to a multiple of
   the model's ``size_divisible`` (what `DynamicATSS.preprocess` returns); outputs ``<name>_p<level>`` for every
@@ -8,7 +9,7 @@ Two graphs, for any head family (their outputs are named after the family's `hea
   (B, k, H_l, W_l). This is `model.forward_raw`; `OnnxRuntimeDetector` wraps it with the model's own pre- and
   post-processing (the documented fast CPU path).
 - **detections** (`with_postprocess=True`): inputs ``images`` (B, 3, H, W) in [0, 1] (already resized; any
-  padding, H and W multiples of ``size_divisible``) and ``image_sizes`` (B, 2) int64 (height, width of each
+  padding; H and W multiples of ``size_divisible``) and ``image_sizes`` (B, 2) int64 (height, width of each
   image inside the batch); the graph normalises, zeroes the padding as `preprocess` does, runs the network,
   decodes, runs class-wise NMS (torchvision's, exported as ONNX ``NonMaxSuppression``) and keeps each image's
   top ``max_detections``. Outputs ``boxes`` (D, 4) xyxy in the batch's pixels, ``scores`` (D,), ``labels``
@@ -16,9 +17,10 @@ Two graphs, for any head family (their outputs are named after the family's `hea
   thresholds (``model.config.test``) are baked in at export time.
 
 ONNX export uses PyTorch's `torch.export`-based exporter (`torch.onnx.export(..., dynamo=True)`, needs
-``onnxscript``: ``pip install "dynamic-atss[export]"``). DCN models (torchvision's `deform_conv2d`) do not
-export: PyTorch's exporter has no translation for it, and ONNX Runtime's CPU provider implements no
-``DeformConv`` kernel either (checked with onnxruntime 1.32); `export_onnx` says so before tracing.
+``onnxscript``: ``pip install "dynamic-atss[export]"``). DCN models export too: torchvision's `deform_conv2d`
+becomes ONNX's ``DeformConv`` (opset >= 19; a translation registered here, PyTorch's exporter has none), which
+ONNX Runtime runs on CPU (onnxruntime >= 1.20; tested with 1.32). Runtimes without ``DeformConv`` (e.g.
+TensorRT, older onnxruntime) cannot run DCN graphs: export the models without DCN for those.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from torch import Tensor, nn
 from ..detection.postprocess import select_detections
 from ..models.dcn import ModulatedDeformConv2d
 
-__all__ = ["DetectionGraph", "RawGraph", "export_onnx", "export_program", "raw_output_names", "check_exportable"]
+__all__ = ["DetectionGraph", "RawGraph", "check_exportable", "export_onnx", "export_program", "raw_output_names"]
 
 # An example input's side per 32 px of stride: big enough that every level has a few cells (P7 >= 2 x 2).
 _EXAMPLE_SIDE = 256
@@ -47,17 +49,35 @@ def raw_output_names(model: nn.Module) -> list[str]:
     return [f"{name}_p{level}" for name in model.head.output_names for level in levels]
 
 
-def check_exportable(model: nn.Module, format: str = "onnx") -> None:
-    """Raise a clear error for models the exporters cannot translate (DCN)."""
-    if any(isinstance(m, ModulatedDeformConv2d) for m in model.modules()):
+def has_dcn(model: nn.Module) -> bool:
+    return any(isinstance(m, ModulatedDeformConv2d) for m in model.modules())
+
+
+def check_exportable(model: nn.Module, opset: int) -> None:
+    """Raise a clear error, before tracing, for a model this opset cannot express (DCN needs opset >= 19)."""
+    if has_dcn(model) and opset < 19:
         raise NotImplementedError(
-            f"this model has deformable convolutions (DCN), which do not export to {format}: PyTorch's ONNX exporter "
-            "has no translation for torchvision's deform_conv2d, and ONNX Runtime has no CPU DeformConv kernel. "
-            "The models without DCN export (dynamic_atss_r50, _r101, _x101_32x8d, _x101_64x4d and custom configs "
-            "with backbone.dcn=false and head.dcn_last_conv=false); run DCN models in PyTorch "
-            "(torch.export.export of forward_raw works for them)."
-            if format == "onnx" else f"this model has deformable convolutions (DCN), which do not export to {format}"
+            f"this model has deformable convolutions (DCN), which ONNX has only from opset 19 (DeformConv); got "
+            f"opset {opset}. Export with opset >= 19, or pick a model without DCN (dynamic_atss_r50, _r101, "
+            "_x101_32x8d, _x101_64x4d) for runtimes without DeformConv."
         )
+
+
+def _deform_conv_translation() -> dict[Any, Any]:
+    """torchvision::deform_conv2d -> ONNX DeformConv (same offset / mask layouts: ONNX took torchvision's)."""
+    from onnxscript import opset19 as op  # noqa: PLC0415
+
+    def deform_conv2d(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
+                      dil_h: int, dil_w: int, n_weight_grps: int, n_offset_grps: int, use_mask: bool):
+        if not use_mask:  # DCNv1: ONNX's mask defaults to ones
+            return op.DeformConv(input, weight, offset, bias, dilations=[dil_h, dil_w], group=n_weight_grps,
+                                 offset_group=n_offset_grps, pads=[pad_h, pad_w, pad_h, pad_w],
+                                 strides=[stride_h, stride_w])
+        return op.DeformConv(input, weight, offset, bias, mask, dilations=[dil_h, dil_w], group=n_weight_grps,
+                             offset_group=n_offset_grps, pads=[pad_h, pad_w, pad_h, pad_w],
+                             strides=[stride_h, stride_w])
+
+    return {torch.ops.torchvision.deform_conv2d.default: deform_conv2d}
 
 
 class RawGraph(nn.Module):
@@ -95,7 +115,7 @@ class DetectionGraph(nn.Module):
         )
 
 
-def _example_images(model: nn.Module, batch: int, channels_ok: bool = True) -> Tensor:
+def _example_images(model: nn.Module, batch: int) -> Tensor:
     divisor = model.config.size_divisible
     side = max(_EXAMPLE_SIDE, 2 * max(model.config.anchors.strides))
     side = int(math.ceil(side / divisor) * divisor)
@@ -107,9 +127,11 @@ def _example_images(model: nn.Module, batch: int, channels_ok: bool = True) -> T
 def _dynamic_shapes(model: nn.Module, with_postprocess: bool) -> tuple[dict[int, Any], ...]:
     divisor = model.config.size_divisible
     batch = torch.export.Dim("batch", min=1, max=1024)
-    # H = divisor * h: the exporter then knows every stride divides the input (no per-level rounding guards)
-    height = divisor * torch.export.Dim("height_blocks", min=1, max=8192 // divisor)
-    width = divisor * torch.export.Dim("width_blocks", min=1, max=8192 // divisor)
+    # H = divisor * h: the exporter then knows every stride divides the input (no per-level rounding guards).
+    # At least two cells on the coarsest level: torch.export specialises sizes of 1 (broadcasting).
+    blocks = math.ceil(2 * max(model.config.anchors.strides) / divisor)
+    height = divisor * torch.export.Dim("height_blocks", min=blocks, max=8192 // divisor)
+    width = divisor * torch.export.Dim("width_blocks", min=blocks, max=8192 // divisor)
     image_dims = {0: batch, 2: height, 3: width}
     return (image_dims, {0: batch}) if with_postprocess else (image_dims,)
 
@@ -131,7 +153,7 @@ def export_onnx(
     path: str | os.PathLike[str],
     *,
     with_postprocess: bool = False,
-    opset: int = 18,
+    opset: int = 19,
     dynamic: bool = True,
     check: bool = True,
 ) -> Path:
@@ -146,7 +168,7 @@ def export_onnx(
         raise ImportError(
             "ONNX export needs the onnx and onnxscript packages: pip install 'dynamic-atss[export]'"
         ) from error
-    check_exportable(model, "onnx")
+    check_exportable(model, opset)
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +188,7 @@ def export_onnx(
         program = torch.onnx.export(
             graph, args, dynamo=True, opset_version=opset, input_names=input_names, output_names=output_names,
             dynamic_shapes=_dynamic_shapes(model, with_postprocess) if dynamic else None, verbose=False,
+            custom_translation_table=_deform_conv_translation() if has_dcn(model) else None,
         )
     program.save(str(path))
     if check:
