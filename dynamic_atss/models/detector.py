@@ -179,15 +179,20 @@ class DynamicATSS(HubMixin, nn.Module):
         gt_boxes = torch.zeros(len(targets), max_gt, 4, device=device)
         gt_labels = torch.zeros(len(targets), max_gt, dtype=torch.int64, device=device)
         gt_mask = torch.zeros(len(targets), max_gt, dtype=torch.bool, device=device)
-        for index, (target, (scale_h, scale_w)) in enumerate(zip(targets, scales)):
+        checked = []
+        for index, target in enumerate(targets):
             boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
             labels = torch.as_tensor(target["labels"], device=device).reshape(-1)
             if len(labels) != len(boxes):
                 raise ValueError(f"image {index}: {len(boxes)} boxes but {len(labels)} labels")
             if labels.is_floating_point():
                 raise ValueError(f"image {index}: labels must be integers (int64), got {labels.dtype}")
-            if len(boxes):
-                bad = ~torch.isfinite(boxes).all(1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+            checked.append((boxes, labels))
+        # One host-device synchronisation for the whole batch's checks; the loop below only names the culprit.
+        flags = [self._bad_boxes(b).any() | self._bad_labels(l).any() for b, l in checked if len(b)]
+        if flags and bool(torch.stack(flags).any()):
+            for index, (boxes, labels) in enumerate(checked):
+                bad = self._bad_boxes(boxes)
                 if bad.any():
                     box_index = int(bad.nonzero()[0])
                     raise ValueError(
@@ -195,14 +200,22 @@ class DynamicATSS(HubMixin, nn.Module):
                         "negative width/height; boxes must be xyxy with x2 > x1 and y2 > y1 (the data pipeline "
                         "drops such boxes with a warning)"
                     )
-                out_of_range = (labels < 0) | (labels >= self.config.num_classes)
+                out_of_range = self._bad_labels(labels)
                 if out_of_range.any():
                     raise ValueError(
                         f"image {index}: label {int(labels[out_of_range][0])} is outside [0, {self.config.num_classes}); "
                         "labels must be contiguous class indices (map dataset category ids first)"
                     )
+        for index, ((boxes, labels), (scale_h, scale_w)) in enumerate(zip(checked, scales)):
             n = len(boxes)
             gt_boxes[index, :n] = boxes * boxes.new_tensor([scale_w, scale_h, scale_w, scale_h])
             gt_labels[index, :n] = labels
             gt_mask[index, :n] = True
         return gt_boxes, gt_labels, gt_mask
+
+    @staticmethod
+    def _bad_boxes(boxes: Tensor) -> Tensor:
+        return ~torch.isfinite(boxes).all(1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+
+    def _bad_labels(self, labels: Tensor) -> Tensor:
+        return (labels < 0) | (labels >= self.config.num_classes)
