@@ -25,7 +25,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -73,6 +75,10 @@ def describe_type(tp: Any) -> str:
     if tp is Any:
         return "any"
     return getattr(tp, "__name__", str(tp))
+
+
+def _join(path: str, name: Any) -> str:
+    return f"{path}.{name}" if path else str(name)
 
 
 def _fail(path: str, tp: Any, value: Any, hint: str = "") -> typing.NoReturn:
@@ -166,7 +172,7 @@ def convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             _fail(path, tp, value)
         key_type, value_type = args if args else (Any, Any)
-        return {convert(k, key_type, path): convert(v, value_type, f"{path}.{k}") for k, v in value.items()}
+        return {convert(k, key_type, path): convert(v, value_type, _join(path, k)) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -181,19 +187,19 @@ def convert(value: Any, tp: Any, path: str) -> Any:
 def from_dict(cls: type, data: Any, path: str) -> Any:
     """Dataclass `cls` from a (nested) mapping, every value converted to its field's type."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of {cls.__name__} fields, got {data!r}")
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping of {cls.__name__} fields, got {data!r}")
     fields = field_types(cls)
     unknown = [str(name) for name in data if name not in fields]
     if unknown:
         hints = "".join(closest(name, fields) for name in unknown)
         raise ConfigError(
-            f"{path}: unknown field(s) {unknown} for {cls.__name__}{hints}; known fields: {sorted(fields)}"
+            f"{path or cls.__name__}: unknown field(s) {unknown} for {cls.__name__}{hints}; known fields: {sorted(fields)}"
         )
-    kwargs = {name: convert(value, fields[name], f"{path}.{name}") for name, value in data.items()}
+    kwargs = {name: convert(value, fields[name], _join(path, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:  # __post_init__ checks across fields
-        raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError(f"{path or cls.__name__}: {e}") from e
 
 
 def resolve_dotted(cls: type, key: str, where: str = "config") -> Any:
@@ -220,10 +226,23 @@ def convert_dotted(cls: type, key: str, value: Any, where: str = "config") -> An
     return convert(value, resolve_dotted(cls, key, where), key)
 
 
-def field_rows(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """`(dotted name, type, default)` for every leaf field of dataclass `cls`, sections expanded (for `--help`)."""
+@functools.cache
+def _field_comments(cls: type) -> dict[str, str]:
+    """The `# ...` comment on each field's line in the class source (shown by `--help`); {} without source."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    found = re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE)
+    return {name: comment.strip() for name, comment in found}
+
+
+def field_rows(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """`(dotted name, type, default, comment)` for every leaf field of dataclass `cls`, sections expanded
+    (for `--help`)."""
     rows = []
     hints = field_types(cls)
+    comments = _field_comments(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -237,5 +256,5 @@ def field_rows(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
         if dataclasses.is_dataclass(tp):
             rows += field_rows(tp, f"{prefix}{f.name}.")
         else:
-            rows.append((f"{prefix}{f.name}", describe_type(tp), default))
+            rows.append((f"{prefix}{f.name}", describe_type(tp), default, comments.get(f.name, "")))
     return rows
