@@ -71,9 +71,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m dynamic_atss.trai
         parser.error(str(e))
     from accelerate import PartialState  # noqa: PLC0415  (heavy imports after the config is known good)
 
-    from .engine.trainer import final_report, train  # noqa: PLC0415
+    from .engine.checkpoint import CheckpointError  # noqa: PLC0415
+    from .engine.output import OutputDirError  # noqa: PLC0415
+    from .engine.trainer import DataCheckError, final_report, train  # noqa: PLC0415
 
-    summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    except (OutputDirError, CheckpointError, DataCheckError) as e:  # the message says what to do
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     if PartialState().is_main_process:
         print(final_report(summary))
         print(json.dumps({k: v for k, v in summary.items() if k not in ("metrics", "effective")}, indent=2))

@@ -25,7 +25,7 @@ STATE_FILE = "trainer_state.json"
 # Keys that may change between a run and its resumption (bookkeeping, not the training itself).
 RESUME_FREE_KEYS = (
     "output_dir", "log_every", "eval_every", "eval_limit", "checkpoint_every", "keep_checkpoints", "push_to_hub",
-    "tracker", "max_bad_steps", "mixed_precision", "grad_accum", "batch_size", "data.num_workers",
+    "tracker", "max_bad_steps", "mixed_precision", "grad_accum", "batch_size", "optim.max_iters", "data.num_workers",
     "data.check_images", "data.skip_unreadable", "data.num_val", "data.val_images", "data.val_annotations",
     "data.val_split",
 )
@@ -103,7 +103,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"optim": {"lr": 0.01}} -> {"optim.lr": 0.01}; tuples as lists (as they come back from JSON)."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and value and key != "model_overrides":
+        if isinstance(value, dict) and value:
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = json.loads(json.dumps(value))

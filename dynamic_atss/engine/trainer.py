@@ -16,6 +16,7 @@ Runs the same under `python -m dynamic_atss.train ...` (one process) and `accele
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -136,7 +137,26 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     trackers = config.trackers
     if trackers:
         kwargs.update(log_with=trackers, project_dir=config.output_dir)
-    return Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not _has_accelerator_device():
+        # `accelerate launch --multi_gpu` (torchrun) on a machine without GPUs: the launcher resets
+        # ACCELERATE_USE_CPU, and Accelerate would then start N independent one-process runs. Train on CPU
+        # processes together (gloo) instead.
+        kwargs["cpu"] = True
+    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
+    if accelerator.num_processes != world_size:
+        raise RuntimeError(
+            f"launched as {world_size} processes but Accelerate set up {accelerator.num_processes}; check the launch "
+            "(accelerate launch --multi_gpu --num_processes N, or ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N)"
+        )
+    return accelerator
+
+
+def _has_accelerator_device() -> bool:
+    if torch.cuda.is_available():
+        return True
+    accel = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ... in one place
+    return bool(accel is not None and accel.is_available())
 
 
 def effective_settings(accelerator: Accelerator, config: TrainConfig) -> dict[str, Any]:
