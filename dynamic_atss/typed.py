@@ -85,6 +85,12 @@ def _fail(path: str, tp: Any, value: Any, hint: str = "") -> typing.NoReturn:
     raise ConfigError(f"{path}: expected {describe_type(tp)}, got {value!r}{hint}")
 
 
+def _yaml_bool_hint(value: Any, types_: typing.Iterable[Any]) -> str:
+    """YAML 1.1 reads an unquoted no/off/yes/on as a boolean: say so when a text choice was expected."""
+    texts = [a for t in types_ if typing.get_origin(t) is Literal for a in typing.get_args(t) if isinstance(a, str)]
+    return " (YAML reads an unquoted yes/no/on/off as a boolean: quote the value)" if isinstance(value, bool) and texts else ""
+
+
 def _parse_text(value: str, path: str) -> Any:
     try:
         return yaml.safe_load(value)
@@ -108,17 +114,14 @@ def convert(value: Any, tp: Any, path: str) -> Any:
                 return convert(value, member, path)
             except ConfigError:
                 continue
-        _fail(path, tp, value)
+        _fail(path, tp, value, _yaml_bool_hint(value, members))
     if origin is Literal:
         for option in args:
             if value == option and type(value) is type(option):
                 return option
             if isinstance(value, str) and not isinstance(option, str) and value.strip() == str(option):
                 return option
-        hint = ""
-        if isinstance(value, bool) and any(isinstance(a, str) for a in args):
-            hint = " (YAML reads an unquoted yes/no/on/off as a boolean: quote the value)"
-        _fail(path, tp, value, hint)
+        _fail(path, tp, value, _yaml_bool_hint(value, [tp]))
     if tp is bool:
         if isinstance(value, bool):
             return value

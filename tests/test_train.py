@@ -3,13 +3,14 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from dynamic_atss.engine import NonFiniteLossError, load_config, train
+from dynamic_atss.engine import NonFiniteLossError, load_config, train, trainer
 from dynamic_atss.engine.checkpoint import CheckpointError, list_checkpoints, resolve_resume
 from dynamic_atss.engine.config import OptimConfig
 from dynamic_atss.engine.output import OutputDirError
@@ -140,7 +141,6 @@ def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
 def test_a_non_finite_batch_leaves_batchnorm_intact_and_the_model_still_detects(tmp_path, monkeypatch):
     """The demo's trainable BatchNorm: a NaN image (caught before the forward) and a NaN activation (caught by
     the loss, the running statistics restored) must not leave NaN running statistics behind."""
-    from dynamic_atss.engine import trainer
 
     calls = {"collate": 0, "forward": 0}
 
@@ -328,3 +328,56 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- Accelerate settings
+@pytest.fixture
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    # The state is a process-wide singleton; these tests change its settings (private reset, tests only).
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_accelerate_launch_settings_win_unless_the_recipe_sets_them(tmp_path, monkeypatch, fresh_accelerate_state):
+    from dynamic_atss.engine.trainer import make_accelerator
+
+    # What `accelerate launch --mixed_precision bf16 --gradient_accumulation_steps 2` passes to the script.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0,
+                          optim={**TINY_RECIPE["optim"], "max_iters": 2}, data=NO_VAL_DATA)
+    train(load_config(recipe))
+    effective = json.loads((tmp_path / "run" / "train_config.json").read_text())["effective"]
+    assert effective["mixed_precision"] == "bf16" and effective["grad_accum"] == 2
+    assert effective["total_batch_size"] == 4 and effective["lr"] == pytest.approx(0.02)  # 0.01 x 4 / 2
+    assert losses_by_step(tmp_path / "run" / "log.jsonl")[1]["lr"] == pytest.approx(0.02 / 3)  # warm-up from 1/3
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    explicit = load_config(recipe, ["mixed_precision=no", "grad_accum=3"])
+    accelerator = make_accelerator(explicit)
+    assert accelerator.mixed_precision == "no" and accelerator.gradient_accumulation_steps == 3
+
+
+def test_trackers_get_the_full_config(tmp_path, monkeypatch):
+    captured = {}
+
+    def init_trackers(self, project_name, config=None, init_kwargs=None):
+        captured.update(project=project_name, config=config)
+
+    monkeypatch.setattr(trainer.Accelerator, "init_trackers", init_trackers)
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0,
+                          optim={**TINY_RECIPE["optim"], "max_iters": 1}, data=NO_VAL_DATA, tracker="tensorboard")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # accelerate may say that the tracker's package is not installed
+        train(load_config(recipe))
+    logged = captured["config"]
+    assert captured["project"] == "dynamic_atss"
+    assert logged["optim.lr"] == 0.01 and logged["model_overrides.head.channels"] == 32
+    assert logged["effective.total_batch_size"] == 2 and logged["data.image_size"] == "[128, 128]"
+    assert all(isinstance(v, (int, float, str, bool)) for v in logged.values())
+
