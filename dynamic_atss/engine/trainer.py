@@ -139,9 +139,9 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         kwargs.update(log_with=trackers, project_dir=config.output_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not _has_accelerator_device():
-        # `accelerate launch --multi_gpu` (torchrun) on a machine without GPUs: the launcher resets
-        # ACCELERATE_USE_CPU, and Accelerate would then start N independent one-process runs. Train on CPU
-        # processes together (gloo) instead.
+        # Launched as N processes (torchrun, or a launcher that does not set ACCELERATE_USE_CPU) on a machine
+        # without GPUs: Accelerate would run N independent one-process trainings into the same folder. Train
+        # the CPU processes together (gloo) instead.
         kwargs["cpu"] = True
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
     if accelerator.num_processes != world_size:
