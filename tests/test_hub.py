@@ -17,7 +17,7 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
-from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from hub_server import hub_server  # noqa: F401  (pytest fixture)
 from safetensors.torch import load_file, save_file
 
@@ -25,6 +25,7 @@ import dynamic_atss
 from dynamic_atss import DynamicATSS, registry
 from dynamic_atss.hub import (
     ConfigFormatError,
+    HubFilesMissingError,
     HubUnreachableError,
     StateDictMismatchError,
     load_pretrained,
@@ -261,7 +262,7 @@ def test_push_model_dir_to_a_branch(hub_server, cache, tmp_path):  # noqa: F811
     # the generated card was regenerated with the repo id
     assert b'"hf-hub:org/branchy"' in repo.commits[info.oid].files["README.md"]
     assert_same_outputs(model, dynamic_atss.create("hf-hub:org/branchy@v1", endpoint=hub_server.endpoint, cache_dir=cache))
-    with pytest.raises(RemoteEntryNotFoundError, match="has no config.json"):  # main only has .gitattributes
+    with pytest.raises(HubFilesMissingError, match="has no config.json and no model.safetensors"):  # main: .gitattributes
         dynamic_atss.create("hf-hub:org/branchy", endpoint=hub_server.endpoint, cache_dir=cache)
     # a hand-written card is kept
     (tmp_path / "m" / "README.md").write_text("---\nlicense: mit\n---\n# my own card\n")
