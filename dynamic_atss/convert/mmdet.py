@@ -78,7 +78,10 @@ from ..hub import StateDictMismatchError, build_model_from_state_dict
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
 
-__all__ = ["convert_mmdet_atss", "convert_mmdet_state_dict", "infer_mmdet_backbone", "load_checkpoint_file"]
+__all__ = [
+    "MMDetConversionError", "convert_mmdet_atss", "convert_mmdet_state_dict", "infer_mmdet_backbone",
+    "load_checkpoint_file", "mmdet_atss_config",
+]
 
 # (block, layers, groups, base width) -> timm name, for the standard channel widths (64, 128, 256, 512)
 _STANDARD_RESNETS: dict[tuple[str, tuple[int, ...], int, int], str] = {
@@ -218,6 +221,39 @@ def infer_mmdet_backbone(state_dict: dict[str, Tensor]) -> tuple[BackboneConfig,
 
 
 # ---------------------------------------------------------------------------------------------- conversion
+def mmdet_atss_config(
+    backbone: BackboneConfig,
+    *,
+    num_classes: int = 80,
+    class_names: list[str] | None = None,
+    fpn_channels: int = 256,
+    head_channels: int = 256,
+    num_convs: int = 4,
+    conv_bias: bool = False,
+    dcn_last_conv: bool = False,
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225),
+) -> ModelConfig:
+    """The config of an mmdetection ATSS model: plain ATSS training, mmdetection's conventions (module docstring).
+
+    What the converter produces, and what the `atss_r50` / `atss_r101` constructors build (random weights).
+    """
+    return ModelConfig(
+        num_classes=num_classes,
+        class_names=list(class_names) if class_names is not None else None,
+        backbone=backbone,
+        fpn_channels=fpn_channels,
+        head=HeadConfig(channels=head_channels, num_convs=num_convs, num_groups=32, conv_bias=conv_bias,
+                        dcn_last_conv=dcn_last_conv, quality="centerness"),
+        anchors=AnchorConfig(center_offset=0.0),
+        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
+        loss=LossConfig(cls_loss="focal"),
+        image_mean=tuple(image_mean),  # type: ignore[arg-type]
+        image_std=tuple(image_std),  # type: ignore[arg-type]
+    )
+
+
 def convert_mmdet_state_dict(
     checkpoint: dict[str, Any],
     *,
@@ -343,19 +379,10 @@ def convert_mmdet_state_dict(
         class_names = _class_names_from_meta(meta)
         if class_names is not None and len(class_names) != num_classes:
             class_names = None  # meta from another dataset than the head: better unnamed than wrong
-    config = ModelConfig(
-        num_classes=num_classes,
-        class_names=list(class_names) if class_names is not None else None,
-        backbone=backbone_config,
-        fpn_channels=fpn_channels,
-        head=HeadConfig(channels=head_channels, num_convs=num_convs, num_groups=32, conv_bias=conv_bias,
-                        dcn_last_conv=bool(offsets), quality="centerness"),
-        anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
-        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
-        loss=LossConfig(cls_loss="focal"),
-        image_mean=image_mean,  # type: ignore[arg-type]
-        image_std=image_std,  # type: ignore[arg-type]
+    config = mmdet_atss_config(
+        backbone_config, num_classes=num_classes, class_names=class_names, fpn_channels=fpn_channels,
+        head_channels=head_channels, num_convs=num_convs, conv_bias=conv_bias, dcn_last_conv=bool(offsets),
+        image_mean=image_mean, image_std=image_std,
     )
     if overrides:
         config = apply_overrides(config, overrides)

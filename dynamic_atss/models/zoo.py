@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import BackboneConfig, HeadConfig, ModelConfig, apply_overrides
-from ..registry import get_pretrained_cfg, register_model
+from ..registry import load_pretrained_tag, register_model
 from .detector import DynamicATSS
 
 
@@ -21,21 +21,23 @@ def _build(
     variant: str, trunk: str, dcn: bool, pretrained: bool = False, pretrained_tag: str | None = None,
     /, **kwargs: Any,
 ) -> DynamicATSS:
-    if pretrained:
-        cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant)
-        if not cfg.hf_hub_id:
-            raise RuntimeError(
-                f"{cfg.name} has no published weights yet. Train them with "
-                f"`accelerate launch train.py --config configs/{cfg.recipe}.yaml`, or load weights you have with "
-                "dynamic_atss.create('local-dir:/path/to/model') or create('hf-hub:org/name')"
-            )
-        from ..hub import load_pretrained  # noqa: PLC0415
-
-        kwargs.pop("backbone_pretrained", None)  # the checkpoint holds the backbone too
-        revision = f"@{cfg.revision}" if cfg.revision else ""
-        return load_pretrained(f"hf-hub:{cfg.hf_hub_id}{revision}", **kwargs)
+    if pretrained:  # weights: the registry's entry for the tag (a Hub repo, or a public checkpoint to convert)
+        return load_pretrained_tag(f"{variant}.{pretrained_tag}" if pretrained_tag else variant, **kwargs)
     backbone_pretrained = kwargs.pop("backbone_pretrained", False)
     config = apply_overrides(_base_config(trunk, dcn), kwargs)
+    return DynamicATSS(config, backbone_pretrained=backbone_pretrained)
+
+
+def _build_mmdet_atss(
+    variant: str, trunk: str, pretrained: bool = False, pretrained_tag: str | None = None, /, **kwargs: Any,
+) -> DynamicATSS:
+    """Plain ATSS as mmdetection trains it (anchor IoUs only, focal loss, centerness; its conventions)."""
+    if pretrained:
+        return load_pretrained_tag(f"{variant}.{pretrained_tag}" if pretrained_tag else variant, **kwargs)
+    from ..convert.mmdet import mmdet_atss_config  # noqa: PLC0415  (the converter's config, one definition)
+
+    backbone_pretrained = kwargs.pop("backbone_pretrained", False)
+    config = apply_overrides(mmdet_atss_config(BackboneConfig(name=trunk)), kwargs)
     return DynamicATSS(config, backbone_pretrained=backbone_pretrained)
 
 
@@ -85,3 +87,15 @@ def dynamic_atss_x101_32x8d_dcn(pretrained: bool = False, **kwargs: Any) -> Dyna
 def dynamic_atss_x101_64x4d_dcn(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
     """Dynamic ATSS, ResNeXt-101 64x4d-DCN FPN."""
     return _build("dynamic_atss_x101_64x4d_dcn", "resnext101_64x4d", True, pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def atss_r50(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """Plain ATSS, ResNet-50 FPN, mmdetection's conventions (`atss_r50.mmdet_coco_1x`: its 39.4 AP COCO weights)."""
+    return _build_mmdet_atss("atss_r50", "resnet50", pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def atss_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """Plain ATSS, ResNet-101 FPN, mmdetection's conventions (`atss_r101.mmdet_coco_1x`: its 41.5 AP COCO weights)."""
+    return _build_mmdet_atss("atss_r101", "resnet101", pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
