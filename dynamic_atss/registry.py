@@ -149,7 +149,7 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     key = f"{model}.{tag}"
     if tag is None or key not in _PRETRAINED:
         known = sorted(k for k in _PRETRAINED if k.startswith(model + "."))
-        raise NoPretrainedWeightsError(
+        raise ValueError(
             f"no pretrained tag {key if tag else model!r}; tags for {model}: {known or 'none'}.\n"
             + _what_is_available(model)
         )
@@ -240,7 +240,9 @@ def load_pretrained_tag(name: str, **kwargs: Any) -> nn.Module:
         from .hub import load_pretrained  # noqa: PLC0415
 
         revision = f"@{cfg.revision}" if cfg.revision else ""
-        return load_pretrained(f"hf-hub:{cfg.hf_hub_id}{revision}", **kwargs)
+        model = load_pretrained(f"hf-hub:{cfg.hf_hub_id}{revision}", **kwargs)
+        model.pretrained_info["tag"] = cfg.name
+        return model
     if cfg.url:
         if not _converter_available(cfg):
             raise _family_not_available(cfg)
@@ -268,12 +270,20 @@ def create(name: str | os.PathLike, pretrained: bool = False, **kwargs: Any) -> 
     fields (`dynamic_atss.hub.LOAD_TIME_OVERRIDES`), plus the download options of `load_pretrained_tag`.
     """
     name = os.fspath(name)
-    if name.startswith(("hf-hub:", "local-dir:")) or (_canonical(name.partition(".")[0]) not in _MODEL_ENTRYPOINTS
-                                                       and _is_folder(name)):
+    registered = _canonical(name.partition(".")[0]) in _MODEL_ENTRYPOINTS
+    if name.startswith(("hf-hub:", "local-dir:")) or (not registered and _is_folder(name)):
         from .hub import load_pretrained  # noqa: PLC0415
 
         kwargs.pop("backbone_pretrained", None)
         return load_pretrained(name, **kwargs)
+    if not registered and (os.sep in name or name.startswith((".", "~"))):  # a path, not a model name
+        path = Path(name).expanduser()
+        if path.is_file():
+            raise ValueError(
+                f"{name} is a file: give the model folder (config.json + model.safetensors, as save_pretrained "
+                "writes it); convert an mmdetection .pth first with `python hub/convert_mmdet.py FILE --out DIR`"
+            )
+        raise FileNotFoundError(f"model folder not found: {name} (nor is it a registered model name)")
     model, tag = split_name(name)
     if tag is not None:
         pretrained = True

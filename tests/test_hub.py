@@ -320,7 +320,7 @@ def test_unreachable_hub_gives_one_clear_error(cache, monkeypatch):
 def test_unpublished_weights_fail_clearly():
     with pytest.raises(RuntimeError, match=r"dynamic_atss_r50\.coco_1x has no published weights yet"):
         dynamic_atss.create("r50", pretrained=True)
-    assert all(entry["hf_hub_id"] is None or entry["revision"]
+    assert all(entry.get("hf_hub_id") is None or entry["revision"]
                for entry in json.loads(registry.INDEX_FILE.read_text())["weights"]), "published weights must be pinned"
 
 
