@@ -1,5 +1,4 @@
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -78,17 +77,6 @@ def test_predict_refuses_a_model_without_weights(tmp_path, capsys, tiny_kwargs):
     err = capsys.readouterr().err
     assert "no published weights" in err and "atss_r50.mmdet_coco_1x" in err and "--allow-random-weights" in err
     assert not (tmp_path / "out" / "street.png").exists()
-
-
-def test_save_pretrained_files_follow_the_umask(tmp_path, tiny_kwargs):
-    model = da.create("r50", num_classes=2, **tiny_kwargs)
-    old = os.umask(0o022)
-    try:
-        model.save_pretrained(tmp_path / "m")
-    finally:
-        os.umask(old)
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
-    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}
 
 
 def test_demo_with_comparison_writes_its_outputs(tmp_path):

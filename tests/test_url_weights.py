@@ -281,3 +281,39 @@ def test_fine_tune_recipe_starts_from_converted_weights():
     base = yaml.safe_load((root / "configs" / "_coco_1x.yaml").read_text())
     assert recipe["optim"]["max_iters"] < base["optim"]["max_iters"] and recipe["optim"]["lr"] < base["optim"]["lr"]
     registry.split_name(recipe["init_from"])  # a name create() accepts
+
+
+def test_benchmark_and_trainer_load_the_tag_through_create(tmp_path, file_server, torch_cache,  # noqa: F811
+                                                           scratch_registry):
+    from dynamic_atss.benchmark import coco as coco_bench
+    from dynamic_atss.engine.config import load_config
+    from dynamic_atss.engine.trainer import build_model
+
+    url, _, prefix = serve_tiny(file_server, tmp_path)
+    point_tag_at(url, prefix)
+    model, name = coco_bench.load_model(TAG)
+    assert name == TAG and model.pretrained_info["url"] == url
+    # the fine-tune recipe's model: converted weights, combined-IoU assigner
+    recipe = load_config(Path(__file__).resolve().parents[1] / registry.FINETUNE_RECIPE)
+    tuned = build_model(recipe, num_classes=3, class_names=["cat", "dog", "bird"])
+    assert tuned.config.assigner.pred_weight == 1.0 and tuned.config.assigner.anchor_weight == 1.0
+    assert_same_raw_outputs(model, tuned)  # the assignment changes training only
+    assert len(file_server.requests) == 1
+
+
+def test_convert_script_tag_is_the_manual_route(tmp_path, scratch_registry, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "hub" / "convert_mmdet.py"
+    spec = importlib.util.spec_from_file_location("hub_script_convert_mmdet_tag", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    checkpoint = tmp_path / "atss_tiny.pth"
+    checkpoint.write_bytes(tiny_checkpoint_bytes(tmp_path))
+    with pytest.raises(SystemExit, match=r"does not start with 985f7bd0"):  # the real entry: another file
+        script.main([str(checkpoint), "--tag", TAG, "--out", str(tmp_path / "out")])
+    point_tag_at("https://example.invalid/atss_tiny.pth", hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:8])
+    assert script.main([str(checkpoint), "--tag", TAG, "--out", str(tmp_path / "out")]) == 0
+    loaded = dynamic_atss.create(str(tmp_path / "out"))
+    assert loaded.pretrained_info["metrics"]["AP"] == 39.4
+    assert_same_raw_outputs(loaded, convert_mmdet_atss(checkpoint))

@@ -16,4 +16,5 @@ from .url import (  # noqa: F401
     converted_dir,
     fetch_checkpoint,
     load_url_weights,
+    sha256_file,
 )

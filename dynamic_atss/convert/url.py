@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CONVERTERS", "MIRROR_ENV", "WeightsDownloadError", "checkpoint_path",
-    "converted_dir", "fetch_checkpoint", "load_url_weights", "resolve_url",
+    "converted_dir", "fetch_checkpoint", "load_url_weights", "resolve_url", "sha256_file",
 ]
 
 # converter name (model_index.json "converter") -> checkpoint dict -> (ModelConfig, our state dict)
@@ -89,25 +89,27 @@ def converted_dir(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
     return path.with_name(path.name.split(".")[0] + _CONVERTED_SUFFIX)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with path.open("rb") as file:
+    with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _manual_route(url: str, hash_prefix: str, path: Path) -> str:
+def _manual_route(url: str, hash_prefix: str, path: Path, tag: str | None) -> str:
+    tag_option = f" --tag {tag}" if tag else ""
     return (
-        f"Manual route: download {url} where the web is reachable, check that `sha256sum` of the file starts with "
-        f"{hash_prefix}, then either put it at {path} (it is converted from there, offline too) or convert it "
-        f"yourself: `python hub/convert_mmdet.py FILE --out DIR` and `dynamic_atss.create(\"DIR\")`."
+        f"Manual route: download {url} where the web is reachable (its SHA-256 starts with {hash_prefix}), then "
+        f"either put it at {path} (it is converted from there, offline too) or convert it yourself: "
+        f"`python hub/convert_mmdet.py FILE{tag_option} --out DIR` and `dynamic_atss.create(\"DIR\")`."
     )
 
 
 def fetch_checkpoint(
     url: str, hash_prefix: str, *, cache_dir: str | os.PathLike | None = None, force_download: bool = False,
-    local_files_only: bool = False, progress: bool = True,
+    local_files_only: bool = False, progress: bool = True, tag: str | None = None,
 ) -> Path:
     """The checkpoint of `url` in the cache, downloaded if needed; its SHA-256 must start with `hash_prefix`."""
     import torch  # noqa: PLC0415
@@ -115,18 +117,18 @@ def fetch_checkpoint(
     source = resolve_url(url)
     path = checkpoint_path(url, cache_dir)
     if path.is_file() and not force_download:
-        if _sha256(path).startswith(hash_prefix):
+        if sha256_file(path).startswith(hash_prefix):
             return path
         if offline_requested(local_files_only):
             raise WeightsDownloadError(
                 f"{path}: the cached checkpoint's SHA-256 does not start with {hash_prefix} (the published hash of "
-                f"{url}) and offline mode is on, so it cannot be downloaded again. {_manual_route(url, hash_prefix, path)}"
+                f"{url}) and offline mode is on, so it cannot be downloaded again. {_manual_route(url, hash_prefix, path, tag)}"
             )
     if offline_requested(local_files_only):
         why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
         raise WeightsDownloadError(
             f"offline mode is on ({why}) and {path.name} is not in the cache ({path.parent}): nothing is downloaded "
-            f"from {source}. {_manual_route(url, hash_prefix, path)}"
+            f"from {source}. {_manual_route(url, hash_prefix, path, tag)}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -138,11 +140,11 @@ def fetch_checkpoint(
         raise WeightsDownloadError(
             f"the file downloaded from {source} does not have the published SHA-256 prefix {hash_prefix} ({error}): "
             "the download was interrupted or truncated, or the server sent another file. Nothing was cached; try "
-            f"again (force_download=True), or: {_manual_route(url, hash_prefix, path)}"
+            f"again (force_download=True), or: {_manual_route(url, hash_prefix, path, tag)}"
         ) from None
     except OSError as error:  # URLError / HTTPError / connection resets are OSErrors
         raise WeightsDownloadError(
-            f"could not download {source} ({type(error).__name__}: {error}). {_manual_route(url, hash_prefix, path)}"
+            f"could not download {source} ({type(error).__name__}: {error}). {_manual_route(url, hash_prefix, path, tag)}"
         ) from None
     return path
 
@@ -208,7 +210,7 @@ def load_url_weights(
     record = _conversion_record(cfg)
     if force_download or not _cached_conversion(folder, record):
         checkpoint = fetch_checkpoint(cfg.url, cfg.hash_prefix, cache_dir=cache_dir, force_download=force_download,
-                                      local_files_only=local_files_only, progress=progress)
+                                      local_files_only=local_files_only, progress=progress, tag=cfg.name)
         _convert(cfg, checkpoint, folder, record)
     model = load_pretrained(f"local-dir:{folder}", num_classes=num_classes, **overrides)
     model.pretrained_info.update(source="url", tag=cfg.name, url=cfg.url, checkpoint=str(checkpoint_path(cfg.url, cache_dir)))

@@ -116,12 +116,17 @@ def generate_model_card(
         values = f"| {split or '?'} | " + " | ".join(str(metrics[k]) for k in shown_metrics) + " |"
         note = f"\nSource of these figures: {metrics['source']}.\n" if metrics.get("source") else ""
         result_lines = f"\n## Results (COCO box AP)\n\n{header}\n{sep}\n{values}\n{note}"
+    if config.assigner.pred_weight == 0:  # honest about plain ATSS weights (e.g. converted from mmdetection)
+        detector = ("A plain [ATSS](https://arxiv.org/abs/1912.02424) (not Dynamic ATSS: anchor IoUs only; fine-tune "
+                    "with `assigner.pred_weight=1` for [Dynamic ATSS](https://arxiv.org/abs/2201.09396))")
+    else:
+        detector = "A [Dynamic ATSS](https://arxiv.org/abs/2201.09396)"
     body = f"""
 {CARD_MARKER}
 
 # {model_name}
 
-A [Dynamic ATSS](https://arxiv.org/abs/2201.09396) object detector for the
+{detector} object detector for the
 [`dynamic-atss`](https://pypi.org/project/dynamic-atss/) library.
 {(chr(10) + description + chr(10)) if description else ""}
 | | |
