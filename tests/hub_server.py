@@ -315,14 +315,19 @@ class _Handler(BaseHTTPRequestHandler):
                     "commitUrl": f"{state.endpoint}/{repo.repo_id}/commit/{commit.sha}", "pullRequestUrl": pr_url})
 
 
+def _running(server):
+    """Start `server`, yield it, stop it (the body of the fixtures below)."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def hub_server():
     """A running `FakeHub` on 127.0.0.1 (random port), stopped after the test."""
-    hub = FakeHub().start()
-    try:
-        yield hub
-    finally:
-        hub.stop()
+    yield from _running(FakeHub())
 
 
 # ---------------------------------------------------------------------------------------------- plain files
@@ -385,8 +390,4 @@ class FileServer:
 @pytest.fixture
 def file_server():
     """A running `FileServer` on 127.0.0.1 (random port), stopped after the test."""
-    server = FileServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(FileServer())
