@@ -1,7 +1,7 @@
 """Plain dataclasses that fully describe a Dynamic ATSS model.
 
 `ModelConfig` is JSON round-trippable (`to_dict` / `from_dict`) so that a model can be rebuilt from the
-`config.json` stored beside its weights. Defaults follow the authors' released code (see METHOD.md);
+`config.json` stored beside its weights. Defaults follow the authors' released code (see docs/method.md);
 converted mmdetection checkpoints flip the `conventions` fields.
 """
 
