@@ -4,7 +4,7 @@ The weights are listed in `model_index.json`, one entry per `name.tag`, as data:
 
 - published dynamic-atss weights: `hf_hub_id` + pinned `revision` (a Hub repo written by `push_to_hub`);
 - another library's public checkpoint: `url` + `hash_prefix` (its published SHA-256 prefix) + `converter`
-  (a name in `dynamic_atss.convert.CONVERTERS`), downloaded, converted and cached on first use
+  (`mmdet_<family>`, see `dynamic_atss.convert.available_converters`), downloaded, converted and cached on first use
   (`dynamic_atss/convert/url.py`);
 - with `metrics` (the AP published for those weights, and by whom), `description` (how they were trained) and
   `family` (the head family they need). Entries of a family this version does not have yet are listed, and
@@ -43,7 +43,7 @@ class PretrainedCfg:
     revision: str | None = None  # pinned commit of the Hub repo
     url: str | None = None  # another library's checkpoint, converted on first use
     hash_prefix: str | None = None  # its published SHA-256 prefix (mmdetection: the last 8 hex of the file name)
-    converter: str | None = None  # name in dynamic_atss.convert.CONVERTERS
+    converter: str | None = None  # name in dynamic_atss.convert.available_converters()
     family: str = "atss"  # head family the weights need
     recipe: str | None = None  # configs/<recipe>.yaml that trained it (dynamic-atss recipes)
     description: str = ""  # how the weights were trained, by whom
@@ -105,14 +105,16 @@ def _canonical(name: str) -> str:
 
 
 def _converter_available(cfg: PretrainedCfg) -> bool:
-    from .convert import CONVERTERS  # noqa: PLC0415  (lazy: convert imports the hub and the models)
+    from .convert import available_converters  # noqa: PLC0415  (lazy: convert imports the hub and the models)
 
-    return cfg.converter in CONVERTERS
+    return cfg.converter in available_converters()
 
 
 def _loadable(cfg: PretrainedCfg) -> bool:
-    """This version can load these weights (published on the Hub, or at a URL with an available converter)."""
-    return cfg.model in _MODEL_ENTRYPOINTS and (bool(cfg.hf_hub_id) or (bool(cfg.url) and _converter_available(cfg)))
+    """This version can load these weights (published on the Hub, or at a URL with an available converter).
+
+    Saved and converted weights carry their own config, so no registered constructor is needed to load them."""
+    return bool(cfg.hf_hub_id) or (bool(cfg.url) and _converter_available(cfg))
 
 
 def _family_not_available(cfg: PretrainedCfg) -> FamilyNotAvailableError:
@@ -130,9 +132,8 @@ def split_name(name: str) -> tuple[str, str | None]:
     model, _, tag = name.partition(".")
     model = _canonical(model)
     if model not in _MODEL_ENTRYPOINTS:
-        pending = [cfg for cfg in _PRETRAINED.values() if cfg.model == model and (not tag or cfg.tag == tag)]
-        if pending:
-            raise _family_not_available(pending[0])
+        if any(cfg.model == model for cfg in _PRETRAINED.values()):
+            return model, tag or None  # weights of a family without a constructor here: loadable by tag, if at all
         candidates = list(_MODEL_ENTRYPOINTS) + [n[len(_PREFIX):] for n in _MODEL_ENTRYPOINTS]
         close = difflib.get_close_matches(name.partition(".")[0], candidates, n=4, cutoff=0.4)
         hint = f"; closest: {close}" if close else ""
@@ -287,6 +288,10 @@ def create(name: str | os.PathLike, pretrained: bool = False, **kwargs: Any) -> 
     model, tag = split_name(name)
     if tag is not None:
         pretrained = True
+    if model not in _MODEL_ENTRYPOINTS:  # indexed weights of a family without a constructor (e.g. GFL, VFNet)
+        if pretrained:
+            return load_pretrained_tag(name, **kwargs)
+        raise _family_not_available(get_pretrained_cfg(model))
     return _MODEL_ENTRYPOINTS[model](pretrained=pretrained, pretrained_tag=tag, **kwargs)
 
 

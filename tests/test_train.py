@@ -91,16 +91,16 @@ def test_resume_errors_are_clear(tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
-    from dynamic_atss.detection.losses import DetectionLoss
+    from dynamic_atss.detection.heads.atss import ATSSHead
 
-    original = DetectionLoss.forward
+    original = ATSSHead.loss
 
-    def nan_forward(self, *args, **kwargs):
-        losses, stats = original(self, *args, **kwargs)
+    def nan_loss(self, *args, **kwargs):
+        losses = original(self, *args, **kwargs)
         losses["loss_box"] = losses["loss_box"] * float("nan")
-        return losses, stats
+        return losses
 
-    monkeypatch.setattr(DetectionLoss, "forward", nan_forward)
+    monkeypatch.setattr(ATSSHead, "loss", nan_loss)
     recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "nan"), max_bad_steps=3)
     with pytest.warns(UserWarning, match="non-finite loss"), pytest.raises(NonFiniteLossError, match="3 consecutive"):
         train(load_config(recipe))

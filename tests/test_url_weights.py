@@ -317,3 +317,15 @@ def test_convert_script_tag_is_the_manual_route(tmp_path, scratch_registry, caps
     loaded = dynamic_atss.create(str(tmp_path / "out"))
     assert loaded.pretrained_info["metrics"]["AP"] == 39.4
     assert_same_raw_outputs(loaded, convert_mmdet_atss(checkpoint))
+
+
+def test_a_family_registering_its_mmdet_head_makes_its_tags_loadable(torch_cache, monkeypatch):
+    from dynamic_atss.convert import mmdet
+
+    monkeypatch.setitem(mmdet.MMDET_HEADS, "bbox_head.gfl_test_marker", ("gfl", lambda remaining, take: {}))
+    assert "gfl_r50.mmdet_coco_1x" in dynamic_atss.list_models("gfl*", pretrained=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsDownloadError, match=r"gfl_r50_fpn_1x_coco_20200629_121244-25944287\.pth"):
+        dynamic_atss.create("gfl_r50.mmdet_coco_1x")  # now only the (offline) download stands in the way
+    with pytest.raises(FamilyNotAvailableError):
+        dynamic_atss.create("gfl_r50")  # random weights need a registered constructor

@@ -8,7 +8,7 @@
    checks the SHA-256 prefix and only then moves it into place, so a truncated or wrong download never
    lands in the cache;
 2. it is read with `torch.load(weights_only=True)` (nothing else is unpickled) and converted by the named
-   converter (`CONVERTERS`), then rebuilt strictly;
+   converter (`available_converters()`), then rebuilt strictly;
 3. the converted `model.safetensors` + `config.json` (+ model card) are cached next to it, in
    `<file stem>.dynamic-atss/`, with a `conversion.json` saying from what they were made;
 4. the model is loaded from that folder, as any saved model. A second call only reads that folder (no network).
@@ -19,7 +19,8 @@ cached checkpoint is used, otherwise the error names the URL and the manual rout
 `DYNAMIC_ATSS_WEIGHTS_MIRROR=http://host/prefix` fetches every URL from that mirror instead (same path below
 it; the hash is still checked): for machines that reach the web through a mirror only.
 
-A head family adds its converter with one line in `CONVERTERS` and its tags as data in `model_index.json`.
+A head family's tags are data in `model_index.json` (converter `mmdet_<family>`); they load once the family
+registers its mmdetection head mapping (`dynamic_atss.convert.register_mmdet_head`).
 """
 
 from __future__ import annotations
@@ -29,27 +30,34 @@ import json
 import os
 import shutil
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 from ..hub import build_model_from_state_dict, load_pretrained, offline_requested
 from ..registry import FamilyNotAvailableError, list_pretrained_cfgs
-from .mmdet import convert_mmdet_state_dict, load_checkpoint_file
+from .mmdet import MMDET_HEADS, convert_mmdet_state_dict, load_checkpoint_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
     from ..registry import PretrainedCfg
 
 __all__ = [
-    "CONVERTERS", "MIRROR_ENV", "WeightsDownloadError", "checkpoint_path",
+    "MIRROR_ENV", "available_converters", "WeightsDownloadError", "checkpoint_path",
     "converted_dir", "fetch_checkpoint", "load_url_weights", "resolve_url", "sha256_file",
 ]
 
-# converter name (model_index.json "converter") -> checkpoint dict -> (ModelConfig, our state dict)
-CONVERTERS: dict[str, Callable[..., tuple[Any, dict[str, Any]]]] = {
-    "mmdet_atss": convert_mmdet_state_dict,
-}
+def available_converters() -> dict[str, Callable[..., tuple[Any, dict[str, Any]]]]:
+    """Converter name (model_index.json "converter") -> checkpoint dict -> (ModelConfig, our state dict).
+
+    `mmdet_<family>` for every head family with a registered mmdetection head mapping (`MMDET_HEADS`): a family
+    that registers its mapping makes its indexed checkpoints loadable, with nothing else to wire.
+    """
+    families = sorted({family for family, _ in MMDET_HEADS.values()})
+    return {f"mmdet_{family}": partial(convert_mmdet_state_dict, expected_family=family) for family in families}
+
+
 MIRROR_ENV = "DYNAMIC_ATSS_WEIGHTS_MIRROR"
 CONVERSION_NAME = "conversion.json"
 _CONVERTED_SUFFIX = ".dynamic-atss"
@@ -165,7 +173,7 @@ def _cached_conversion(folder: Path, record: dict[str, Any]) -> bool:
 
 def _convert(cfg: PretrainedCfg, checkpoint: Path, folder: Path, record: dict[str, Any]) -> None:
     """Convert `checkpoint` into `folder` (written in a temporary folder, then renamed into place)."""
-    converter = CONVERTERS[cfg.converter]  # type: ignore[index]
+    converter = available_converters()[cfg.converter]  # type: ignore[index]
     config, state_dict = converter(load_checkpoint_file(checkpoint))
     model = build_model_from_state_dict(config, state_dict, source=f"{checkpoint} converted with {cfg.converter}")
     partial = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.partial")
@@ -200,11 +208,11 @@ def load_url_weights(
     """The model of a URL tag (see the module docstring); `num_classes` / `overrides` as for `load_pretrained`."""
     if not cfg.url or not cfg.hash_prefix:
         raise ValueError(f"{cfg.name}: a URL entry needs both 'url' and 'hash_prefix' (the published SHA-256 prefix)")
-    if cfg.converter not in CONVERTERS:
+    if cfg.converter not in available_converters():
         raise FamilyNotAvailableError(
             f"{cfg.name}: the weights at {cfg.url} need the '{cfg.family}' head family and its converter "
             f"{cfg.converter!r}, which are not available in this version of dynamic-atss yet (converters: "
-            f"{sorted(CONVERTERS)}). Until then use a converted tag: {sorted(_available_url_tags())}"
+            f"{sorted(available_converters())}). Until then use a converted tag: {sorted(_available_url_tags())}"
         )
     folder = converted_dir(cfg.url, cache_dir)
     record = _conversion_record(cfg)
@@ -218,4 +226,4 @@ def load_url_weights(
 
 
 def _available_url_tags() -> list[str]:
-    return [cfg.name for cfg in list_pretrained_cfgs() if cfg.url and cfg.converter in CONVERTERS]
+    return [cfg.name for cfg in list_pretrained_cfgs() if cfg.url and cfg.converter in available_converters()]
