@@ -77,6 +77,11 @@ def test_predict_refuses_a_model_without_weights(tmp_path, capsys, tiny_kwargs):
     err = capsys.readouterr().err
     assert "no published weights" in err and "atss_r50.mmdet_coco_1x" in err and "--allow-random-weights" in err
     assert not (tmp_path / "out" / "street.png").exists()
+    from dynamic_atss.predict import load_model
+
+    with pytest.warns(UserWarning, match="random weights"):  # the escape hatch
+        model = load_model("r50", allow_random_weights=True)
+    assert not model.training and model.pretrained_info is None
 
 
 def test_demo_with_comparison_writes_its_outputs(tmp_path):

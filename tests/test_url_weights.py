@@ -55,7 +55,9 @@ def tiny_checkpoint_bytes(tmp_path: Path, seed: int = 0) -> bytes:
     source = mmdet_atss_state_dict(**TINY, seed=seed)
     source["bbox_head.atss_cls.bias"].fill_(-1.0)  # detections above the 0.05 threshold
     path = tmp_path / f"tiny-{seed}.pth"
-    torch.save({"state_dict": source, "meta": {"CLASSES": ("cat", "dog", "bird"), "epoch": 12}}, path)
+    meta = {"CLASSES": ("cat", "dog", "bird"), "epoch": 12, "mmdet_version": "2.0.0", "config": "model = dict(...)"}
+    # the legacy (pre-zip) format: mmdetection v2.0's 2020 checkpoints were written by torch < 1.6
+    torch.save({"state_dict": source, "meta": meta}, path, _use_new_zipfile_serialization=False)
     return path.read_bytes()
 
 
