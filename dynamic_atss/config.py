@@ -1,7 +1,7 @@
 """Plain dataclasses that fully describe a Dynamic ATSS model.
 
 `ModelConfig` is JSON round-trippable (`to_dict` / `from_dict`) so that a model can be rebuilt from the
-`config.json` stored beside its weights. Defaults follow the authors' released code (Dynamic ATSS, arXiv:2012.03234);
+`config.json` stored beside its weights. Defaults follow the authors' released code (see docs/method.md);
 converted mmdetection checkpoints flip the `conventions` fields.
 """
 
@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from .typed import ConfigError, convert_dotted, from_dict as _typed_from_dict
+from .typed import convert_dotted, from_dict as _typed_from_dict
 
 WeightSchedule = Union[float, Literal["up", "down"]]
 
@@ -30,13 +30,21 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
+    kind: str = "atss"  # the head family (detection/heads/): "atss", ...
     channels: int = 256
     num_convs: int = 4
     num_groups: int = 32  # GroupNorm groups in the towers
     conv_bias: bool = True  # authors' code: True; mmdetection: False (GN follows)
     dcn_last_conv: bool = False  # DCNv2 in the last conv of each tower (DCN models)
-    quality: Literal["centerness", "iou"] = "iou"
+    quality: Literal["centerness", "iou"] = "iou"  # ATSS family: the quality branch
     prior_prob: float = 0.01
+    # GFL / GFLV2 family: box sides as distributions over reg_max + 1 bins; DGQP = GFLV2's quality predictor
+    reg_max: int = 16
+    dgqp: bool = False
+    dgqp_topk: int = 4
+    dgqp_hidden: int = 64
+    # VFNet family: which predicted boxes the combined-IoU assigner uses (see detection/heads/vfnet.py)
+    assign_boxes: Literal["initial", "refined"] = "refined"
 
 
 @dataclass
@@ -69,8 +77,10 @@ class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     vfl_alpha: float = 0.75
-    box_weight: float = 2.0
+    box_weight: float = 2.0  # GIoU (refined box for VFNet)
     quality_weight: float = 1.0
+    dfl_weight: float = 0.25  # GFL: distribution focal loss
+    box_init_weight: float = 1.5  # VFNet: GIoU of the initial box
 
 
 @dataclass
@@ -154,4 +164,3 @@ def apply_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelConf
         if names is not None and len(names) != data["num_classes"]:
             data["class_names"] = None  # names of the old label set no longer apply
     return ModelConfig.from_dict(data)
-

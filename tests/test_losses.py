@@ -1,4 +1,4 @@
-"""Tests of the classification / regression / quality losses and of DetectionLoss."""
+"""Tests of the classification / regression / quality losses and of the ATSS family's losses given an assignment."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from torchvision.ops import box_iou
 import dynamic_atss.detection.losses as losses_module
 from dynamic_atss.detection.anchors import AnchorGenerator, BoxCoder
 from dynamic_atss.detection.assigner import CombinedIoUAssigner
-from dynamic_atss.config import AnchorConfig, AssignerConfig, LossConfig
+from dynamic_atss.config import AnchorConfig, AssignerConfig, HeadConfig, LossConfig, ModelConfig
+from dynamic_atss.detection.heads import Targets
+from dynamic_atss.detection.heads.atss import ATSSHead
 from dynamic_atss.detection.losses import (
-    DetectionLoss,
     centerness_target,
     quality_focal_loss,
     reduce_mean,
@@ -113,6 +114,7 @@ def test_reduce_mean_identity_and_distributed(monkeypatch):
 # DetectionLoss
 # --------------------------------------------------------------------------------------------------------
 NUM_CLASSES = 3
+STRIDES = [8, 16, 32, 64, 128]
 
 
 def detection_problem(seed=0, with_gt=True):
@@ -136,6 +138,22 @@ def detection_problem(seed=0, with_gt=True):
     return anchors, num_per_level, heads, gt_boxes, gt_labels, gt_mask
 
 
+class DetectionLoss:
+    """The ATSS family's `compute_loss` (assignment + losses) on given flattened outputs, as the detector calls it."""
+
+    def __init__(self, loss_cfg, assigner_cfg, quality, num_classes):
+        config = ModelConfig(num_classes=num_classes, head=HeadConfig(quality=quality, channels=8, num_groups=8,
+                             num_convs=1), loss=loss_cfg, assigner=assigner_cfg)
+        self.head = ATSSHead(config)
+        self.assigner = CombinedIoUAssigner.from_config(assigner_cfg)
+
+    def __call__(self, anchors, num_per_level, cls_logits, box_deltas, quality_logits, gt_boxes, gt_labels, gt_mask,
+                 progress=0.0):
+        flat = {"cls_logits": cls_logits, "box_deltas": box_deltas, "quality_logits": quality_logits.unsqueeze(-1)}
+        return self.head.compute_loss(flat, anchors, num_per_level, STRIDES[: len(num_per_level)],
+                                      Targets(gt_boxes, gt_labels, gt_mask), self.assigner, progress)
+
+
 def call(loss_fn, problem, progress=0.0):
     anchors, num_per_level, heads, gt_boxes, gt_labels, gt_mask = problem
     return loss_fn(anchors, num_per_level, heads["cls_logits"], heads["box_deltas"], heads["quality_logits"],
@@ -143,7 +161,7 @@ def call(loss_fn, problem, progress=0.0):
 
 
 def manual_losses(problem, cls_loss, quality, assigner_cfg=AssignerConfig()):
-    """Losses written out from METHOD.md with torchvision ops and explicit targets."""
+    """Losses written out from docs/method.md with torchvision ops and explicit targets."""
     anchors, num_per_level, heads, gt_boxes, gt_labels, gt_mask = problem
     coder = BoxCoder()
     pred = coder.decode(heads["box_deltas"].detach(), anchors)

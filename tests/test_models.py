@@ -6,7 +6,8 @@ import torch
 
 import dynamic_atss as da
 from dynamic_atss.detection.anchors import AnchorGenerator, BoxCoder
-from dynamic_atss.config import AnchorConfig, ModelConfig, TestConfig, apply_overrides
+from dynamic_atss.config import AnchorConfig, HeadConfig, ModelConfig, TestConfig, apply_overrides
+from dynamic_atss.detection.heads import build_head
 from dynamic_atss.models.dcn import ModulatedDeformConv2d, patch_resnet_dcn
 from dynamic_atss.detection.postprocess import postprocess
 
@@ -177,11 +178,12 @@ def test_postprocess_caps_and_sorts():
     num_classes = 4
     sizes = [(16, 16), (8, 8)]
     anchors, counts = AnchorGenerator(AnchorConfig(strides=(8, 16)))(sizes, torch.device("cpu"))
-    cls = [torch.randn(2, n, num_classes) for n in counts]
-    box = [torch.randn(2, n, 4) * 0.1 for n in counts]
-    quality = [torch.randn(2, n) for n in counts]
+    head = build_head(ModelConfig(num_classes=num_classes, anchors=AnchorConfig(strides=(8, 16)),
+                                  head=HeadConfig(channels=8, num_groups=8, num_convs=1)))
+    flat = [{"cls_logits": torch.randn(2, n, num_classes), "box_deltas": torch.randn(2, n, 4) * 0.1,
+             "quality_logits": torch.randn(2, n, 1)} for n in counts]
     test = TestConfig(score_thresh=0.05, pre_nms_topk=1000, nms_thresh=0.6, max_detections=100)
-    out = postprocess(cls, box, quality, list(anchors.split(counts)), torch.tensor([[128, 128], [100, 60]]), BoxCoder(), test)
+    out = postprocess(head, flat, list(anchors.split(counts)), [8, 16], torch.tensor([[128, 128], [100, 60]]), test)
     for det, (h, w) in zip(out, [(128, 128), (100, 60)]):
         assert 0 < len(det["scores"]) <= 100
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
@@ -195,7 +197,7 @@ def test_postprocess_caps_and_sorts():
             iou = box_iou(b, b).fill_diagonal_(0)
             assert (iou <= 0.6 + 1e-6).all()
     # max_detections binds when there are more candidates
-    out = postprocess(cls, box, quality, list(anchors.split(counts)), torch.tensor([[128, 128]] * 2), BoxCoder(),
+    out = postprocess(head, flat, list(anchors.split(counts)), [8, 16], torch.tensor([[128, 128]] * 2),
                       TestConfig(score_thresh=0.0, max_detections=7))
     assert [len(d["boxes"]) for d in out] == [7, 7]
 
@@ -220,6 +222,18 @@ def test_config_json_round_trip_and_overrides():
         ModelConfig.from_dict({**data, "bogus": 1})
     with pytest.raises(ValueError, match="unknown config override"):
         apply_overrides(config, {"head.nope": 1})
+
+
+def test_head_family_is_a_config_field(tiny_kwargs):
+    model = da.create("r50", **tiny_kwargs)
+    assert model.config.head.kind == "atss" and model.head.kind == "atss"
+    assert ModelConfig.from_dict(json.loads(json.dumps(model.config.to_dict()))).head.kind == "atss"
+    assert model.head.output_names == ("cls_logits", "box_deltas", "quality_logits")
+    assert len(model.forward_raw(torch.zeros(1, 3, 64, 64))) == len(model.head.output_names)
+    with pytest.raises(ValueError, match=r"head.kind='yolo' is not a known head family; known: \['atss'"):
+        da.create("r50", **{**tiny_kwargs, "head.kind": "yolo"})
+    with pytest.raises(ValueError, match="head.dgqp=True needs box distributions"):
+        da.create("r50", **{**tiny_kwargs, "head.dgqp": True})
 
 
 def test_test_presets(tiny_kwargs):

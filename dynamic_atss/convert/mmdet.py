@@ -1,4 +1,7 @@
-"""Checkpoint converters: mmdetection (3.x, and 2.x, same keys) ATSS -> `DynamicATSS`.
+"""Checkpoint converters: mmdetection (3.x, and 2.x, same keys) dense detectors -> `DynamicATSS`.
+
+The backbone and neck mapping is shared; each head family registers its head mapping with
+`@register_mmdet_head(marker_key, family)` (the ATSS one is below, others in `convert/mmdet_<family>.py`).
 
     from dynamic_atss.convert import convert_mmdet_atss
     model = convert_mmdet_atss("atss_r50_fpn_1x_coco_20200209-985f7bd0.pth")   # or a state dict, or .safetensors
@@ -66,7 +69,7 @@ import os
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
@@ -78,7 +81,10 @@ from ..hub import StateDictMismatchError, build_model_from_state_dict
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
 
-__all__ = ["convert_mmdet_atss", "convert_mmdet_state_dict", "infer_mmdet_backbone", "load_checkpoint_file"]
+__all__ = [
+    "MMDET_HEADS", "convert_mmdet", "convert_mmdet_atss", "convert_mmdet_state_dict", "infer_mmdet_backbone",
+    "load_checkpoint_file", "register_mmdet_head", "tower_convs",
+]
 
 # (block, layers, groups, base width) -> timm name, for the standard channel widths (64, 128, 256, 512)
 _STANDARD_RESNETS: dict[tuple[str, tuple[int, ...], int, int], str] = {
@@ -218,16 +224,104 @@ def infer_mmdet_backbone(state_dict: dict[str, Tensor]) -> tuple[BackboneConfig,
 
 
 # ---------------------------------------------------------------------------------------------- conversion
+
+# ---------------------------------------------------------------------------------------------- heads
+HeadConverter = Callable[[dict[str, Tensor], Callable[[str, "str | None"], Tensor]], dict[str, Any]]
+# marker key (a tensor only that mmdetection head has) -> (head family, converter). A converter pops the head's
+# tensors with `take(src, dst)` and returns the ModelConfig fields of the family (num_classes, head, anchors,
+# conventions, assigner, loss) as mmdetection's config for that detector sets them.
+MMDET_HEADS: dict[str, tuple[str, HeadConverter]] = {}
+
+
+def register_mmdet_head(marker: str, family: str) -> Callable[[HeadConverter], HeadConverter]:
+    """Decorator: convert checkpoints that hold `marker` with the decorated function (family `family`)."""
+
+    def wrap(fn: HeadConverter) -> HeadConverter:
+        MMDET_HEADS[marker] = (family, fn)
+        return fn
+
+    return wrap
+
+
+def _find_head(state_dict: dict[str, Tensor]) -> tuple[str, tuple[str, HeadConverter]]:
+    found = [(marker, entry) for marker, entry in MMDET_HEADS.items() if marker in state_dict]
+    if len(found) != 1:
+        heads = sorted({k.split(".")[1] for k in state_dict if k.startswith("bbox_head.") and k.count(".") >= 2})
+        raise MMDetConversionError(
+            f"no supported mmdetection head found (bbox_head modules: {heads or 'none'}); supported heads are "
+            f"recognised by {sorted(MMDET_HEADS)} ({', '.join(sorted({f for f, _ in MMDET_HEADS.values()}))})"
+        )
+    return found[0]
+
+
+def tower_convs(remaining: dict[str, Tensor], take: Callable[[str, "str | None"], Tensor], source: str,
+                target: str, num_convs: int) -> None:
+    """mmdetection `ConvModule` towers (`{source}.{i}.conv.*`, `.gn.*`) -> `conv_gn_tower` (`{target}.{3i}.*`,
+    `{target}.{3i+1}.*`). Anything else (e.g. a BatchNorm `bn.`) stays in `remaining` and is reported."""
+    for i in range(num_convs):
+        prefix = f"{source}.{i}."
+        for key in [k for k in remaining if k.startswith(prefix)]:
+            rest = key[len(prefix):]
+            if rest.startswith("conv."):
+                take(key, f"{target}.{3 * i}.{rest[len('conv.'):]}")
+            elif rest.startswith("gn."):
+                take(key, f"{target}.{3 * i + 1}.{rest[len('gn.'):]}")
+
+
+@register_mmdet_head("bbox_head.atss_centerness.weight", "atss")
+def _convert_atss_head(remaining: dict[str, Tensor], take: Callable[[str, "str | None"], Tensor]) -> dict[str, Any]:
+    """mmdetection `ATSSHead` -> the "atss" family (plain ATSS: anchor IoUs only, focal loss, centerness)."""
+    keys = list(remaining)
+    num_convs = len(_indices(keys, "bbox_head.cls_convs."))
+    if num_convs == 0 or len(_indices(keys, "bbox_head.reg_convs.")) != num_convs:
+        raise MMDetConversionError("bbox_head: expected as many cls_convs as reg_convs (ATSSHead stacked_convs)")
+    required = [f"bbox_head.{name}.{kind}" for name in ("atss_cls", "atss_reg", "atss_centerness")
+                for kind in ("weight", "bias")]
+    required += [f"bbox_head.{tower}.{i}.{part}" for tower in ("cls_convs", "reg_convs") for i in range(num_convs)
+                 for part in ("conv.weight", "gn.weight", "gn.bias")]
+    required += [f"bbox_head.scales.{i}.scale" for i in range(_NUM_LEVELS)]
+    missing = [key for key in required if key not in remaining]
+    if missing:
+        raise MMDetConversionError(f"missing tensor(s) of an mmdetection ATSSHead: {', '.join(missing)}")
+    conv_bias = "bbox_head.cls_convs.0.conv.bias" in remaining
+    last = num_convs - 1
+    offsets = [i for i in range(num_convs) if f"bbox_head.cls_convs.{i}.conv.conv_offset.weight" in remaining]
+    if offsets not in ([], [last]):
+        raise MMDetConversionError(f"bbox_head: DCN in tower convs {offsets}; supported: none or the last one")
+    head_channels = remaining["bbox_head.cls_convs.0.conv.weight"].shape[0]
+    tower_convs(remaining, take, "bbox_head.cls_convs", "head.cls_tower", num_convs)
+    tower_convs(remaining, take, "bbox_head.reg_convs", "head.box_tower", num_convs)
+    outputs = {}
+    for name, target in (("atss_cls", "cls_logits"), ("atss_reg", "bbox_pred"), ("atss_centerness", "quality")):
+        for kind in ("weight", "bias"):
+            outputs[f"{target}.{kind}"] = take(f"bbox_head.{name}.{kind}", f"head.{target}.{kind}")
+    if outputs["bbox_pred.weight"].shape[0] != 4:
+        raise MMDetConversionError("bbox_head.atss_reg predicts more than one anchor per location; only 1 is supported")
+    for i in range(_NUM_LEVELS):
+        take(f"bbox_head.scales.{i}.scale", f"head.scales.{i}.scale")
+    num_classes = outputs["cls_logits.weight"].shape[0]
+    return dict(
+        num_classes=num_classes,
+        head=HeadConfig(kind="atss", channels=head_channels, num_convs=num_convs, num_groups=32, conv_bias=conv_bias,
+                        dcn_last_conv=bool(offsets), quality="centerness"),
+        anchors=AnchorConfig(center_offset=0.0),
+        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
+        loss=LossConfig(cls_loss="focal"),
+    )
+
 def convert_mmdet_state_dict(
     checkpoint: dict[str, Any],
     *,
     backbone: str | None = None,
     dcn: bool | None = None,
     class_names: list[str] | None = None,
+    expected_family: str | None = None,
     **overrides: Any,
 ) -> tuple[ModelConfig, OrderedDict[str, Tensor]]:
-    """mmdetection ATSS state dict (or `{"state_dict": ..., "meta": ...}`) -> (ModelConfig, our state dict).
+    """mmdetection detector state dict (or `{"state_dict": ..., "meta": ...}`) -> (ModelConfig, our state dict).
 
+    The head family is recognised from the keys (`MMDET_HEADS`); `expected_family` ("atss", ...) refuses others.
     `backbone` / `dcn`: what you expect (checked against what the keys say; inferred when None).
     `class_names`: names for the checkpoint's classes (default: `meta.dataset_meta.classes` or `meta.CLASSES`).
     `overrides`: dotted config overrides applied to the converted config (e.g. `**{"head.num_groups": 16}`).
@@ -289,42 +383,14 @@ def convert_mmdet_state_dict(
         for kind in ("weight", "bias"):
             take(f"neck.fpn_convs.{i}.conv.{kind}", f"fpn.fpn.extra_blocks.{level}.{kind}")
 
-    # ---- head
-    num_convs = len(_indices(keys, "bbox_head.cls_convs."))
-    if num_convs == 0 or len(_indices(keys, "bbox_head.reg_convs.")) != num_convs:
-        raise MMDetConversionError("bbox_head: expected as many cls_convs as reg_convs (ATSSHead stacked_convs)")
-    required = [f"bbox_head.{name}.{kind}" for name in ("atss_cls", "atss_reg", "atss_centerness")
-                for kind in ("weight", "bias")]
-    required += [f"bbox_head.{tower}.{i}.{part}" for tower in ("cls_convs", "reg_convs") for i in range(num_convs)
-                 for part in ("conv.weight", "gn.weight", "gn.bias")]
-    required += [f"bbox_head.scales.{i}.scale" for i in range(_NUM_LEVELS)]
-    missing = [key for key in required if key not in remaining]
-    if missing:
-        raise MMDetConversionError(f"missing tensor(s) of an mmdetection ATSSHead: {', '.join(missing)}")
-    conv_bias = "bbox_head.cls_convs.0.conv.bias" in remaining
-    last = num_convs - 1
-    offsets = [i for i in range(num_convs) if f"bbox_head.cls_convs.{i}.conv.conv_offset.weight" in remaining]
-    if offsets not in ([], [last]):
-        raise MMDetConversionError(f"bbox_head: DCN in tower convs {offsets}; supported: none or the last one")
-    for tower, target in (("cls_convs", "cls_tower"), ("reg_convs", "box_tower")):
-        for i in range(num_convs):
-            prefix = f"bbox_head.{tower}.{i}."
-            for key in [k for k in remaining if k.startswith(prefix)]:
-                rest = key[len(prefix):]
-                if rest.startswith("conv."):
-                    take(key, f"head.{target}.{3 * i}.{rest[len('conv.'):]}")
-                elif rest.startswith("gn."):
-                    take(key, f"head.{target}.{3 * i + 1}.{rest[len('gn.'):]}")
-                # anything else (e.g. a BatchNorm `bn.`) stays in `remaining` and is reported below
-    for name, target in (("atss_cls", "cls_logits"), ("atss_reg", "bbox_pred"), ("atss_centerness", "quality")):
-        for kind in ("weight", "bias"):
-            take(f"bbox_head.{name}.{kind}", f"head.{target}.{kind}")
-    if converted["head.bbox_pred.weight"].shape[0] != 4:
-        raise MMDetConversionError("bbox_head.atss_reg predicts more than one anchor per location; only 1 is supported")
-    for i in range(_NUM_LEVELS):
-        take(f"bbox_head.scales.{i}.scale", f"head.scales.{i}.scale")
-    head_channels = converted["head.cls_tower.0.weight"].shape[0]
-    num_classes = converted["head.cls_logits.weight"].shape[0]
+    # ---- head (the family's converter)
+    marker, (family, convert_head) = _find_head(remaining)
+    if expected_family is not None and family != expected_family:
+        raise MMDetConversionError(
+            f"the checkpoint holds an mmdetection {family} head ({marker}), not {expected_family}; "
+            f"use dynamic_atss.convert.convert_mmdet (any supported family)"
+        )
+    head_fields = convert_head(remaining, take)
 
     # ---- input normalisation buffers (present in some mmdetection 3.x checkpoints)
     image_mean, image_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -339,39 +405,36 @@ def convert_mmdet_state_dict(
             f"ResNet-FPN ATSS model): {', '.join(list(remaining)[:20])}"
         )
 
+    num_classes = head_fields["num_classes"]
     if class_names is None:
         class_names = _class_names_from_meta(meta)
         if class_names is not None and len(class_names) != num_classes:
             class_names = None  # meta from another dataset than the head: better unnamed than wrong
     config = ModelConfig(
-        num_classes=num_classes,
         class_names=list(class_names) if class_names is not None else None,
         backbone=backbone_config,
         fpn_channels=fpn_channels,
-        head=HeadConfig(channels=head_channels, num_convs=num_convs, num_groups=32, conv_bias=conv_bias,
-                        dcn_last_conv=bool(offsets), quality="centerness"),
-        anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
-        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
-        loss=LossConfig(cls_loss="focal"),
         image_mean=image_mean,  # type: ignore[arg-type]
         image_std=image_std,  # type: ignore[arg-type]
+        **head_fields,
     )
     if overrides:
         config = apply_overrides(config, overrides)
     return config, converted
 
 
-def convert_mmdet_atss(
+def convert_mmdet(
     state_dict_or_path: dict[str, Any] | str | os.PathLike,
     *,
     backbone: str | None = None,
     dcn: bool | None = None,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
+    expected_family: str | None = None,
     **overrides: Any,
 ) -> DynamicATSS:
-    """An mmdetection ATSS checkpoint (path, `.safetensors`, state dict or `{"state_dict", "meta"}`) -> DynamicATSS.
+    """An mmdetection checkpoint (path, `.safetensors`, state dict or `{"state_dict", "meta"}`) of a supported
+    head family (ATSS, ...) -> DynamicATSS. `expected_family` refuses a checkpoint of another family.
 
     `backbone` ("resnet50", "resnet101", ...) and `dcn` are checked against the checkpoint (inferred when None).
     `num_classes` different from the checkpoint's re-initialises the classification layer for fine-tuning
@@ -386,7 +449,8 @@ def convert_mmdet_atss(
         checkpoint = state_dict_or_path
     new_label_set = num_classes is not None
     config, converted = convert_mmdet_state_dict(
-        checkpoint, backbone=backbone, dcn=dcn, class_names=None if new_label_set else class_names, **overrides
+        checkpoint, backbone=backbone, dcn=dcn, class_names=None if new_label_set else class_names,
+        expected_family=expected_family, **overrides
     )
     load_overrides: dict[str, Any] = {}
     if new_label_set and class_names is not None:
@@ -403,3 +467,8 @@ def convert_mmdet_atss(
         raise StateDictMismatchError(
             f"{error} (names are this library's; mmdetection's are mapped as in dynamic_atss.convert's docstring)"
         ) from None
+
+
+def convert_mmdet_atss(state_dict_or_path: dict[str, Any] | str | os.PathLike, **kwargs: Any) -> DynamicATSS:
+    """`convert_mmdet` for mmdetection ATSS checkpoints (refuses other heads)."""
+    return convert_mmdet(state_dict_or_path, expected_family="atss", **kwargs)

@@ -1,4 +1,4 @@
-"""Detections from the flattened head outputs, vectorised over the batch (one `batched_nms` call)."""
+"""Detections from a head family's flattened outputs, vectorised over the batch (one `batched_nms` call)."""
 
 from __future__ import annotations
 
@@ -6,39 +6,42 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from .anchors import BoxCoder
-from ..config import ConventionConfig, TestConfig
+from ..config import TestConfig
+from .heads.base import DenseHead
 
 
 def postprocess(
-    cls_logits: list[Tensor], box_deltas: list[Tensor], quality_logits: list[Tensor], anchors: list[Tensor],
-    image_sizes: Tensor, box_coder: BoxCoder, test: TestConfig, conventions: ConventionConfig | None = None,
+    head: DenseHead, flat_levels: list[dict[str, Tensor]], anchors: list[Tensor], strides: list[float],
+    image_sizes: Tensor, test: TestConfig,
 ) -> list[dict[str, Tensor]]:
-    """Per level: keep cls probabilities > score_thresh, top `pre_nms_topk` by cls * quality (authors) or by
-    cls alone (mmdetection), decode; then class-wise NMS over all levels and the top `max_detections` per
-    image. Scores are sqrt(cls * quality) (authors) or cls * quality (mmdetection).
+    """Per level: keep the (anchor, class) entries whose `select` score is above `score_thresh`, take the top
+    `pre_nms_topk` by the `rank` score and decode their boxes (the head family says what the three scores
+    are, `DenseHead.detection_scores`); then class-wise NMS over all levels and the top `max_detections` per
+    image, by the reported `score`.
 
     Args (one list entry per FPN level):
-        cls_logits: (B, N_l, C); box_deltas: (B, N_l, 4); quality_logits: (B, N_l); anchors: (N_l, 4).
+        head: the model's head family; flat_levels: `head.flatten(raw)`, {name: (B, N_l, k)};
+        anchors: (N_l, 4); strides: the level's stride.
         image_sizes: (B, 2) (height, width) of each image inside the padded batch; boxes are clipped to it.
     Returns: per image `{"boxes": (D,4) xyxy, "scores": (D,), "labels": (D,) int64}`, sorted by score;
     boxes that clipping leaves with zero area are dropped.
     """
-    conventions = conventions or ConventionConfig()
-    batch_size, _, num_classes = cls_logits[0].shape
+    batch_size = flat_levels[0][head.output_names[0]].shape[0]
+    num_classes = head.num_classes
     all_boxes, all_scores, all_labels = [], [], []
-    for cls_level, delta_level, quality_level, anchor_level in zip(cls_logits, box_deltas, quality_logits, anchors):
-        cls_prob = cls_level.float().sigmoid()
-        joint = (cls_prob * quality_level.float().sigmoid().unsqueeze(-1)).flatten(1)
+    for flat, anchor_level, stride in zip(flat_levels, anchors, strides):
+        maps = head.detection_scores(flat)
         # -1 marks non-candidates: topk then never prefers them over a real candidate.
-        candidate = (cls_prob > test.score_thresh).flatten(1)
-        rank_by = joint if conventions.pre_nms_rank_by_joint else cls_prob.flatten(1)
-        ranking = torch.where(candidate, rank_by, rank_by.new_full((), -1.0))
+        candidate = (maps.select > test.score_thresh).flatten(1)
+        ranking = torch.where(candidate, maps.rank.flatten(1), maps.rank.new_full((), -1.0))
         flat_index = ranking.topk(min(test.pre_nms_topk, ranking.shape[1]), dim=1).indices
-        values = torch.where(torch.gather(candidate, 1, flat_index), torch.gather(joint, 1, flat_index), -1.0)
+        values = torch.where(torch.gather(candidate, 1, flat_index), torch.gather(maps.score.flatten(1), 1, flat_index), -1.0)
         anchor_index = flat_index // num_classes
-        deltas = torch.gather(delta_level, 1, anchor_index.unsqueeze(-1).expand(-1, -1, 4))
-        all_boxes.append(box_coder.decode(deltas, anchor_level[anchor_index]))
+        kept = {
+            name: torch.gather(flat[name], 1, anchor_index.unsqueeze(-1).expand(-1, -1, flat[name].shape[-1]))
+            for name in head.box_outputs
+        }
+        all_boxes.append(head.decode_boxes(kept, anchor_level[anchor_index], stride))
         all_scores.append(values)
         all_labels.append(flat_index % num_classes)
     boxes, scores, labels = torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(all_labels, 1)
@@ -49,9 +52,6 @@ def postprocess(
         [boxes[..., 0].clamp(min=0).minimum(widths), boxes[..., 1].clamp(min=0).minimum(heights),
          boxes[..., 2].clamp(min=0).minimum(widths), boxes[..., 3].clamp(min=0).minimum(heights)], dim=-1,
     )
-    if conventions.score_sqrt:
-        scores = scores.clamp(min=0).sqrt().where(scores >= 0, scores)
-
     # Boxes entirely outside the image collapse to zero area when clipped: drop them.
     valid = (scores >= 0) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
     image_index = torch.arange(batch_size, device=boxes.device).unsqueeze(1).expand_as(scores)[valid]

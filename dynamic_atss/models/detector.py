@@ -1,4 +1,8 @@
-"""DynamicATSS: transform -> timm backbone -> FPN -> ATSS head; train -> losses, eval -> detections."""
+"""The detector: transform -> timm backbone -> FPN -> head family -> anchors -> assign -> losses | post-process.
+
+It knows no head family by name: `config.head.kind` picks one (detection/heads/), which owns its raw outputs,
+box decoding, losses and scores.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..detection.anchors import AnchorGenerator, BoxCoder
 from ..config import TEST_PRESETS, ModelConfig
-from ..hub import HubMixin
-from ..detection.losses import DetectionLoss
+from ..detection.anchors import AnchorGenerator
+from ..detection.assigner import CombinedIoUAssigner
+from ..detection.heads import Targets, build_head
 from ..detection.postprocess import postprocess
+from ..hub import HubMixin
 from .backbone import TimmBackbone
 from .fpn import FPN
-from ..detection.heads.atss import ATSSHead
 
 
 class DynamicATSS(HubMixin, nn.Module):
-    """Dynamic ATSS with torchvision's detection calling convention.
+    """A dense one-stage detector with the combined-IoU assigner, in torchvision's detection calling convention.
 
-    - `model.train(); model(images, targets)` -> `{"loss_cls", "loss_box", "loss_quality"}` (the parts:
-      `sum(losses.values())` is the training loss); the
+    - `model.train(); model(images, targets)` -> the loss parts of the head family, e.g. `{"loss_cls",
+      "loss_box", "loss_quality"}` for ATSS (`sum(losses.values())` is the training loss); the
       label-assignment statistics of that step are left in `model.assign_stats`.
     - `model.eval(); model(images)` -> per image `{"boxes": (N,4) xyxy, "scores": (N,), "labels": (N,)}`,
       boxes in that image's own pixel coordinates.
@@ -40,10 +44,9 @@ class DynamicATSS(HubMixin, nn.Module):
         self.config = config
         self.backbone = TimmBackbone(config.backbone, pretrained=backbone_pretrained)
         self.fpn = FPN(self.backbone.out_channels, config.fpn_channels, config.conventions.relu_before_p7)
-        self.head = ATSSHead(config.head, config.fpn_channels, config.num_classes, len(config.anchors.strides))
+        self.head = build_head(config)
         self.anchor_generator = AnchorGenerator(config.anchors)
-        self.box_coder = BoxCoder()
-        self.loss_fn = DetectionLoss(config.loss, config.assigner, config.head.quality, config.num_classes, self.box_coder)
+        self.assigner = CombinedIoUAssigner.from_config(config.assigner)
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(-1, 1, 1), persistent=False)
         self.train_progress = 0.0  # iter / max_iter, set by the training loop; drives "up"/"down" weights
@@ -65,9 +68,10 @@ class DynamicATSS(HubMixin, nn.Module):
         return self
 
     # ------------------------------------------------------------------ raw network
-    def forward_raw(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """(B, 3, H, W) normalised, padded input -> per level P3..P7: cls logits (B, A*C, H_l, W_l),
-        box deltas (B, A*4, H_l, W_l), quality logits (B, A, H_l, W_l)."""
+    def forward_raw(self, x: Tensor) -> tuple[list[Tensor], ...]:
+        """(B, 3, H, W) normalised, padded input -> the head family's raw outputs: one list per name in
+        `model.head.output_names`, each holding a (B, k, H_l, W_l) tensor per level P3..P7 (for ATSS: cls
+        logits (B, C, ...), box deltas (B, 4, ...), quality logits (B, 1, ...))."""
         return self.head(self.fpn(self.backbone(x)))
 
     # ------------------------------------------------------------------ transform
@@ -128,26 +132,23 @@ class DynamicATSS(HubMixin, nn.Module):
         if self.training and targets is None:
             raise ValueError("in train mode, model(images, targets) needs targets; call model.eval() for inference")
         batch, sizes, original_sizes = self.preprocess(images)
-        cls_levels, box_levels, quality_levels = self.forward_raw(batch)
-        feature_sizes = [tuple(level.shape[-2:]) for level in cls_levels]
+        raw = self.forward_raw(batch)
+        feature_sizes = [tuple(level.shape[-2:]) for level in raw[0]]
         anchors, num_per_level = self.anchor_generator(feature_sizes, batch.device)
-        cls_flat = [c.permute(0, 2, 3, 1).reshape(c.shape[0], -1, self.config.num_classes) for c in cls_levels]
-        box_flat = [b.permute(0, 2, 3, 1).reshape(b.shape[0], -1, 4) for b in box_levels]
-        quality_flat = [q.flatten(1) for q in quality_levels]
+        flat_levels = self.head.flatten(raw)
+        strides = list(self.config.anchors.strides)
         if self.training:
             scales = [(h / oh, w / ow) for (h, w), (oh, ow) in zip(sizes.tolist(), original_sizes)]
-            gt_boxes, gt_labels, gt_mask = self._prepare_targets(targets, scales, batch.device)
-            losses, stats = self.loss_fn(
-                anchors, num_per_level, torch.cat(cls_flat, 1), torch.cat(box_flat, 1), torch.cat(quality_flat, 1),
-                gt_boxes, gt_labels, gt_mask, progress=self.train_progress,
+            targets = Targets(*self._prepare_targets(targets, scales, batch.device))
+            flat = {name: torch.cat([level[name] for level in flat_levels], 1) for name in flat_levels[0]}
+            losses, self.assign_stats = self.head.compute_loss(
+                flat, anchors, num_per_level, strides, targets, self.assigner, self.train_progress,
                 # one anchor per location, row-major per level: the assigner may search a window of the grid
                 level_shapes=feature_sizes,
             )
-            self.assign_stats = stats
             return losses
         detections = postprocess(
-            cls_flat, box_flat, quality_flat, list(anchors.split(num_per_level)), sizes, self.box_coder,
-            self.config.test, self.config.conventions,
+            self.head, flat_levels, list(anchors.split(num_per_level)), strides, sizes, self.config.test
         )
         for det, (height, width), (orig_h, orig_w) in zip(detections, sizes.tolist(), original_sizes):
             ratio = det["boxes"].new_tensor([orig_w / width, orig_h / height, orig_w / width, orig_h / height])

@@ -1,63 +1,73 @@
-"""The ATSS head: two shared towers with GroupNorm, per-level scales, and cls / box / quality outputs."""
+"""The ATSS head family (Dynamic ATSS's own head): GN towers, per-level Scale, cls / box-delta / quality outputs.
+
+Raw outputs per level: cls logits (B, C, H, W), box deltas (B, 4, H, W) (delta-xywh against the anchor,
+times the level's Scale), quality logits (B, 1, H, W) (centerness or IoU, on the box tower).
+
+Targets and losses, for a positive anchor assigned to GT g of class c (paper, Sec. III and Table II):
+- soft target t = IoU of the anchor's detached predicted box with g (`AssignResult.pred_iou`), used by QFL / VFL
+  on entry (anchor, c) and as the IoU-branch target; focal loss uses the hard target 1;
+- centerness target sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) from the anchor centre to g;
+- regression: GIoU of the decoded box with g, weighted by the quality target and normalised by the sum of
+  those weights (averaged over processes), times `loss.box_weight`;
+- quality: BCE of the quality logit against the quality target, normalised by the number of positives.
+Every other (anchor, class) entry has classification target 0. Classification is normalised by the number of
+positives (averaged over processes, at least 1).
+
+Scores: cls probability x quality probability ("joint"); the authors rank the per-level candidates by the
+joint score and report its square root, mmdetection ranks by cls and reports the joint score
+(`conventions.pre_nms_rank_by_joint`, `conventions.score_sqrt`). Candidates are cls probabilities above the
+threshold in both.
+"""
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 
-from ...config import HeadConfig
-from ...models.dcn import ModulatedDeformConv2d
+from ...config import ModelConfig
+from ..anchors import BoxCoder
+from ..assigner import AssignResult
+from ..losses import centerness_target, quality_focal_loss, reduce_mean, sigmoid_focal_loss, varifocal_loss
+from .base import DenseHead, Scale, ScoreMaps, Targets, conv_gn_tower, connected, gather_positive, init_head_weights, register_head
+
+_WEIGHT_EPS = 1e-6
 
 
-class Scale(nn.Module):
-    """A learnable scalar multiplier (one per FPN level for the box deltas)."""
+@register_head("atss")
+class ATSSHead(DenseHead):
+    """Shared across levels; see the module docstring for outputs, losses and scores."""
 
-    def __init__(self, init: float = 1.0) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(init)))
+    output_names = ("cls_logits", "box_deltas", "quality_logits")
+    box_outputs = ("box_deltas",)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        head, loss = config.head, config.loss
+        if loss.cls_loss not in ("focal", "qfl", "vfl"):
+            raise ValueError(f"loss.cls_loss={loss.cls_loss!r} is unknown for head.kind='atss'; use 'focal', 'qfl' or 'vfl'")
+        if head.dgqp:
+            raise ValueError(
+                "head.dgqp=True needs box distributions (GFLV2's quality predictor); head.kind='atss' regresses "
+                "deltas: use head.kind='gfl' or set head.dgqp=False"
+            )
+        if head.quality not in ("centerness", "iou"):
+            raise ValueError(f"head.quality={head.quality!r} is unknown; use 'centerness' or 'iou'")
+        self.loss_cfg = loss
+        self.quality_kind = head.quality
+        self.conventions = config.conventions  # the model's own object: later edits to it take effect
+        self.box_coder = BoxCoder()
+        self.cls_tower = conv_gn_tower(head, config.fpn_channels)
+        self.box_tower = conv_gn_tower(head, config.fpn_channels)
+        self.cls_logits = nn.Conv2d(head.channels, config.num_classes, 3, 1, 1)
+        self.bbox_pred = nn.Conv2d(head.channels, 4, 3, 1, 1)
+        self.quality = nn.Conv2d(head.channels, 1, 3, 1, 1)
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(self.num_levels))
+        init_head_weights(self, head.prior_prob)
 
-
-def _tower(config: HeadConfig, in_channels: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(config.num_convs):
-        channels_in = in_channels if i == 0 else config.channels
-        if config.dcn_last_conv and i == config.num_convs - 1:
-            conv = ModulatedDeformConv2d(channels_in, config.channels, 3, 1, 1, bias=config.conv_bias)
-        else:
-            conv = nn.Conv2d(channels_in, config.channels, 3, 1, 1, bias=config.conv_bias)
-        layers += [conv, nn.GroupNorm(config.num_groups, config.channels), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
-
-
-class ATSSHead(nn.Module):
-    """Shared across levels. For each level, (B, in_channels, H, W) ->
-    cls logits (B, A*C, H, W), box deltas (B, A*4, H, W) (times the level's Scale), quality logits (B, A, H, W).
-
-    The quality branch (centerness or IoU, same layer) sits on the box tower.
-    """
-
-    def __init__(self, config: HeadConfig, in_channels: int, num_classes: int, num_levels: int,
-                 num_anchors: int = 1) -> None:
-        super().__init__()
-        self.cls_tower = _tower(config, in_channels)
-        self.box_tower = _tower(config, in_channels)
-        self.cls_logits = nn.Conv2d(config.channels, num_anchors * num_classes, 3, 1, 1)
-        self.bbox_pred = nn.Conv2d(config.channels, num_anchors * 4, 3, 1, 1)
-        self.quality = nn.Conv2d(config.channels, num_anchors, 3, 1, 1)
-        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
-        # N(0, 0.01) everywhere except DCN offset/mask convs, which stay zero (start as a plain conv).
-        offset_convs = {id(m.conv_offset) for m in self.modules() if isinstance(m, ModulatedDeformConv2d)}
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, ModulatedDeformConv2d)) and id(module) not in offset_convs:
-                nn.init.normal_(module.weight, std=0.01)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.constant_(self.cls_logits.bias, -math.log((1 - config.prior_prob) / config.prior_prob))
+    def describe(self) -> str:
+        return f"ATSS head, quality branch `{self.quality_kind}`, classification loss `{self.loss_cfg.cls_loss}`"
 
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         cls_logits, box_deltas, quality_logits = [], [], []
@@ -67,3 +77,56 @@ class ATSSHead(nn.Module):
             box_deltas.append(scale(self.bbox_pred(box_feature)))
             quality_logits.append(self.quality(box_feature))
         return cls_logits, box_deltas, quality_logits
+
+    def decode_boxes(self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor | float) -> Tensor:
+        return self.box_coder.decode(flat["box_deltas"], anchors)
+
+    def loss(
+        self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor, targets: Targets, assignment: AssignResult,
+    ) -> dict[str, Tensor]:
+        cls_logits, box_deltas = flat["cls_logits"], flat["box_deltas"]
+        quality_logits = flat["quality_logits"][..., 0]
+        pos = gather_positive(assignment, targets)
+        img_idx, anchor_idx, labels, soft = pos["img"], pos["anchor"], pos["labels"], pos["pred_iou"]
+        num_pos = reduce_mean(torch.tensor(float(img_idx.numel()), device=cls_logits.device)).clamp(min=1.0)
+
+        # Classification over all anchors x classes.
+        cfg = self.loss_cfg
+        cls_targets = torch.zeros_like(cls_logits)
+        if cfg.cls_loss == "focal":
+            cls_targets[img_idx, anchor_idx, labels] = 1.0
+            loss_cls = sigmoid_focal_loss(cls_logits, cls_targets, cfg.focal_alpha, cfg.focal_gamma)
+        elif cfg.cls_loss == "qfl":
+            cls_targets[img_idx, anchor_idx, labels] = soft
+            loss_cls = quality_focal_loss(cls_logits, cls_targets)
+        else:
+            cls_targets[img_idx, anchor_idx, labels] = soft
+            loss_cls = varifocal_loss(cls_logits, cls_targets, cfg.vfl_alpha, cfg.focal_gamma)
+        loss_cls = loss_cls / num_pos
+
+        # Quality targets (also the regression weights).
+        pos_anchors = anchors[anchor_idx]
+        target_boxes = pos["gt_boxes"]
+        quality_targets = centerness_target(pos_anchors, target_boxes) if self.quality_kind == "centerness" else soft
+
+        # GIoU regression of the decoded positive boxes, weighted by the quality targets.
+        boxes = self.box_coder.decode(box_deltas[img_idx, anchor_idx], pos_anchors)
+        giou = torchvision.ops.generalized_box_iou_loss(boxes, target_boxes, reduction="none")
+        weight_sum = reduce_mean(quality_targets.sum()).clamp(min=_WEIGHT_EPS)
+        loss_box = (giou * quality_targets).sum() / weight_sum * cfg.box_weight
+
+        loss_quality = F.binary_cross_entropy_with_logits(
+            quality_logits[img_idx, anchor_idx], quality_targets, reduction="sum"
+        ) / num_pos * cfg.quality_weight
+        return {
+            "loss_cls": loss_cls,
+            "loss_box": connected(loss_box, box_deltas),
+            "loss_quality": connected(loss_quality, quality_logits),
+        }
+
+    def detection_scores(self, flat: dict[str, Tensor]) -> ScoreMaps:
+        cls_prob = flat["cls_logits"].float().sigmoid()
+        joint = cls_prob * flat["quality_logits"].float().sigmoid()
+        rank = joint if self.conventions.pre_nms_rank_by_joint else cls_prob
+        # sqrt is monotonic: ranking and NMS order are those of the joint score either way.
+        return ScoreMaps(select=cls_prob, rank=rank, score=joint.sqrt() if self.conventions.score_sqrt else joint)

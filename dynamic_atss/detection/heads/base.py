@@ -1,0 +1,238 @@
+"""The head contract: what a head family owns, and the registry that maps `HeadConfig.kind` to a family.
+
+The detector (`dynamic_atss.models.detector.DynamicATSS`) runs
+
+    features (P3..P7) -> head(features)            raw per-level outputs (what `forward_raw` returns)
+                      -> head.flatten_level(...)   per level, a dict of (B, N_l, k) tensors
+    train:  head.assignment_boxes(...)             detached predicted boxes (B, N, 4) for the assigner
+            CombinedIoUAssigner(...)               shared by every family (detection/assigner.py)
+            head.loss(...)                         {"loss_cls", "loss_box", ...}: the parts only
+    eval:   head.detection_scores(...)             per level, the scores post-processing thresholds,
+            head.decode_boxes(...)                 ranks and reports, and the boxes of the kept anchors
+
+and knows no family by name. A family is one module under `detection/heads/` that subclasses `DenseHead`,
+is decorated with `@register_head("kind")`, and is imported by `detection/heads/__init__.py`.
+
+Conventions every family keeps, because code outside the family relies on them:
+- one anchor per location; flattened outputs are ordered row-major over (y, x) per level, levels P3 -> P7,
+  the order of `AnchorGenerator`;
+- the classification conv is named `cls_logits` (its bias carries the prior): loading a checkpoint with a
+  new label set re-initialises `head.cls_logits.*` only, and benchmarks set its prior;
+- `loss` returns float32 scalars that keep every head output in the graph even without positives
+  (DDP would otherwise wait forever for the missing gradients).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ...config import HeadConfig, ModelConfig
+from ...models.dcn import ModulatedDeformConv2d
+from ..assigner import AssignResult, CombinedIoUAssigner
+
+
+class ScoreMaps(NamedTuple):
+    """Per-level scores for post-processing, each (B, N_l, C).
+
+    select: compared with `test.score_thresh` (candidates); rank: orders candidates for the per-level top-k;
+    score: the detection score reported (and used by NMS). Families may return the same tensor thrice.
+    """
+
+    select: Tensor
+    rank: Tensor
+    score: Tensor
+
+
+class Targets(NamedTuple):
+    """Padded ground truth of a batch, in the resized images' pixels.
+
+    boxes (B, G, 4) xyxy float32; labels (B, G) int64; mask (B, G) bool (False = padding).
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    mask: Tensor
+
+
+class DenseHead(nn.Module):
+    """Base class of a head family (see the module docstring for the contract).
+
+    Subclasses set `output_names` (the names of the per-level lists `forward` returns, in order; also the
+    output names of exported graphs) and `box_outputs` (the flattened entries `decode_boxes` reads), and
+    implement `forward`, `decode_boxes`, `loss` and `detection_scores`.
+    """
+
+    kind: ClassVar[str] = ""
+    output_names: ClassVar[tuple[str, ...]] = ()
+    box_outputs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_classes = config.num_classes
+        self.num_levels = len(config.anchors.strides)
+
+    # ------------------------------------------------------------------ network
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], ...]:
+        """P3..P7 features, each (B, C_in, H_l, W_l) -> one list per entry of `output_names`, each list
+        holding a (B, k, H_l, W_l) tensor per level."""
+        raise NotImplementedError
+
+    def flatten_level(self, outputs: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        """One level's raw outputs (B, k, H, W) -> {name: (B, H*W, k)}, row-major over (y, x)."""
+        return {
+            name: out.permute(0, 2, 3, 1).reshape(out.shape[0], -1, out.shape[1])
+            for name, out in zip(self.output_names, outputs)
+        }
+
+    def flatten(self, raw: tuple[list[Tensor], ...]) -> list[dict[str, Tensor]]:
+        """`forward`'s output -> per level, `flatten_level`."""
+        return [self.flatten_level(level) for level in zip(*raw)]
+
+    # ------------------------------------------------------------------ boxes
+    def decode_boxes(self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor | float) -> Tensor:
+        """Predicted boxes (..., 4) xyxy in float32 from the `box_outputs` entries of `flat` (..., k),
+        their anchors (..., 4) and the anchors' strides (a number, or a tensor broadcasting to (...))."""
+        raise NotImplementedError
+
+    def assignment_boxes(self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor) -> Tensor:
+        """The predicted boxes (B, N, 4) whose IoUs the combined-IoU assigner uses (detached)."""
+        with torch.no_grad():
+            return self.decode_boxes({k: flat[k].detach() for k in self.box_outputs}, anchors, strides)
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(
+        self, flat: dict[str, Tensor], anchors: Tensor, num_per_level: list[int], strides: list[int],
+        targets: Targets, assigner: CombinedIoUAssigner, progress: float = 0.0,
+        level_shapes: list[tuple[int, int]] | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Assign with the combined IoUs of this head's predicted boxes and the anchors, then `loss`.
+
+        flat: {name: (B, N, k)} (all levels); anchors (N, 4); num_per_level and strides per level;
+        progress = iter / max_iter (Table III's dynamic weights); level_shapes: the (H, W) anchor grid of each
+        level, when known (faster candidate search). Runs in float32 with autocast off (the head may have run
+        in half precision). Returns (loss parts, assignment statistics).
+        """
+        with torch.autocast(device_type=anchors.device.type, enabled=False):
+            flat = {name: value.float() for name, value in flat.items()}
+            anchors = anchors.float()
+            targets = Targets(targets.boxes.float(), targets.labels, targets.mask)
+            anchor_strides = torch.repeat_interleave(
+                torch.tensor(strides, dtype=torch.float32, device=anchors.device),
+                torch.tensor(num_per_level, device=anchors.device),
+            )
+            assignment = assigner(
+                anchors, num_per_level, targets.boxes, targets.mask,
+                self.assignment_boxes(flat, anchors, anchor_strides), progress, level_shapes,
+            )
+            return self.loss(flat, anchors, anchor_strides, targets, assignment), assignment.stats
+
+    def loss(
+        self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor, targets: Targets, assignment: AssignResult,
+    ) -> dict[str, Tensor]:
+        """Losses given an assignment. flat: {name: (B, N, k)} float32 (all levels); anchors (N, 4);
+        strides (N,); returns {"loss_cls", "loss_box", ...} float32 scalars (the parts; the total is their sum)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ inference
+    def detection_scores(self, flat: dict[str, Tensor]) -> ScoreMaps:
+        """One level's flattened outputs -> `ScoreMaps` (B, N_l, C) each."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for model cards: what this head is."""
+        return f"{type(self).__name__}"
+
+
+# ---------------------------------------------------------------------------------------------- registry
+HEAD_FAMILIES: dict[str, type[DenseHead]] = {}
+
+
+def register_head(kind: str) -> Callable[[type[DenseHead]], type[DenseHead]]:
+    """Class decorator: make a `DenseHead` subclass buildable with `HeadConfig(kind=kind)`."""
+
+    def wrap(cls: type[DenseHead]) -> type[DenseHead]:
+        if kind in HEAD_FAMILIES:
+            raise ValueError(f"head kind {kind!r} is registered twice ({HEAD_FAMILIES[kind].__name__}, {cls.__name__})")
+        cls.kind = kind
+        HEAD_FAMILIES[kind] = cls
+        return cls
+
+    return wrap
+
+
+def build_head(config: ModelConfig) -> DenseHead:
+    """The head family named by `config.head.kind`, built for `config`."""
+    kind = config.head.kind
+    if kind not in HEAD_FAMILIES:
+        raise ValueError(
+            f"head.kind={kind!r} is not a known head family; known: {sorted(HEAD_FAMILIES)} "
+            "(a family registers itself with @register_head in dynamic_atss/detection/heads/)"
+        )
+    return HEAD_FAMILIES[kind](config)
+
+
+# ---------------------------------------------------------------------------------------------- shared parts
+class Scale(nn.Module):
+    """A learnable scalar multiplier (one per FPN level for the box outputs)."""
+
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+def conv_gn_tower(config: HeadConfig, in_channels: int) -> nn.Sequential:
+    """`num_convs` x (3x3 conv, GroupNorm, ReLU); DCNv2 in the last conv when `dcn_last_conv`.
+
+    Module indices (conv 3i, GN 3i+1) are part of the checkpoint format: converters map to them.
+    """
+    layers: list[nn.Module] = []
+    for i in range(config.num_convs):
+        channels_in = in_channels if i == 0 else config.channels
+        if config.dcn_last_conv and i == config.num_convs - 1:
+            conv: nn.Module = ModulatedDeformConv2d(channels_in, config.channels, 3, 1, 1, bias=config.conv_bias)
+        else:
+            conv = nn.Conv2d(channels_in, config.channels, 3, 1, 1, bias=config.conv_bias)
+        layers += [conv, nn.GroupNorm(config.num_groups, config.channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def init_head_weights(head: nn.Module, prior_prob: float, skip: tuple[nn.Module, ...] = ()) -> None:
+    """N(0, 0.01) weights and zero biases for every conv except DCN offset/mask convs (zero: a DCN starts as
+    a plain conv) and the modules in `skip`; the prior bias -log((1 - p) / p) on `head.cls_logits`."""
+    offset_convs = {id(m.conv_offset) for m in head.modules() if isinstance(m, ModulatedDeformConv2d)}
+    offset_convs |= {id(m) for m in skip}
+    for module in head.modules():
+        if isinstance(module, (nn.Conv2d, ModulatedDeformConv2d)) and id(module) not in offset_convs:
+            nn.init.normal_(module.weight, std=0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    nn.init.constant_(head.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+
+
+def connected(loss: Tensor, *outputs: Tensor) -> Tensor:
+    """`loss` plus 0 x the sum of `outputs`: every output stays in the graph even without positives."""
+    for out in outputs:
+        loss = loss + 0.0 * out.sum()
+    return loss
+
+
+def gather_positive(assignment: AssignResult, targets: Targets) -> dict[str, Any]:
+    """The positives of an assignment: image / anchor / GT indices (P,), their labels (P,), GT boxes (P, 4),
+    the detached predicted IoUs (P,) and anchor IoUs (P,)."""
+    img_idx, anchor_idx = assignment.pos_mask.nonzero(as_tuple=True)
+    gt_idx = assignment.gt_index[img_idx, anchor_idx]
+    return {
+        "img": img_idx,
+        "anchor": anchor_idx,
+        "labels": targets.labels[img_idx, gt_idx],
+        "gt_boxes": targets.boxes[img_idx, gt_idx],
+        "pred_iou": assignment.pred_iou[img_idx, anchor_idx],
+        "anchor_iou": assignment.anchor_iou[img_idx, anchor_idx],
+    }
