@@ -54,12 +54,9 @@ def coco_recipe(tmp_path, images_dir, ann_file, **data):
 
 
 @pytest.fixture
-def no_model(monkeypatch):
+def no_model(refuse):
     """Fails the test if the trainer gets as far as building a model."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was built before the data check stopped the run")
-
-    monkeypatch.setattr(trainer, "build_model", refuse)
+    refuse(trainer, "build_model")
 
 
 def test_scan_finds_truncated_and_mis_sized_images(tmp_path):

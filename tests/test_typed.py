@@ -16,12 +16,9 @@ from test_train import TINY_RECIPE, write_recipe
 
 
 @pytest.fixture
-def nothing_built(monkeypatch):
+def nothing_built(refuse):
     """Fails the test if the trainer gets as far as building data."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("data was built before the config error")
-
-    monkeypatch.setattr(trainer, "build_datasets", refuse)
+    refuse(trainer, "build_datasets")
 
 
 def test_values_are_converted_to_the_field_types(tmp_path):
