@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> int:
                     "dynamic_atss/inference/export.py for the graphs' inputs and outputs.",
     )
     parser.add_argument("--model", required=True,
-                        help="registry name (r50, r50.coco_1x; a name without tag has random weights), "
-                             "hf-hub:org/name, local-dir:/path or a saved model folder")
+                        help="registry name with weights (r50.coco_1x), hf-hub:org/name, local-dir:/path or a saved "
+                             "model folder")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="accept a model name without weights (for benchmarking the graph)")
     parser.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
     parser.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for torch-export)")
     parser.add_argument("--with-postprocess", action="store_true",
@@ -31,11 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="ONNX: skip running the file in ONNX Runtime")
     args = parser.parse_args(argv)
 
-    from ..predict import load_model  # noqa: PLC0415  (the one model-loading path)
+    from ..predict import NoPretrainedWeightsError, load_model  # noqa: PLC0415  (the one model-loading path)
 
     if args.format == "torch-export" and args.with_postprocess:
         parser.error("--with-postprocess is for --format onnx (torch-export exports forward_raw)")
-    model = load_model(args.model, "cpu")
+    try:
+        model = load_model(args.model, "cpu", args.allow_random_weights)
+    except NoPretrainedWeightsError as error:
+        print(f"error: --model {args.model}: {error}\n(--allow-random-weights exports random weights)", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     try:
         if args.format == "onnx":
