@@ -678,7 +678,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.peers = []
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if args.models is None:  # eager, and on CPU the fast path (ONNX Runtime) next to it when installed
-        args.models = ["r50"] + (["r50+onnx"] if not cuda and _onnx_available() else [])
+        args.models = ["r50"] + (["r50+onnx"] if not cuda and not args.quick and _onnx_available() else [])
     if args.quick:
         args.sizes = args.sizes or [(128, 128)]
         args.train_sizes = args.train_sizes or [(128, 128)]

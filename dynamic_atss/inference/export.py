@@ -145,7 +145,7 @@ def export_program(model: nn.Module, example_input: Tensor | None = None, dynami
     example = _example_images(model, 2) if example_input is None else example_input
     shapes = _dynamic_shapes(model, False) if dynamic else None
     with torch.no_grad():
-        return torch.export.export(RawGraph(model), (example,), dynamic_shapes=shapes)
+        return torch.export.export(RawGraph(model).eval(), (example,), dynamic_shapes=shapes)
 
 
 def export_onnx(
@@ -174,13 +174,13 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     images = _example_images(model, 2)
     if with_postprocess:
-        graph: nn.Module = DetectionGraph(model)
+        graph: nn.Module = DetectionGraph(model).eval()
         args: tuple[Tensor, ...] = (images, torch.tensor([[images.shape[2], images.shape[3]]] * 2,
                                                          device=images.device))
         input_names = ["images", "image_sizes"]
         output_names = ["boxes", "scores", "labels", "batch_index"]
     else:
-        graph = RawGraph(model)
+        graph = RawGraph(model).eval()
         args = ((images - model.image_mean) / model.image_std,)
         input_names = ["images"]
         output_names = raw_output_names(model)
