@@ -488,3 +488,34 @@ def test_matches_real_mmdetection_vfnet(dcn, monkeypatch):
     assert torch.equal(detections["labels"], expected.labels)
     assert torch.allclose(detections["scores"], expected.scores, atol=1e-4)
     assert torch.allclose(detections["boxes"], expected.bboxes, atol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------- recipes, demo
+def test_table_v_recipes_build_the_two_rows():
+    from pathlib import Path
+
+    from dynamic_atss.engine.config import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for recipe, pred_weight in (("vfnet_r50_1x.yaml", 0.0), ("dynamic_vfnet_r50_1x.yaml", 1.0)):
+        train = load_config(configs / recipe)
+        with torch.device("meta"):
+            model = da.create(train.model, **train.model_overrides)
+        assert model.config.head.kind == "vfnet" and model.config.assigner.pred_weight == pred_weight
+        assert model.config.backbone.name == "resnet50" and train.optim.max_iters == 90_000
+    demo = load_config(configs / "demo_vfnet_cpu.yaml")
+    assert demo.model == "dynamic_vfnet_r50" and demo.data.kind == "synthetic"
+
+
+def test_loss_plot_shows_every_logged_part(tmp_path):
+    from dynamic_atss.visualize import logged_loss_parts, plot_losses
+
+    logs = {}
+    for name in ("vfnet", "dynamic_vfnet"):
+        logs[name] = tmp_path / f"{name}.jsonl"
+        logs[name].write_text("\n".join(
+            '{"step": %d, "loss": 3.0, "loss_cls": 1.0, "loss_box": 1.2, "loss_box_init": 0.8, "lr": 0.01}' % step
+            for step in (10, 20)))
+    assert logged_loss_parts(logs) == ("loss_box", "loss_box_init", "loss_cls")
+    pytest.importorskip("matplotlib")
+    assert plot_losses(logs, tmp_path / "losses.png") and (tmp_path / "losses.png").stat().st_size > 0
