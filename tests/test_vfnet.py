@@ -25,7 +25,7 @@ from dynamic_atss.detection.heads import Targets
 from dynamic_atss.detection.heads import vfnet as vfnet_module
 from dynamic_atss.detection.heads.vfnet import VFNetHead, distance_to_boxes, star_offsets
 from dynamic_atss.models.dcn import DeformConv2d, ModulatedDeformConv2d
-from test_convert import TINY, TINY_OVERRIDES, _import_mmdet, expected_target, mmdet_atss_state_dict
+from test_convert import TINY, TINY_OVERRIDES, _import_mmdet, assert_all_landed, expected_target, mmdet_atss_state_dict
 
 VFNET_MODELS = [
     f"{prefix}vfnet_{variant}" for prefix in ("", "dynamic_")
@@ -340,19 +340,6 @@ def expected_vfnet_target(key: str) -> str | None:
     return expected_target(key)
 
 
-def assert_every_tensor_landed(model: nn.Module, source: dict[str, torch.Tensor]) -> None:
-    target = model.state_dict()
-    filled = set()
-    for key, value in source.items():
-        dst = expected_vfnet_target(key)
-        if dst is None:
-            continue
-        assert dst in target, f"{key} -> {dst} missing from the model"
-        assert torch.equal(target[dst], value.to(target[dst].dtype)), f"{key} did not land in {dst}"
-        filled.add(dst)
-    assert filled == set(target), f"model tensors not filled from the checkpoint: {sorted(set(target) - filled)}"
-
-
 TINY_VFNET = {**TINY, "num_convs": 3}
 
 
@@ -362,7 +349,7 @@ def test_converter_every_tensor_lands(dcn, tmp_path):
     path = tmp_path / "vfnet_tiny.pth"
     torch.save({"state_dict": source, "meta": {"dataset_meta": {"classes": ("a", "b", "c")}}}, path)
     model = convert_mmdet_vfnet(path, **TINY_OVERRIDES)
-    assert_every_tensor_landed(model, source)
+    assert_all_landed(model, source, expected_vfnet_target)
     config = model.config
     assert (config.head.kind, config.head.num_convs, config.head.conv_bias) == ("vfnet", 3, False)
     assert config.head.dcn_last_conv == config.backbone.dcn == dcn

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from torch import Tensor
 
 from ..config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig
-from .mmdet import _NUM_LEVELS, MMDetConversionError, _indices, convert_mmdet, register_mmdet_head, tower_convs
+from .mmdet import _NUM_LEVELS, MMDetConversionError, convert_gn_towers, convert_mmdet, register_mmdet_head
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
@@ -53,33 +53,21 @@ _DCNS = (("vfnet_reg_refine_dconv", "box_refine_dcn"), ("vfnet_cls_dconv", "cls_
 @register_mmdet_head("bbox_head.vfnet_cls.weight", "vfnet")
 def _convert_vfnet_head(remaining: dict[str, Tensor], take: Callable[[str, "str | None"], Tensor]) -> dict[str, Any]:
     """mmdetection `VFNetHead` -> the "vfnet" family (VFNet itself: anchor IoUs only, VFL, two GIoU losses)."""
-    keys = list(remaining)
-    num_convs = len(_indices(keys, "bbox_head.cls_convs."))
-    if num_convs == 0 or len(_indices(keys, "bbox_head.reg_convs.")) != num_convs:
-        raise MMDetConversionError("bbox_head: expected as many cls_convs as reg_convs (VFNetHead stacked_convs)")
+    towers = convert_gn_towers(remaining, take, "VFNetHead")
     required = [f"bbox_head.{name}.{kind}" for name, _ in _CONVS for kind in ("weight", "bias")]
     required += [f"bbox_head.{name}.weight" for name, _ in _DCNS]
-    required += [f"bbox_head.{tower}.{i}.{part}" for tower in ("cls_convs", "reg_convs") for i in range(num_convs)
-                 for part in ("conv.weight", "gn.weight", "gn.bias")]
     required += [f"bbox_head.vfnet_reg_conv.{part}" for part in ("conv.weight", "gn.weight", "gn.bias")]
     required += [f"bbox_head.{scales}.{i}.scale" for scales in ("scales", "scales_refine") for i in range(_NUM_LEVELS)]
     missing = [key for key in required if key not in remaining]
     if missing:
         raise MMDetConversionError(f"missing tensor(s) of an mmdetection VFNetHead: {', '.join(missing)}")
-    conv_bias = "bbox_head.cls_convs.0.conv.bias" in remaining
-    offsets = [i for i in range(num_convs) if f"bbox_head.cls_convs.{i}.conv.conv_offset.weight" in remaining]
-    if offsets not in ([], [num_convs - 1]):
-        raise MMDetConversionError(f"bbox_head: DCN in tower convs {offsets}; supported: none or the last one")
     dcn_bias = [f"bbox_head.{name}.bias" for name, _ in _DCNS if f"bbox_head.{name}.bias" in remaining]
     if dcn_bias:
         raise MMDetConversionError(f"bbox_head: star-shaped deformable convs with a bias ({dcn_bias}); mmcv's have none")
-    head_channels = remaining["bbox_head.cls_convs.0.conv.weight"].shape[0]
 
-    tower_convs(remaining, take, "bbox_head.cls_convs", "head.cls_tower", num_convs)
-    tower_convs(remaining, take, "bbox_head.reg_convs", "head.box_tower", num_convs)
     for part, index in (("conv.weight", 0), ("conv.bias", 0), ("gn.weight", 1), ("gn.bias", 1)):
         key = f"bbox_head.vfnet_reg_conv.{part}"
-        if key in remaining:
+        if key in remaining:  # the conv's bias only where the towers have one (`head.conv_bias`)
             take(key, f"head.box_init_tower.{index}.{part.split('.')[1]}")
     outputs = {}
     for name, target in _CONVS:
@@ -95,8 +83,7 @@ def _convert_vfnet_head(remaining: dict[str, Tensor], take: Callable[[str, "str 
             take(f"bbox_head.{scales}.{i}.scale", f"head.{scales}.{i}.scale")
     return dict(
         num_classes=outputs["cls_logits.weight"].shape[0],
-        head=HeadConfig(kind="vfnet", channels=head_channels, num_convs=num_convs, num_groups=32, conv_bias=conv_bias,
-                        dcn_last_conv=bool(offsets)),
+        head=HeadConfig(kind="vfnet", num_groups=32, **towers),
         anchors=AnchorConfig(center_offset=0.0),
         conventions=ConventionConfig(relu_before_p7=True, score_sqrt=False, pre_nms_rank_by_joint=False),
         assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
