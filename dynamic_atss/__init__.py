@@ -12,6 +12,8 @@ from .config import (
 )
 from .models.detector import DynamicATSS
 from .models.zoo import (
+    atss_r50,
+    atss_r101,
     dynamic_atss_r50,
     dynamic_atss_r50_dcn,
     dynamic_atss_r101,
@@ -41,7 +43,7 @@ from .registry import create, get_pretrained_cfg, list_models, register_pretrain
 __version__ = "0.1.0"
 
 __all__ = [
-    "AnchorConfig", "AssignerConfig", "BackboneConfig", "ConventionConfig", "DynamicATSS", "HeadConfig",
+    "AnchorConfig", "AssignerConfig", "atss_r50", "atss_r101", "BackboneConfig", "ConventionConfig", "DynamicATSS", "HeadConfig",
     "LossConfig", "ModelConfig", "TestConfig", "create", "dynamic_atss_r50", "dynamic_atss_r50_dcn",
     "dynamic_atss_r101", "dynamic_atss_r101_dcn", "dynamic_atss_x101_32x8d", "dynamic_atss_x101_32x8d_dcn",
     "dynamic_atss_x101_64x4d", "dynamic_atss_x101_64x4d_dcn", "get_pretrained_cfg", "list_models", "load_pretrained",

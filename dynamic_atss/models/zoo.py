@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import BackboneConfig, HeadConfig, ModelConfig, apply_overrides
-from ..registry import get_pretrained_cfg, register_model
+from ..config import (
+    AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig, apply_overrides,
+)
+from ..registry import load_pretrained_tag, register_model
 from .detector import DynamicATSS
 
 
@@ -17,25 +19,28 @@ def _atss_config(backbone: str, dcn: bool) -> ModelConfig:
     )
 
 
+def _mmdet_atss_config(backbone: str) -> ModelConfig:
+    # Plain ATSS as mmdetection trains it (anchor IoUs only, focal loss, centerness; anchors at offset 0, P7 from
+    # P6 without ReLU, score cls x centerness, no conv bias before GroupNorm): what convert_mmdet_atss builds
+    # from its checkpoints (tests/test_url_weights.py checks that the two agree).
+    return ModelConfig(
+        backbone=BackboneConfig(name=backbone),
+        head=HeadConfig(kind="atss", conv_bias=False, quality="centerness"),
+        anchors=AnchorConfig(center_offset=0.0),
+        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
+        loss=LossConfig(cls_loss="focal"),
+    )
+
+
 def _build(
     variant: str, base_config: ModelConfig, pretrained: bool = False, pretrained_tag: str | None = None,
     /, **kwargs: Any,
 ) -> DynamicATSS:
     """The one builder behind every constructor: `base_config` with dotted `kwargs` overrides, or the
     variant's published weights when `pretrained`."""
-    if pretrained:
-        cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant)
-        if not cfg.hf_hub_id:
-            raise RuntimeError(
-                f"{cfg.name} has no published weights yet. Train them with "
-                f"`accelerate launch train.py --config configs/{cfg.recipe}.yaml`, or load weights you have with "
-                "dynamic_atss.create('local-dir:/path/to/model') or create('hf-hub:org/name')"
-            )
-        from ..hub import load_pretrained  # noqa: PLC0415
-
-        kwargs.pop("backbone_pretrained", None)  # the checkpoint holds the backbone too
-        revision = f"@{cfg.revision}" if cfg.revision else ""
-        return load_pretrained(f"hf-hub:{cfg.hf_hub_id}{revision}", **kwargs)
+    if pretrained:  # the registry's entry for the tag: a Hub repo, or a public checkpoint converted on first use
+        return load_pretrained_tag(f"{variant}.{pretrained_tag}" if pretrained_tag else variant, **kwargs)
     backbone_pretrained = kwargs.pop("backbone_pretrained", False)
     config = apply_overrides(base_config, kwargs)
     return DynamicATSS(config, backbone_pretrained=backbone_pretrained)
@@ -89,19 +94,28 @@ def dynamic_atss_x101_64x4d_dcn(pretrained: bool = False, **kwargs: Any) -> Dyna
     return _build("dynamic_atss_x101_64x4d_dcn", _atss_config("resnext101_64x4d", True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
 
 
+@register_model
+def atss_r50(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """Plain ATSS, ResNet-50 FPN, mmdetection's conventions (`atss_r50.mmdet_coco_1x`: its 39.4 AP COCO weights)."""
+    return _build("atss_r50", _mmdet_atss_config("resnet50"), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def atss_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """Plain ATSS, ResNet-101 FPN, mmdetection's conventions (`atss_r101.mmdet_coco_1x`: its 41.5 AP COCO weights)."""
+    return _build("atss_r101", _mmdet_atss_config("resnet101"), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------- VFNet family
 # VarifocalNet (detection/heads/vfnet.py) with ATSS assignment: `vfnet_*` use anchor IoUs only (VFNet itself, Table V
 # "VFNet"), `dynamic_vfnet_*` the combined IoUs (Table V "+CIoUs"). Conventions follow VarifocalNet's mmdetection
 # configs: 3-conv towers without conv bias (GN follows), anchors centred at (x, y) * stride, P7 = conv(relu(P6)).
-from ..config import AnchorConfig, AssignerConfig, ConventionConfig, LossConfig  # noqa: E402  (this section's own)
-
-
 def _vfnet_config(backbone: str, dcn: bool, pred_weight: float) -> ModelConfig:
     return ModelConfig(
         backbone=BackboneConfig(name=backbone, dcn=dcn),
         head=HeadConfig(kind="vfnet", num_convs=3, conv_bias=False, dcn_last_conv=dcn),
         anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=True),
+        conventions=ConventionConfig(relu_before_p7=True, score_sqrt=False, pre_nms_rank_by_joint=False),
         assigner=AssignerConfig(pred_weight=pred_weight),
         loss=LossConfig(cls_loss="vfl", vfl_alpha=0.75, focal_gamma=2.0, box_weight=2.0, box_init_weight=1.5),
     )
