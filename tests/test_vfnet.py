@@ -8,6 +8,8 @@ tests compare with mmdetection's own VFNet model (skipped unless mmdetection is 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import math
 import re
 from collections import OrderedDict
@@ -18,14 +20,18 @@ import torchvision
 from torch import nn
 
 import dynamic_atss as da
+from dynamic_atss import registry
 from dynamic_atss.config import HeadConfig
-from dynamic_atss.convert import MMDetConversionError, convert_mmdet, convert_mmdet_atss, convert_mmdet_vfnet
+from dynamic_atss.convert import MMDetConversionError, convert_mmdet, convert_mmdet_atss, convert_mmdet_state_dict
+from dynamic_atss.convert import convert_mmdet_vfnet
 from dynamic_atss.detection.assigner import AssignResult, paired_iou
 from dynamic_atss.detection.heads import Targets
 from dynamic_atss.detection.heads import vfnet as vfnet_module
 from dynamic_atss.detection.heads.vfnet import VFNetHead, distance_to_boxes, star_offsets
 from dynamic_atss.models.dcn import DeformConv2d, ModulatedDeformConv2d
+from hub_server import file_server  # noqa: F401  (pytest fixture)
 from test_convert import TINY, TINY_OVERRIDES, _import_mmdet, assert_all_landed, expected_target, mmdet_atss_state_dict
+from test_url_weights import scratch_registry, torch_cache  # noqa: F401  (pytest fixtures)
 
 VFNET_MODELS = [
     f"{prefix}vfnet_{variant}" for prefix in ("", "dynamic_")
@@ -295,11 +301,12 @@ def test_fuse_for_inference_keeps_the_outputs(tiny_kwargs):
 
 
 # ---------------------------------------------------------------------------------------------- converter
-def mmdet_vfnet_state_dict(num_convs=3, head=256, num_classes=80, head_dcn=False, seed=0, **kwargs):
-    """An mmdetection VFNet state dict (exact key names and shapes), filled with distinct random values:
-    test_convert's ResNet + FPN + towers, and `VFNetHead`'s own modules instead of ATSSHead's outputs."""
+def mmdet_vfnet_state_dict(num_convs=3, head=256, num_classes=80, head_dcn=False, seed=0, device="cpu", **kwargs):
+    """An mmdetection VFNet state dict (exact key names and shapes), filled with distinct random values (or empty
+    on the "meta" device): test_convert's ResNet + FPN + towers, and `VFNetHead`'s own modules instead of
+    ATSSHead's outputs."""
     source = mmdet_atss_state_dict(num_convs=num_convs, head=head, num_classes=num_classes, head_dcn=head_dcn,
-                                   seed=seed, **kwargs)
+                                   seed=seed, device=device, **kwargs)
     for key in [k for k in source if re.match(r"bbox_head\.atss_", k)]:
         del source[key]
     shapes = OrderedDict()
@@ -314,7 +321,9 @@ def mmdet_vfnet_state_dict(num_convs=3, head=256, num_classes=80, head_dcn=False
         shapes[f"bbox_head.scales_refine.{i}.scale"] = ()
     generator = torch.Generator().manual_seed(seed + 1)
     for key, shape in shapes.items():
-        if len(shape) == 4:
+        if device == "meta":
+            source[key] = torch.empty(shape, device="meta")
+        elif len(shape) == 4:
             source[key] = torch.randn(shape, generator=generator) * math.sqrt(1.0 / math.prod(shape[1:]))
         elif key.endswith("scale"):
             source[key] = torch.rand(shape, generator=generator) * 0.5 + 0.25
@@ -370,6 +379,42 @@ def test_converter_refuses_other_families_and_incomplete_heads():
     del vfnet_source["bbox_head.scales_refine.3.scale"], vfnet_source["bbox_head.vfnet_cls_dconv.weight"]
     with pytest.raises(MMDetConversionError, match="vfnet_cls_dconv.weight.*scales_refine.3.scale"):
         convert_mmdet_vfnet(vfnet_source, **TINY_OVERRIDES)
+
+
+@pytest.mark.parametrize(("name", "layers", "dcn"), [("vfnet_r50", (3, 4, 6, 3), False),
+                                                    ("vfnet_r101_dcn", (3, 4, 23, 3), True)])
+def test_constructors_build_what_the_converter_builds(name, layers, dcn):
+    """`vfnet_*` (random weights) and `create("vfnet_*.mmdet_...")` (converted weights) are the same model."""
+    converted, _ = convert_mmdet_state_dict(mmdet_vfnet_state_dict(layers=layers, dcn=dcn, head_dcn=dcn, device="meta"))
+    with torch.device("meta"):
+        built = da.create(name)
+        reference = da.DynamicATSS(converted)
+    assert built.config == dataclasses.replace(converted, class_names=None)
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+def test_indexed_mmdetection_weights_load_by_tag(tmp_path, file_server, torch_cache, scratch_registry):  # noqa: F811
+    """`create("vfnet_r50.mmdet_coco_1x")`: the index entry (URL, hash) fetched, converted by `mmdet_vfnet`, cached;
+    here from a loopback copy of the entry that serves a tiny checkpoint in mmdetection's VFNet layout."""
+    source = mmdet_vfnet_state_dict(**TINY_VFNET, seed=3)
+    source["bbox_head.vfnet_cls.bias"].fill_(-1.0)
+    local = tmp_path / "vfnet_tiny.pth"
+    torch.save({"state_dict": source, "meta": {"CLASSES": ("a", "b", "c")}}, local)
+    data = local.read_bytes()
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    path = f"/mmdetection/v2.0/vfnet/vfnet_tiny_fpn_1x_coco/vfnet_tiny_fpn_1x_coco_2020-{prefix}.pth"
+    file_server.files[path] = data
+    real = registry.get_pretrained_cfg("vfnet_r50.mmdet_coco_1x")
+    assert real.family == "vfnet" and real.url.endswith("-38db6f58.pth")
+    registry.register_pretrained(dataclasses.replace(real, url=file_server.url(path), hash_prefix=prefix), default=True)
+    assert "vfnet_r50.mmdet_coco_1x" in da.list_models("vfnet*", pretrained=True)
+    model = da.create("vfnet_r50.mmdet_coco_1x", progress=False)
+    reference = convert_mmdet_vfnet(local)
+    assert model.config == reference.config and model.config.head.kind == "vfnet"
+    x = torch.randn(1, 3, 128, 192)  # P7 1 x 2: GroupNorm(32) over 32 channels needs more than one value
+    with torch.no_grad():
+        for ours, theirs in zip(model.forward_raw(x), reference.forward_raw(x)):
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
 # ---------------------------------------------------------------------------------------------- real mmdetection
