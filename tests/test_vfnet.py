@@ -417,6 +417,31 @@ def test_indexed_mmdetection_weights_load_by_tag(tmp_path, file_server, torch_ca
             assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
+def test_convert_script_converts_vfnet_checkpoints(tmp_path, scratch_registry):  # noqa: F811
+    """`hub/convert_mmdet.py` (the manual route the URL loader names) takes any registered family; with `--tag`
+    the checkpoint must hold the family of the index entry."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "hub" / "convert_mmdet.py"
+    spec = importlib.util.spec_from_file_location("hub_script_convert_mmdet_vfnet", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    source = mmdet_vfnet_state_dict(**TINY_VFNET, seed=5)
+    checkpoint = tmp_path / "vfnet_tiny.pth"
+    torch.save({"state_dict": source, "meta": {"CLASSES": ("a", "b", "c")}}, checkpoint)
+    assert script.main([str(checkpoint), "--out", str(tmp_path / "out")]) == 0
+    loaded = da.create(f"local-dir:{tmp_path / 'out'}")
+    assert loaded.config.head.kind == "vfnet" and loaded.pretrained_info["recipe"]["checkpoint"] == "vfnet_tiny.pth"
+    assert_all_landed(loaded, source, expected_vfnet_target)
+    # --tag of an ATSS entry (its hash pointed at this file): the family does not match
+    atss = registry.get_pretrained_cfg("atss_r50.mmdet_coco_1x")
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:8]
+    registry.register_pretrained(dataclasses.replace(atss, hash_prefix=digest), default=True)
+    with pytest.raises(MMDetConversionError, match="vfnet head.*not atss"):
+        script.main([str(checkpoint), "--tag", "atss_r50.mmdet_coco_1x", "--out", str(tmp_path / "out2")])
+
+
 # ---------------------------------------------------------------------------------------------- real mmdetection
 def _route_mmcv_deform_convs(monkeypatch):
     """mmcv-lite has no compiled deformable convolutions: compute mmcv's DeformConv2d / ModulatedDeformConv2d with
