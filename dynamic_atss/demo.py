@@ -2,7 +2,7 @@
 evaluate COCO AP on held-out generated images, save the model, draw predictions, plot the losses.
 
 With `--compare`, also trains plain ATSS (anchor IoUs only, everything else equal) and plots both
-regression losses, as in the paper's Figure 2.
+regression losses, as in the paper's Figure 2. The demo replaces what an earlier demo left in its output folder.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from .engine.config import DataConfig, OptimConfig, TrainConfig, config_from_dict, config_to_dict, load_config
-from .evaluation import format_per_class_table, format_table
+from .evaluation import format_table
 from .visualize import draw_detections, plot_losses, save_grid
 
-# The embedded default (configs/demo_cpu.yaml holds the same recipe for `train.py --config`).
+# The embedded default (the packaged recipe `demo_cpu` holds the same, for `dynamic-atss train --config demo_cpu`).
 DEMO_CONFIG = TrainConfig(
     model="r50",
     model_overrides={
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.iters:
         config.optim = dataclasses.replace(config.optim, max_iters=args.iters,
                                            steps=tuple(int(s * args.iters / config.optim.max_iters) for s in config.optim.steps))
-    from .engine.trainer import train  # noqa: PLC0415  (imports accelerate; keep `--help` fast)
+    from .engine.trainer import final_report, train  # noqa: PLC0415  (imports accelerate; keep `--help` fast)
 
     out = Path(config.output_dir)
     start = time.perf_counter()
@@ -90,15 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {}
     for label, run_config in runs.items():
         print(f"\n=== training {label}: {run_config.optim.max_iters} iterations -> {run_config.output_dir}")
-        summaries[label] = train(run_config)
+        summaries[label] = train(run_config, overwrite=True)
     wall = time.perf_counter() - start
 
     main_summary = summaries["Dynamic ATSS (combined IoUs)"]
-    metrics = main_summary["metrics"]
-    print("\nCOCO AP on held-out generated images (Dynamic ATSS):")
-    print(format_table(metrics))
-    if "per_class" in metrics:
-        print(format_per_class_table(metrics["per_class"]))
+    print("\n" + final_report(main_summary, "COCO AP on held-out generated images (Dynamic ATSS)", per_class=True))
     for label, summary in summaries.items():
         if label != "Dynamic ATSS (combined IoUs)":
             print(f"\n{label}:\n{format_table(summary['metrics'])}")
@@ -111,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir": main_summary["model_dir"],
     }
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
-    print(f"\nmodel: {main_summary['model_dir']}\npredictions: {out / 'predictions.png'}")
+    print(f"\npredictions: {out / 'predictions.png'}")
     print(f"loss plot: {out / 'losses.png'}" if plotted else "loss plot skipped (pip install matplotlib)")
     print(f"wall time: {wall:.0f} s")
     return 0

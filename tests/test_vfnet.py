@@ -549,18 +549,15 @@ def test_matches_real_mmdetection_vfnet(dcn, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- recipes, demo
 def test_table_v_recipes_build_the_two_rows():
-    from pathlib import Path
-
     from dynamic_atss.engine.config import load_config
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    for recipe, pred_weight in (("vfnet_r50_1x.yaml", 0.0), ("dynamic_vfnet_r50_1x.yaml", 1.0)):
-        train = load_config(configs / recipe)
+    for recipe, pred_weight in (("vfnet_r50_1x", 0.0), ("dynamic_vfnet_r50_1x", 1.0)):  # shipped recipes, by name
+        train = load_config(recipe)
         with torch.device("meta"):
             model = da.create(train.model, **train.model_overrides)
         assert model.config.head.kind == "vfnet" and model.config.assigner.pred_weight == pred_weight
         assert model.config.backbone.name == "resnet50" and train.optim.max_iters == 90_000
-    demo = load_config(configs / "demo_vfnet_cpu.yaml")
+    demo = load_config("demo_vfnet_cpu")
     assert demo.model == "dynamic_vfnet_r50" and demo.data.kind == "synthetic"
 
 
