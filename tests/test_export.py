@@ -15,9 +15,15 @@ from dynamic_atss.inference import export_program, raw_output_names
 EXPORT_TINY = {"head.prior_prob": 0.3}
 
 
-def _tiny(tiny_kwargs, **overrides):
+def _tiny(tiny_kwargs, kind="atss", **overrides):
+    """A tiny model of head family `kind` (its registered `dynamic_<kind>_r50` variant)."""
+    name = f"dynamic_{kind}_r50"
+    assert name in da.list_models(), f"register {name} (or teach this test the family's model name)"
     torch.manual_seed(0)
-    return da.create("r50", num_classes=4, **{**tiny_kwargs, **EXPORT_TINY, **overrides}).eval()
+    return da.create(name, num_classes=4, **{**tiny_kwargs, **EXPORT_TINY, **overrides}).eval()
+
+
+FAMILIES = sorted(HEAD_FAMILIES)
 
 
 def _assert_same_detections(expected, got, rtol=1e-3):
@@ -32,9 +38,9 @@ def _assert_same_detections(expected, got, rtol=1e-3):
 
 
 # ----------------------------------------------------------------------------------------------- torch.export
-@pytest.mark.parametrize("kind", sorted(HEAD_FAMILIES))
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_torch_export_of_forward_raw_matches_eager_for_every_family(tiny_kwargs, kind):
-    model = _tiny(tiny_kwargs, **{"head.kind": kind})
+    model = _tiny(tiny_kwargs, kind)
     program = export_program(model)
     assert isinstance(program, torch.export.ExportedProgram)
     # another batch size and image size than the example (dynamic shapes)
@@ -66,12 +72,13 @@ def onnx_deps():
     pytest.importorskip("onnxscript")
 
 
-def test_onnx_runtime_fast_path_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path):
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_onnx_runtime_fast_path_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path, kind):
     """The documented fast path gives the default path's detections (same labels, boxes within 1e-3 relative)
     on real-sized images of different sizes in one batch, and the raw outputs at another batch / size."""
     from dynamic_atss.inference import onnx_runtime
 
-    model = _tiny(tiny_kwargs, min_size=480, max_size=640)
+    model = _tiny(tiny_kwargs, kind, min_size=480, max_size=640)
     fast = onnx_runtime(model, tmp_path / "raw.onnx")
     images = [torch.rand(3, 480, 640), torch.rand(3, 375, 500)]
     with torch.no_grad():
@@ -85,14 +92,15 @@ def test_onnx_runtime_fast_path_equals_the_default_path(onnx_deps, tiny_kwargs, 
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
-def test_onnx_with_postprocess_from_the_cli_matches_eager(onnx_deps, tiny_kwargs, tmp_path, capsys):
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_onnx_with_postprocess_from_the_cli_matches_eager(onnx_deps, tiny_kwargs, tmp_path, capsys, kind):
     """`python -m dynamic_atss export --with-postprocess` on a saved model folder: NMS in the graph, dynamic
     batch and size; ONNX Runtime's detections equal eager PyTorch's."""
     from dynamic_atss.__main__ import main
     from dynamic_atss.hub import save_model_dir
     from dynamic_atss.inference import OnnxRuntimeDetector
 
-    model = _tiny(tiny_kwargs, min_size=256, max_size=416)
+    model = _tiny(tiny_kwargs, kind, min_size=256, max_size=416)
     model.config.test.max_detections = 30  # the per-image cap is inside the graph too
     folder = save_model_dir(model, tmp_path / "tiny")
     out = tmp_path / "detect.onnx"
