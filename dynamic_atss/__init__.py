@@ -21,6 +21,28 @@ from .models.zoo import (
     dynamic_atss_x101_64x4d,
     dynamic_atss_x101_64x4d_dcn,
 )
+from .models.zoo import (  # GFL family
+    gfl_r50,
+    gfl_r101,
+    gfl_r101_dcn,
+    gfl_x101_32x8d,
+    gfl_x101_64x4d,
+    dynamic_gfl_r50,
+    dynamic_gfl_r101,
+    dynamic_gfl_r101_dcn,
+    dynamic_gfl_x101_32x8d,
+    dynamic_gfl_x101_64x4d,
+    gflv2_r50,
+    gflv2_r101,
+    gflv2_r101_dcn,
+    gflv2_x101_32x8d,
+    gflv2_x101_64x4d,
+    dynamic_gflv2_r50,
+    dynamic_gflv2_r101,
+    dynamic_gflv2_r101_dcn,
+    dynamic_gflv2_x101_32x8d,
+    dynamic_gflv2_x101_64x4d,
+)
 from .hub import load_pretrained
 from .registry import create, get_pretrained_cfg, list_models, register_pretrained
 
@@ -32,4 +54,26 @@ __all__ = [
     "dynamic_atss_r101", "dynamic_atss_r101_dcn", "dynamic_atss_x101_32x8d", "dynamic_atss_x101_32x8d_dcn",
     "dynamic_atss_x101_64x4d", "dynamic_atss_x101_64x4d_dcn", "get_pretrained_cfg", "list_models", "load_pretrained",
     "register_pretrained",
+]
+__all__ += [  # GFL family
+    "gfl_r50",
+    "gfl_r101",
+    "gfl_r101_dcn",
+    "gfl_x101_32x8d",
+    "gfl_x101_64x4d",
+    "dynamic_gfl_r50",
+    "dynamic_gfl_r101",
+    "dynamic_gfl_r101_dcn",
+    "dynamic_gfl_x101_32x8d",
+    "dynamic_gfl_x101_64x4d",
+    "gflv2_r50",
+    "gflv2_r101",
+    "gflv2_r101_dcn",
+    "gflv2_x101_32x8d",
+    "gflv2_x101_64x4d",
+    "dynamic_gflv2_r50",
+    "dynamic_gflv2_r101",
+    "dynamic_gflv2_r101_dcn",
+    "dynamic_gflv2_x101_32x8d",
+    "dynamic_gflv2_x101_64x4d",
 ]

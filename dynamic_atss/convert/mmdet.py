@@ -30,7 +30,8 @@ Key mapping (mmdetection `ATSS` with `ResNet` + `FPN(start_level=1, add_extra_co
 Every source tensor must be used (leftovers are an error naming them) and every tensor of the model must be
 filled (strict load). The backbone (depth, bottleneck or basic block, ResNeXt groups, DCN stages) is inferred
 from the keys: layer3 with 6 bottlenecks is `resnet50`, with 23 `resnet101`; DCN from `conv_offset` keys
-(mmdetection's `stage_with_dcn=(False, True, True, True)`, the pattern our DCN backbones use).
+(mmdetection's `stage_with_dcn=(False, True, True, True)`, the pattern our DCN backbones use); DCNv1 layers
+(18 offset channels) load into our DCNv2 layers with a constant mask of exactly 1 (`_deform_v1_as_modulated`).
 
 Conventions: where mmdetection and the authors' code (this library's default) differ, the converted config
 takes mmdetection's, so that the converted model computes what it computed in mmdetection:
@@ -225,6 +226,26 @@ def infer_mmdet_backbone(state_dict: dict[str, Tensor]) -> tuple[BackboneConfig,
 
 # ---------------------------------------------------------------------------------------------- conversion
 
+# A mask logit whose sigmoid is exactly 1.0 in float32 (1 + exp(-30) rounds to 1).
+_MASK_ONE_LOGIT = 30.0
+
+
+def _deform_v1_as_modulated(converted: dict[str, Tensor]) -> None:
+    """DCNv1 layers (mmcv `DCN`, e.g. mmdetection's GFL dconv models: `conv_offset` predicts 2*k*k offsets) ->
+    this library's DCNv2 layers (2*k*k offsets, then k*k mask logits; mmcv's DCNv2 offsets are the same first
+    2*k*k channels): zero mask weights and a mask bias of 30, so the mask is sigmoid(30) = 1.0 exactly in float32
+    and the layer computes what the DCNv1 layer did. (Fine-tuning such a layer barely moves its mask: the sigmoid
+    is saturated.)"""
+    for key in [k for k in converted if k.endswith("conv_offset.weight")]:
+        weight = converted[key]
+        points = weight.shape[-1] * weight.shape[-2]
+        if weight.shape[0] != 2 * points:
+            continue  # already DCNv2 (3*k*k)
+        bias_key = key[: -len("weight")] + "bias"
+        converted[key] = torch.cat([weight, weight.new_zeros(points, *weight.shape[1:])])
+        converted[bias_key] = torch.cat([converted[bias_key], converted[bias_key].new_full((points,), _MASK_ONE_LOGIT)])
+
+
 # ---------------------------------------------------------------------------------------------- heads
 HeadConverter = Callable[[dict[str, Tensor], Callable[[str, "str | None"], Tensor]], dict[str, Any]]
 # marker key (a tensor only that mmdetection head has) -> (head family, converter). A converter pops the head's
@@ -350,6 +371,7 @@ def convert_mmdet_state_dict(
         )
     for key in [k for k in remaining if k.startswith("backbone.")]:
         take(key, None if key.endswith("num_batches_tracked") else "backbone.trunk." + key[len("backbone."):])
+    _deform_v1_as_modulated(converted)
 
     # ---- neck
     keys = list(remaining)
