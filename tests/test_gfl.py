@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -482,3 +483,75 @@ def test_matches_real_mmdetection_gfl_r50():
     assert torch.equal(detections["labels"], expected.labels)
     assert torch.allclose(detections["scores"], expected.scores, atol=1e-4)
     assert torch.allclose(detections["boxes"], expected.bboxes, atol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------- recipes and demo
+@pytest.mark.parametrize(("recipe", "model", "pred_weight", "dgqp"), [
+    ("gfl_r50_1x", "gfl_r50", 0.0, False), ("gflv2_r50_1x", "gflv2_r50", 0.0, True),
+    ("dynamic_gflv2_r50_1x", "dynamic_gflv2_r50", 1.0, True),
+])
+def test_recipes_build_their_model(recipe, model, pred_weight, dgqp):
+    from dynamic_atss.engine.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml")
+    assert config.model == model and config.optim.max_iters == 90000
+    with torch.device("meta"):
+        built = da.create(config.model, **config.model_overrides)
+    assert built.config.assigner.pred_weight == pred_weight and built.config.head.dgqp == dgqp
+
+
+def test_demo_compares_gflv2_with_and_without_combined_ious(tmp_path):
+    import yaml
+    from dynamic_atss.__main__ import main as cli
+    from test_train import TINY_RECIPE
+
+    recipe = dict(TINY_RECIPE, output_dir=str(tmp_path / "demo"), checkpoint_every=0)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli(["demo", "--config", str(tmp_path / "tiny.yaml"), "--iters", "3", "--compare", "--head", "gflv2"]) == 0
+    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
+    assert set(summary["AP"]) == {"GFLV2 + CIoUs (combined IoUs)", "GFLV2 (anchor IoUs only)"}
+    baseline = json.loads((tmp_path / "demo" / "gflv2_baseline" / "model" / "config.json").read_text())["model"]
+    assert baseline["head"]["kind"] == "gfl" and baseline["head"]["dgqp"] and baseline["assigner"]["pred_weight"] == 0.0
+    main = json.loads((Path(summary["model_dir"]) / "config.json").read_text())["model"]
+    assert main["head"]["dgqp"] and main["assigner"]["pred_weight"] == 1.0
+    assert (tmp_path / "demo" / "losses.png").is_file()
+
+
+@pytest.mark.slow
+def test_losses_match_real_mmdetection_gfl():
+    """mmdetection's GFLHead.loss_by_feat (its ATSSAssigner, QFL, GIoU, DFL and normalisers) vs the converted
+    model's losses with plain ATSS assignment (pred_weight 0), on the same random weights, image and GTs."""
+    MODELS = _import_mmdet()
+    import mmdet
+    from mmengine.config import Config
+    from mmengine.structures import InstanceData
+
+    config = Config.fromfile(f"{mmdet.__path__[0]}/.mim/configs/gfl/gfl_r50_fpn_1x_coco.py").model
+    config.backbone.init_cfg = None
+    mm = MODELS.build(config).eval()
+    source = mmdet_gfl_state_dict(num_classes=80, head=256, num_convs=4, fpn=256, seed=12)
+    mm.load_state_dict(source, strict=True)
+    model = convert_mmdet_gfl({"state_dict": mm.state_dict(), "meta": {}})
+
+    height, width = 256, 320
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(1))
+    # GT corners off the anchor grid (no distance ties between candidates, which the two assigners break differently)
+    boxes = torch.tensor([[12.3, 20.7, 97.1, 141.9], [150.2, 60.6, 301.4, 230.2], [40.9, 150.3, 88.4, 201.1]])
+    labels = torch.tensor([3, 17, 3])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    with torch.no_grad():
+        theirs = mm.bbox_head(mm.extract_feat(((image - mean) / std)[None]))
+        meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
+                    scale_factor=(1.0, 1.0), batch_input_shape=(height, width))
+        expected = mm.bbox_head.loss_by_feat(*theirs, batch_gt_instances=[InstanceData(bboxes=boxes, labels=labels)],
+                                             batch_img_metas=[meta])
+        model.config.min_size, model.config.max_size = height, width
+        model.train()
+        ours = model([image], [{"boxes": boxes, "labels": labels}])
+    expected = {"loss_cls": sum(expected["loss_cls"]), "loss_box": sum(expected["loss_bbox"]),
+                "loss_dfl": sum(expected["loss_dfl"])}
+    print("mmdetection:", {k: round(v.item(), 6) for k, v in expected.items()},
+          "\nours:       ", {k: round(v.item(), 6) for k, v in ours.items()}, f"(positives {model.assign_stats['num_pos']:.0f})")
+    for key, value in expected.items():
+        assert ours[key].item() == pytest.approx(value.item(), rel=1e-4), key
