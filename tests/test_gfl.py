@@ -555,3 +555,16 @@ def test_losses_match_real_mmdetection_gfl():
           "\nours:       ", {k: round(v.item(), 6) for k, v in ours.items()}, f"(positives {model.assign_stats['num_pos']:.0f})")
     for key, value in expected.items():
         assert ours[key].item() == pytest.approx(value.item(), rel=1e-4), key
+
+
+def test_fused_for_inference_gives_the_same_raw_outputs(tiny_kwargs):
+    from dynamic_atss.models.fuse import fuse_for_inference
+
+    model = da.create("gflv2_r50", num_classes=3, **tiny_kwargs).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        reference = model.forward_raw(x)
+        fused = fuse_for_inference(model, inplace=False, example_input=x).forward_raw(x)
+    for a, b in zip(reference, fused):
+        for u, v in zip(a, b):
+            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
