@@ -12,6 +12,8 @@ from .config import (
 )
 from .models.detector import DynamicATSS
 from .models.zoo import (
+    atss_r50,
+    atss_r101,
     dynamic_atss_r50,
     dynamic_atss_r50_dcn,
     dynamic_atss_r101,
@@ -27,6 +29,8 @@ from .models.zoo import (  # GFL family
     gfl_r101_dcn,
     gfl_x101_32x8d,
     gfl_x101_64x4d,
+    gfl_x101_32x4d,
+    gfl_x101_32x4d_dcn_c4,
     dynamic_gfl_r50,
     dynamic_gfl_r101,
     dynamic_gfl_r101_dcn,
@@ -49,7 +53,7 @@ from .registry import create, get_pretrained_cfg, list_models, register_pretrain
 __version__ = "0.1.0"
 
 __all__ = [
-    "AnchorConfig", "AssignerConfig", "BackboneConfig", "ConventionConfig", "DynamicATSS", "HeadConfig",
+    "AnchorConfig", "AssignerConfig", "atss_r50", "atss_r101", "BackboneConfig", "ConventionConfig", "DynamicATSS", "HeadConfig",
     "LossConfig", "ModelConfig", "TestConfig", "create", "dynamic_atss_r50", "dynamic_atss_r50_dcn",
     "dynamic_atss_r101", "dynamic_atss_r101_dcn", "dynamic_atss_x101_32x8d", "dynamic_atss_x101_32x8d_dcn",
     "dynamic_atss_x101_64x4d", "dynamic_atss_x101_64x4d_dcn", "get_pretrained_cfg", "list_models", "load_pretrained",
@@ -61,6 +65,8 @@ __all__ += [  # GFL family
     "gfl_r101_dcn",
     "gfl_x101_32x8d",
     "gfl_x101_64x4d",
+    "gfl_x101_32x4d",
+    "gfl_x101_32x4d_dcn_c4",
     "dynamic_gfl_r50",
     "dynamic_gfl_r101",
     "dynamic_gfl_r101_dcn",

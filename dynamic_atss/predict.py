@@ -1,23 +1,45 @@
-"""`python -m dynamic_atss predict IMAGE... --model NAME_OR_PATH --out DIR`: PNGs with boxes + JSON."""
+"""`python -m dynamic_atss predict IMAGES... --model NAME_OR_PATH --out DIR`: PNGs with boxes + JSON.
+
+IMAGES are files, folders (their images, not recursing) or glob patterns (`"photos/**/*.jpg"`, quoted so the
+program expands them). Files that are not images (by extension) in a folder or glob are skipped, with one
+warning; a file that cannot be read is reported at the end without stopping the others, and the exit status
+is then 1. Drawings keep the inputs' folder structure below DIR, so two inputs with the same file name never
+overwrite each other; `detections.json` names the drawing of each image.
+
+`--model` is anything `dynamic_atss.create()` loads with weights: a tag (`atss_r50.mmdet_coco_1x`), a model
+name with weights, `hf-hub:org/name`, or a saved model folder. A model name without weights (`r50`) is refused
+(its detections would be those of random weights) unless `--allow-random-weights` is given.
+"""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
+import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from .data.coco import load_image
-from .registry import create
+from .registry import NoPretrainedWeightsError, create
 from .visualize import draw_detections, save_png
 
 
-def load_model(name_or_path: str, device: str = "cpu") -> torch.nn.Module:
-    """A registry name (`r50.coco_1x`), `hf-hub:org/name`, `local-dir:/path`, or a saved model folder."""
-    if Path(name_or_path).is_dir():
-        name_or_path = f"local-dir:{name_or_path}"
-    return create(name_or_path).to(device).eval()
+def load_model(name_or_path: str, device: str = "cpu", allow_random_weights: bool = False) -> torch.nn.Module:
+    """A model with weights through `create()`; a name without weights raises `NoPretrainedWeightsError`
+    (saying which weights exist) unless `allow_random_weights`."""
+    try:
+        model = create(name_or_path, pretrained=True)
+    except NoPretrainedWeightsError as error:
+        if not allow_random_weights:
+            raise
+        warnings.warn(f"{str(error).splitlines()[0]} -- drawing the detections of random weights "
+                      "(--allow-random-weights)", UserWarning, stacklevel=2)
+        model = create(name_or_path, pretrained=False)
+    return model.to(device).eval()
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -25,19 +47,104 @@ def read_image(path: str | Path) -> torch.Tensor:
     return load_image(str(path), "predict").as_subclass(torch.Tensor).float() / 255
 
 
+def _image_extensions() -> set[str]:
+    from PIL import Image  # noqa: PLC0415
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Path], list[tuple[str, str]]]:
+    """Files, folders and globs -> (image files, skipped non-images, [(input, problem)] for inputs that match nothing).
+
+    A file named explicitly is always tried (its extension is not checked); folders and globs keep images only.
+    """
+    extensions = _image_extensions()
+    images: list[Path] = []
+    skipped: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_file():
+            images.append(path)
+            continue
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file())
+            what = "folder"
+        elif glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True) if os.path.isfile(p))
+            what = "pattern"
+        else:
+            missing.append((item, "no such file or folder"))
+            continue
+        kept = [p for p in found if p.suffix.lower() in extensions]
+        skipped += [p for p in found if p.suffix.lower() not in extensions]
+        if not kept:
+            missing.append((item, f"the {what} holds no image files"))
+        images += kept
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for image in images:  # the same file reached twice (a file and its folder) is predicted once
+        if image.resolve() not in seen:
+            seen.add(image.resolve())
+            unique.append(image)
+    return unique, skipped, missing
+
+
+def drawing_names(paths: list[Path]) -> list[Path]:
+    """Relative output paths (.png) that never collide: the inputs' folders below their common folder."""
+    resolved = [p.resolve() for p in paths]
+    try:
+        root = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path()
+    except ValueError:  # different drives (Windows): no common folder
+        root = None
+    names: list[Path] = []
+    used: set[str] = set()
+    for path in resolved:
+        relative = path.relative_to(root) if root is not None else Path(path.name)
+        candidate = relative.with_suffix(".png")
+        if str(candidate).lower() in used:  # photo.jpg and photo.png in one folder
+            candidate = relative.with_name(relative.name + ".png")
+        counter = 1
+        while str(candidate).lower() in used:
+            candidate = relative.with_name(f"{relative.stem}-{counter}.png")
+            counter += 1
+        used.add(str(candidate).lower())
+        names.append(candidate)
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynamic_atss predict", description=__doc__)
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--model", required=True, help="registry name with tag, hf-hub:org/name or a model folder")
+    parser = argparse.ArgumentParser(prog="python -m dynamic_atss predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--model", required=True,
+                        help="a tag with weights (atss_r50.mmdet_coco_1x), hf-hub:org/name or a model folder")
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing and JSON")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--no-fuse", action="store_true",
                         help="on CPU, skip folding BatchNorm into the convs (fuse_for_inference, ~1.7x faster)")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="accept a model name without weights (random detections: for testing the pipeline)")
     args = parser.parse_args(argv)
 
-    model = load_model(args.model, args.device)
+    paths, skipped, failures = expand_inputs(args.images)
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:5]) + (f", ... ({len(skipped)} in all)" if len(skipped) > 5 else "")
+        print(f"warning: skipped {len(skipped)} file(s) that are not images: {shown}", file=sys.stderr)
+    if not paths:
+        for item, problem in failures:
+            print(f"error: {item}: {problem}", file=sys.stderr)
+        print("error: no images to predict on", file=sys.stderr)
+        return 2
+
+    try:
+        model = load_model(args.model, args.device, args.allow_random_weights)
+    except NoPretrainedWeightsError as error:
+        print(f"error: --model {args.model}: {error}\n(--allow-random-weights draws the detections of random "
+              "weights anyway, to test the pipeline)", file=sys.stderr)
+        return 2
     if args.device == "cpu" and not args.no_fuse:
         from .models.fuse import fuse_for_inference  # noqa: PLC0415
 
@@ -46,18 +153,28 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    paths = [Path(p) for p in args.images]
-    images = [read_image(p) for p in paths]  # fail on a bad file before spending time on the model
-    for start in range(0, len(images), args.batch_size):
-        chunk = images[start : start + args.batch_size]
+    failed: list[tuple[str, str]] = [(item, problem) for item, problem in failures]
+    names = drawing_names(paths)
+    for start in range(0, len(paths), args.batch_size):
+        batch = []
+        for path, name in zip(paths[start : start + args.batch_size], names[start : start + args.batch_size]):
+            try:  # one unreadable file does not stop the others; it is reported at the end
+                batch.append((path, name, read_image(path)))
+            except (OSError, ValueError) as error:
+                failed.append((str(path), str(error)))
+        if not batch:
+            continue
         with torch.no_grad():
-            detections = model([img.to(args.device) for img in chunk])
-        for path, image, det in zip(paths[start:], chunk, detections):
+            detections = model([image.to(args.device) for _, _, image in batch])
+        for (path, name, image), det in zip(batch, detections):
             det = {k: v.cpu() for k, v in det.items()}
-            save_png(draw_detections(image, det, class_names, args.threshold), out / f"{path.stem}.png")
+            drawing = out / name
+            drawing.parent.mkdir(parents=True, exist_ok=True)
+            save_png(draw_detections(image, det, class_names, args.threshold), drawing)
             keep = det["scores"] >= args.threshold
             results.append({
                 "image": str(path),
+                "drawing": str(drawing),
                 "detections": [
                     {"box_xyxy": [round(v, 2) for v in b.tolist()], "score": round(float(s), 4), "label": int(l),
                      "class_name": class_names[int(l)] if class_names else None}
@@ -66,4 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             })
     (out / "detections.json").write_text(json.dumps(results, indent=2))
     print(f"wrote {len(results)} image(s) with boxes and {out / 'detections.json'}")
+    if failed:
+        print(f"error: {len(failed)} input(s) failed:", file=sys.stderr)
+        for item, problem in failed:
+            print(f"  {item}: {problem}", file=sys.stderr)
+        return 1
     return 0

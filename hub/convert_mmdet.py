@@ -5,9 +5,15 @@
     python hub/convert_mmdet.py atss_r101_fpn_1x_coco.pth --out out/atss_r101 --push org/atss-r101-1x-coco \\
         --metrics '{"dataset": "coco", "split": "val2017", "AP": ...}'
 
+    python hub/convert_mmdet.py atss_r50_fpn_1x_coco_20200209-985f7bd0.pth --tag atss_r50.mmdet_coco_1x --out DIR
+
+`--tag` is the manual route of `dynamic_atss.create(TAG, pretrained=True)` (for a machine that cannot download):
+the file's SHA-256 must start with the tag's published prefix, and the folder gets the tag's published metrics
+and description, as the automatic conversion writes them.
+
 The checkpoint is read with torch.load(weights_only=True) (or as .safetensors); nothing else is unpickled.
 The model keeps mmdetection's conventions (anchor offset 0, no ReLU before P7, score cls x centerness) and
-plain ATSS training settings; see dynamic_atss/convert.py for the mapping and the differences.
+plain ATSS training settings; see dynamic_atss/convert/mmdet.py for the mapping and the differences.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-from dynamic_atss.convert import convert_mmdet_atss
+from dynamic_atss.convert import convert_mmdet_atss, sha256_file
 from dynamic_atss.hub import push_model_dir
+from dynamic_atss.registry import get_pretrained_cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dcn", default=None, action=argparse.BooleanOptionalAction, help="expected DCN (checked)")
     parser.add_argument("--class-names", type=Path, default=None,
                         help="text file, one class name per line (default: the checkpoint's meta, if any)")
+    parser.add_argument("--tag", default=None, metavar="MODEL.TAG",
+                        help="a URL tag of the model index (atss_r50.mmdet_coco_1x): check the file's hash, use its metrics")
     parser.add_argument("--metrics", default=None, help='JSON, e.g. \'{"dataset": "coco", "split": "val2017", "AP": 39.4}\'')
     parser.add_argument("--license", default="apache-2.0", help="license in the model card (mmdetection: apache-2.0)")
     parser.add_argument("--token", default=None)
@@ -41,13 +50,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.class_names is not None:
         class_names = [line.strip() for line in args.class_names.read_text().splitlines() if line.strip()]
     metrics = json.loads(args.metrics) if args.metrics else None
+    description = (f"Converted from the mmdetection ATSS checkpoint `{args.checkpoint.name}` with "
+                   "`hub/convert_mmdet.py`: plain ATSS weights with mmdetection's conventions. Fine-tune it as "
+                   "Dynamic ATSS by setting `assigner.pred_weight` (see the dynamic-atss docs).")
+    if args.tag:
+        cfg = get_pretrained_cfg(args.tag)
+        if not cfg.url or not cfg.hash_prefix:
+            raise SystemExit(f"--tag {args.tag}: not a URL entry of the model index (no url / hash_prefix)")
+        digest = sha256_file(args.checkpoint)
+        if not digest.startswith(cfg.hash_prefix):
+            raise SystemExit(f"{args.checkpoint}: SHA-256 {digest[:16]}... does not start with {cfg.hash_prefix}, the "
+                             f"published hash of {cfg.url}: another or an incomplete file")
+        metrics = metrics or dict(cfg.metrics) or None
+        description = f"Converted with dynamic-atss from {cfg.url}: {cfg.description}"
     model = convert_mmdet_atss(args.checkpoint, backbone=args.backbone, dcn=args.dcn, class_names=class_names)
     config = model.config
     recipe = {"name": f"mmdetection:{args.checkpoint.stem}", "source": "mmdetection ATSS checkpoint",
               "checkpoint": args.checkpoint.name}
-    description = (f"Converted from the mmdetection ATSS checkpoint `{args.checkpoint.name}` with "
-                   "`hub/convert_mmdet.py`: plain ATSS weights with mmdetection's conventions. Fine-tune it as "
-                   "Dynamic ATSS by setting `assigner.pred_weight` (see the dynamic-atss docs).")
     model.save_pretrained(args.out, recipe=recipe, metrics=metrics, repo_id=args.push, license=args.license,
                           tags=["mmdetection", "converted"], description=description)
     print(f"converted {args.checkpoint} -> {args.out}: backbone {config.backbone.name}"

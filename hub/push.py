@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dynamic_atss.hub import push_model_dir, read_config
-from dynamic_atss.registry import INDEX_FILE
+from dynamic_atss.registry import INDEX_FILE, split_name
 
 
 def index_entry(model_tag: str, repo_id: str, revision: str, document: dict[str, Any]) -> dict[str, Any]:
@@ -28,8 +28,7 @@ def index_entry(model_tag: str, repo_id: str, revision: str, document: dict[str,
     model, _, tag = model_tag.partition(".")
     if not model or not tag:
         raise SystemExit(f"--update-index expects MODEL.TAG, e.g. dynamic_atss_r50.coco_1x; got {model_tag!r}")
-    if not model.startswith("dynamic_atss_"):
-        model = "dynamic_atss_" + model
+    model, _ = split_name(model)  # 'r50' -> 'dynamic_atss_r50'; 'atss_r50' stays (unknown names are an error)
     recipe = document.get("recipe") or {}
     return {
         "model": model, "tag": tag, "hf_hub_id": repo_id, "revision": revision,

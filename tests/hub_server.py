@@ -315,11 +315,79 @@ class _Handler(BaseHTTPRequestHandler):
                     "commitUrl": f"{state.endpoint}/{repo.repo_id}/commit/{commit.sha}", "pullRequestUrl": pr_url})
 
 
+def _running(server):
+    """Start `server`, yield it, stop it (the body of the fixtures below)."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def hub_server():
     """A running `FakeHub` on 127.0.0.1 (random port), stopped after the test."""
-    hub = FakeHub().start()
-    try:
-        yield hub
-    finally:
-        hub.stop()
+    yield from _running(FakeHub())
+
+
+# ---------------------------------------------------------------------------------------------- plain files
+class FileServer:
+    """A loopback HTTP server for plain files (a stand-in for download.openmmlab.com and the like).
+
+    `files` maps URL paths ("/a/b.pth") to bytes; a path in `truncate` is answered with its full
+    `Content-Length` but only the first half of the bytes, then the connection is closed (a dropped download).
+    Every request path is recorded in `requests`.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.truncate: set[str] = set()
+        self.requests: list[str] = []
+        self._server: ThreadingHTTPServer | None = None
+        self.base_url = ""
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def start(self) -> FileServer:
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = urlsplit(self.path).path
+                state.requests.append(path)
+                data = state.files.get(path)
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2] if path in state.truncate else data)
+                self.wfile.flush()
+                self.close_connection = True
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, name="file-server", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture
+def file_server():
+    """A running `FileServer` on 127.0.0.1 (random port), stopped after the test."""
+    yield from _running(FileServer())

@@ -18,7 +18,7 @@ def mean_std(values: list[float]) -> float:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Reference: a straightforward loop over images and GTs, written from METHOD.md.
+# Reference: a straightforward loop over images and GTs, written from docs/method.md.
 # --------------------------------------------------------------------------------------------------------
 def reference_assign(anchors, num_per_level, gt_boxes, gt_mask, pred_boxes, topk, w_pred, w_anchor,
                      margin=0.01):

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,13 +34,54 @@ def test_predict_writes_pngs_and_json(tmp_path, saved_tiny_model):
     assert 0 <= x1 < x2 <= 120 and 0 <= y1 < y2 <= 90
 
 
-def test_predict_names_a_bad_image_file(tmp_path, saved_tiny_model):
+def test_predict_reports_unreadable_files_without_aborting(tmp_path, saved_tiny_model, capsys):
+    good = tmp_path / "good.png"
+    save_png((torch.rand(3, 60, 80) * 255).to(torch.uint8), good)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="broken.jpg"):
-        cli(["predict", str(broken), "--model", str(saved_tiny_model), "--out", str(tmp_path / "out")])
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
-        cli(["predict", str(tmp_path / "missing.jpg"), "--model", str(saved_tiny_model)])
+    out = tmp_path / "out"
+    assert cli(["predict", str(broken), str(good), str(tmp_path / "missing.jpg"), "--model", str(saved_tiny_model),
+                "--out", str(out), "--threshold", "0.1", "--batch-size", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "2 input(s) failed" in err and "broken.jpg" in err and "missing.jpg" in err
+    assert (out / "good.png").is_file()  # the readable image was still predicted
+    assert [r["image"] for r in json.loads((out / "detections.json").read_text())] == [str(good)]
+    # nothing readable at all: an error before the model is even loaded
+    assert cli(["predict", str(tmp_path / "nothing*.jpg"), "--model", "r50", "--out", str(out)]) == 2
+
+
+def test_predict_folders_globs_and_same_names(tmp_path, saved_tiny_model, capsys):
+    for folder in ("a", "b", "b/deeper"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        save_png((torch.rand(3, 50, 70) * 255).to(torch.uint8), tmp_path / "in" / folder / "photo.png")
+    save_png((torch.rand(3, 50, 70) * 255).to(torch.uint8), tmp_path / "in" / "a" / "photo.jpg.png")
+    (tmp_path / "in" / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "in" / "a" / "labels.json").write_text("{}")
+    out = tmp_path / "out"
+    assert cli(["predict", str(tmp_path / "in" / "a"), str(tmp_path / "in" / "b" / "**" / "*.png"),
+                "--model", str(saved_tiny_model), "--out", str(out), "--threshold", "0.1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped 2 file(s) that are not images") == 1 and "notes.txt" in err
+    results = json.loads((out / "detections.json").read_text())
+    drawings = [Path(r["drawing"]) for r in results]
+    assert len(results) == 4 and len(set(drawings)) == 4  # three photo.png + photo.jpg.png: none overwritten
+    assert all(d.is_file() and out in d.parents for d in drawings)
+    assert {str(d.relative_to(out)) for d in drawings} == {"a/photo.png", "a/photo.jpg.png", "b/photo.png",
+                                                          "b/deeper/photo.png"}
+
+
+def test_predict_refuses_a_model_without_weights(tmp_path, capsys, tiny_kwargs):
+    image = tmp_path / "street.png"
+    save_png((torch.rand(3, 60, 80) * 255).to(torch.uint8), image)
+    assert cli(["predict", str(image), "--model", "r50", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no published weights" in err and "atss_r50.mmdet_coco_1x" in err and "--allow-random-weights" in err
+    assert not (tmp_path / "out" / "street.png").exists()
+    from dynamic_atss.predict import load_model
+
+    with pytest.warns(UserWarning, match="random weights"):  # the escape hatch
+        model = load_model("r50", allow_random_weights=True)
+    assert not model.training and model.pretrained_info is None
 
 
 def test_demo_with_comparison_writes_its_outputs(tmp_path):

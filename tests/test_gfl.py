@@ -17,17 +17,21 @@ from torchvision.ops import box_iou, generalized_box_iou
 
 import dynamic_atss as da
 from dynamic_atss.config import AnchorConfig, HeadConfig, ModelConfig
-from dynamic_atss.convert import MMDetConversionError, convert_mmdet, convert_mmdet_atss, convert_mmdet_gfl
+from dynamic_atss.convert import (
+    MMDetConversionError, convert_mmdet, convert_mmdet_atss, convert_mmdet_gfl, convert_mmdet_state_dict,
+)
 from dynamic_atss.detection.anchors import AnchorGenerator
 from dynamic_atss.detection.assigner import CombinedIoUAssigner
 from dynamic_atss.detection.heads import Targets
 from dynamic_atss.detection.heads.gfl import GFLHead
 from dynamic_atss.detection.losses import distribution_focal_loss, joint_quality_focal_loss
 from dynamic_atss.models.dcn import ModulatedDeformConv2d
+from hub_server import file_server  # noqa: F401  (pytest fixture)
 from test_convert import TINY, TINY_OVERRIDES, _import_mmdet, expected_target, mmdet_atss_state_dict
 
 GFL_NAMES = [f"{family}_{variant}" for family in ("gfl", "dynamic_gfl", "gflv2", "dynamic_gflv2")
              for variant in ("r50", "r101", "r101_dcn", "x101_32x8d", "x101_64x4d")]
+GFL_NAMES += ["gfl_x101_32x4d", "gfl_x101_32x4d_dcn_c4"]  # mmdetection's published GFL X-101s
 
 
 def targets_for(boxes_per_image):
@@ -349,7 +353,7 @@ def mmdet_gfl_state_dict(num_classes=3, head=32, reg_max=16, dgqp=False, topk=4,
     state["bbox_head.gfl_cls.weight"], state["bbox_head.gfl_cls.bias"] = new(num_classes, head, 3, 3), new(num_classes)
     state["bbox_head.gfl_reg.weight"] = new(4 * (reg_max + 1), head, 3, 3)
     state["bbox_head.gfl_reg.bias"] = new(4 * (reg_max + 1))
-    state["bbox_head.integral.project"] = torch.linspace(0, reg_max, reg_max + 1, device=device)
+    state["bbox_head.integral.project"] = torch.linspace(0, reg_max, reg_max + 1)
     if dgqp:
         state["bbox_head.reg_conf.0.weight"], state["bbox_head.reg_conf.0.bias"] = new(hidden, 4 * (topk + 1), 1, 1), new(hidden)
         state["bbox_head.reg_conf.2.weight"], state["bbox_head.reg_conf.2.bias"] = new(1, hidden, 1, 1), new(1)
@@ -412,6 +416,27 @@ def test_converter_refuses_wrong_family_and_bad_heads():
     del bad["bbox_head.scales.2.scale"]
     with pytest.raises(MMDetConversionError, match=r"bbox_head\.scales\.2\.scale"):
         convert_mmdet_gfl(bad, **TINY_OVERRIDES)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("gfl_r50", {}), ("gfl_r101", dict(layers=(3, 4, 23, 3))), ("gfl_r101_dcn", dict(layers=(3, 4, 23, 3), dcn=True)),
+    ("gfl_x101_32x4d", dict(layers=(3, 4, 23, 3), groups=32, base_width=4)),
+    ("gfl_x101_32x4d_dcn_c4", dict(layers=(3, 4, 23, 3), groups=32, base_width=4, dcn=True)),
+])
+def test_gfl_constructors_build_what_the_converter_builds(name, kwargs):
+    """The constructors named by mmdetection's indexed GFL weights (model_index.json) build the converted config:
+    DCNv1 layouts (18 offset channels), c3-c5 for R-101, c4-c5 for X-101 (stage 2 without DCN)."""
+    source = mmdet_gfl_state_dict(num_classes=80, head=256, fpn=256, num_convs=4, device="meta", **kwargs)
+    for key in [k for k in source if "conv_offset" in k]:
+        source[key] = source[key][:18]  # mmdetection's GFL dconv models: DCNv1
+    if name.endswith("_c4"):
+        for key in [k for k in source if k.startswith("backbone.layer2.") and "conv_offset" in k]:
+            del source[key]
+    converted, _ = convert_mmdet_state_dict(source)
+    with torch.device("meta"):
+        built, reference = da.create(name), da.DynamicATSS(converted)
+    assert built.config == converted, name
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
 
 
 def test_dcn_v1_backbone_converts_exactly():
@@ -568,3 +593,35 @@ def test_fused_for_inference_gives_the_same_raw_outputs(tiny_kwargs):
     for a, b in zip(reference, fused):
         for u, v in zip(a, b):
             torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+
+
+def test_indexed_gfl_weights_load_by_tag(tmp_path, monkeypatch, file_server):  # noqa: F811
+    """`create("gfl_r50.mmdet_coco_1x")`: the indexed mmdetection URL, hash-checked and converted by this family's
+    converter (a tiny checkpoint served from loopback stands in for the real file)."""
+    import dataclasses
+    import hashlib
+
+    import huggingface_hub
+
+    from dynamic_atss import registry
+    from dynamic_atss.convert import MIRROR_ENV
+
+    monkeypatch.setattr(registry, "_PRETRAINED", dict(registry._PRETRAINED))
+    monkeypatch.setattr(registry, "_DEFAULT_TAG", dict(registry._DEFAULT_TAG))
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    source = mmdet_gfl_state_dict(**TINY, seed=8)
+    source["bbox_head.gfl_cls.bias"].fill_(-1.0)
+    path = tmp_path / "gfl_tiny.pth"
+    torch.save({"state_dict": source, "meta": {"CLASSES": ("cat", "dog", "bird")}}, path)
+    data = path.read_bytes()
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    file_server.files[f"/gfl/gfl_tiny-{prefix}.pth"] = data
+    real = registry.get_pretrained_cfg("gfl_r50.mmdet_coco_1x")
+    registry.register_pretrained(dataclasses.replace(real, url=file_server.url(f"/gfl/gfl_tiny-{prefix}.pth"),
+                                                     hash_prefix=prefix), default=True)
+    model = da.create("gfl_r50.mmdet_coco_1x", progress=False)
+    assert model.config.head.kind == "gfl" and model.config.class_names == ["cat", "dog", "bird"]
+    assert_gfl_landed(model, source)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
-from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from hub_server import hub_server  # noqa: F401  (pytest fixture)
 from safetensors.torch import load_file, save_file
 
@@ -25,6 +26,7 @@ import dynamic_atss
 from dynamic_atss import DynamicATSS, registry
 from dynamic_atss.hub import (
     ConfigFormatError,
+    HubFilesMissingError,
     HubUnreachableError,
     StateDictMismatchError,
     load_pretrained,
@@ -107,13 +109,49 @@ def test_save_load_round_trip(tmp_path, monkeypatch):
     assert document["recipe"] == {"name": "tiny", "iterations": 10} and document["metrics"] == METRICS
     assert document["model"]["class_names"] == ["class0", "class1", "class2"]
 
-    for loaded in (dynamic_atss.create(f"local-dir:{tmp_path / 'm'}"), load_pretrained(str(tmp_path / "m"))):
+    for loaded in (dynamic_atss.create(f"local-dir:{tmp_path / 'm'}"), load_pretrained(str(tmp_path / "m")),
+                   dynamic_atss.create(str(tmp_path / "m"))):  # a plain folder too
         assert not loaded.training and loaded.config == model.config
         assert_same_outputs(model, loaded)
     loaded = DynamicATSS.from_pretrained(tmp_path / "m")
     assert_same_outputs(model, loaded)
     assert loaded.pretrained_info["source"] == "local-dir" and loaded.pretrained_info["metrics"] == METRICS
-    assert calls == [False, False, False]  # rebuilt three times, never downloading ImageNet weights
+    assert calls == [False] * 4  # rebuilt four times, never downloading ImageNet weights
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        tiny_model().save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}  # was 0600 for weights
+
+
+def test_path_like_names_in_create(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        dynamic_atss.create(str(tmp_path / "missing"))
+    (tmp_path / "weights.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"is a file: give the model folder.*convert_mmdet"):
+        dynamic_atss.create(str(tmp_path / "weights.pth"))
+
+
+def test_hub_package_does_not_import_the_models():
+    """One direction: models -> hub (HubMixin). Nothing in dynamic_atss/hub imports the model code, even lazily."""
+    import ast
+
+    package = Path(dynamic_atss.hub.__file__).parent
+    offenders = []
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        type_checking = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                         and getattr(block.test, "id", "") == "TYPE_CHECKING" for node in ast.walk(block)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and id(node) not in type_checking and "models" in (node.module or ""):
+                offenders.append(f"{path.name}:{node.lineno} from {'.' * node.level}{node.module}")
+    assert offenders == []
+    assert dynamic_atss.hub.registered_model_class() is DynamicATSS
 
 
 def test_model_card(tmp_path):
@@ -229,8 +267,16 @@ def test_push_then_load_from_hub(hub_server, cache, scratch_registry, monkeypatc
     assert sorted(repo.commits[info.oid].files) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
     assert b'dynamic_atss.create("hf-hub:org/tiny-atss")' in repo.commits[info.oid].files["README.md"]
 
+    hub_server.requests.clear()
     loaded = dynamic_atss.create("hf-hub:org/tiny-atss", endpoint=hub_server.endpoint, cache_dir=cache)
     assert_same_outputs(model, loaded)
+    # one snapshot: the revision is resolved once, then both files are fetched at that commit
+    resolves = [path for method, path in hub_server.requests if "/resolve/" in path]
+    assert resolves and all(f"/resolve/{info.oid}/" in path for path in resolves), hub_server.requests
+    assert sum("/revision/main" in path for _, path in hub_server.requests) == 1
+    hub_server.requests.clear()
+    dynamic_atss.create("hf-hub:org/tiny-atss", endpoint=hub_server.endpoint, cache_dir=cache, force_download=True)
+    assert sum(method == "GET" and path.endswith("/model.safetensors") for method, path in hub_server.requests) == 1
     assert loaded.pretrained_info["commit"] == info.oid and loaded.pretrained_info["metrics"] == METRICS
     assert (cache / "models--org--tiny-atss" / "snapshots" / info.oid / "model.safetensors").exists()
 
@@ -261,7 +307,7 @@ def test_push_model_dir_to_a_branch(hub_server, cache, tmp_path):  # noqa: F811
     # the generated card was regenerated with the repo id
     assert b'"hf-hub:org/branchy"' in repo.commits[info.oid].files["README.md"]
     assert_same_outputs(model, dynamic_atss.create("hf-hub:org/branchy@v1", endpoint=hub_server.endpoint, cache_dir=cache))
-    with pytest.raises(RemoteEntryNotFoundError, match="has no config.json"):  # main only has .gitattributes
+    with pytest.raises(HubFilesMissingError, match="has no config.json and no model.safetensors"):  # main: .gitattributes
         dynamic_atss.create("hf-hub:org/branchy", endpoint=hub_server.endpoint, cache_dir=cache)
     # a hand-written card is kept
     (tmp_path / "m" / "README.md").write_text("---\nlicense: mit\n---\n# my own card\n")
@@ -319,7 +365,7 @@ def test_unreachable_hub_gives_one_clear_error(cache, monkeypatch):
 def test_unpublished_weights_fail_clearly():
     with pytest.raises(RuntimeError, match=r"dynamic_atss_r50\.coco_1x has no published weights yet"):
         dynamic_atss.create("r50", pretrained=True)
-    assert all(entry["hf_hub_id"] is None or entry["revision"]
+    assert all(entry.get("hf_hub_id") is None or entry["revision"]
                for entry in json.loads(registry.INDEX_FILE.read_text())["weights"]), "published weights must be pinned"
 
 

@@ -161,7 +161,7 @@ def call(loss_fn, problem, progress=0.0):
 
 
 def manual_losses(problem, cls_loss, quality, assigner_cfg=AssignerConfig()):
-    """Losses written out from METHOD.md with torchvision ops and explicit targets."""
+    """Losses written out from docs/method.md with torchvision ops and explicit targets."""
     anchors, num_per_level, heads, gt_boxes, gt_labels, gt_mask = problem
     coder = BoxCoder()
     pred = coder.decode(heads["box_deltas"].detach(), anchors)

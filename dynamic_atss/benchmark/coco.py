@@ -46,7 +46,6 @@ COCO_SPLITS: dict[str, tuple[str, str]] = {
     "test2017": ("test2017", "image_info_test2017.json"),
 }
 SUBMISSION_SPLITS = ("test-dev2017", "test2017")
-_WEIGHT_FILES = ("model.safetensors",)  # what dynamic_atss.hub reads (convert .pth files first)
 _HF_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 
 
@@ -123,40 +122,14 @@ def build_dataset(data: str, split: str, data_format: str = "auto"):
 # ----------------------------------------------------------------------------------------------- model
 def load_model(spec: str, random_weights: bool = False, num_classes: int | None = None,
                model_args: dict[str, Any] | None = None) -> tuple[nn.Module, str]:
-    """A model and a name for file names, from a registry name (with a pretrained tag, or random weights with
-    `random_weights`), ``local-dir:PATH`` / a folder (``config.json`` + ``model.safetensors``), or ``hf-hub:org/name``."""
+    """A model and a name for file names, through `dynamic_atss.create()`: a tag or model name with weights,
+    ``hf-hub:org/name``, ``local-dir:PATH`` or a folder (``config.json`` + ``model.safetensors``); with
+    `random_weights`, a registered name built with random weights (`model_args` / `num_classes` configure it)."""
     from .. import create  # noqa: PLC0415
+    from ..registry import FamilyNotAvailableError, NoPretrainedWeightsError, split_name  # noqa: PLC0415
 
-    if spec.startswith("hf-hub:"):
-        return create(spec), spec[len("hf-hub:"):].split("@")[0].rstrip("/").split("/")[-1]
-    path = spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec
-    looks_like_path = spec.startswith("local-dir:") or os.sep in spec or spec.startswith(".") or os.path.exists(spec)
-    if looks_like_path:
-        folder = Path(path)
-        if not folder.exists():
-            raise FileNotFoundError(f"model folder not found: {folder}")
-        if not folder.is_dir():
-            raise ValueError(
-                f"--model {spec}: give the model folder (config.json + model.safetensors, as save_pretrained "
-                "writes it), not a file"
-            )
-        missing = []
-        if not (folder / "config.json").is_file():
-            missing.append("config.json")
-        if not any((folder / w).is_file() for w in _WEIGHT_FILES):
-            missing.append(" or ".join(_WEIGHT_FILES) + " (the weights)")
-        if missing:
-            present = sorted(p.name for p in folder.iterdir())[:20]
-            raise FileNotFoundError(f"model folder {folder} has no {' and no '.join(missing)}; it contains {present}")
-        try:
-            model = create(f"local-dir:{folder}")
-        except ImportError as error:
-            raise RuntimeError(f"loading {folder} needs dynamic_atss.hub ({error})") from error
-        return model, folder.resolve().name
-    from ..registry import split_name  # noqa: PLC0415
-
-    canonical, tag = split_name(spec)  # raises for unknown names, with the closest ones
     if random_weights:
+        canonical, _ = split_name(spec)  # raises for unknown names, with the closest ones
         kwargs = dict(model_args or {})
         if num_classes is not None:
             kwargs.setdefault("num_classes", num_classes)
@@ -165,9 +138,16 @@ def load_model(spec: str, random_weights: bool = False, num_classes: int | None 
         raise ValueError("--model-args only applies with --random-weights (a trained model has its own config)")
     try:
         model = create(spec, pretrained=True)
-    except RuntimeError as error:  # e.g. "has no published weights yet": say so without a traceback
+    except (NoPretrainedWeightsError, FamilyNotAvailableError) as error:  # say so without a traceback
         raise BenchmarkInputError(f"--model {spec}: {error}") from error
-    return model, canonical + (f".{tag}" if tag else "")
+    info = getattr(model, "pretrained_info", None) or {}
+    if info.get("tag"):
+        return model, info["tag"]
+    if info.get("source") == "hf-hub":
+        return model, info["repo_id"].split("/")[-1]
+    if info.get("source") == "local-dir":
+        return model, Path(info["path"]).name
+    return model, spec
 
 
 # ----------------------------------------------------------------------------------------------- run

@@ -1,9 +1,10 @@
-"""Checkpoint converters from public code bases into this library's format.
+"""Checkpoint converters from public code bases into this library's format, and URL weights built on them.
 
 mmdetection: `convert_mmdet` (any supported head family, recognised from the keys), `convert_mmdet_atss` and
 `convert_mmdet_gfl`.
 A head family adds its mmdetection head mapping in `convert/mmdet_<family>.py` with `@register_mmdet_head`,
-imported here.
+imported here; its public checkpoints in `model_index.json` (converter `mmdet_<family>`) then load by URL
+(`convert/url.py`).
 """
 
 from .mmdet import (  # noqa: F401
@@ -17,3 +18,13 @@ from .mmdet import (  # noqa: F401
     register_mmdet_head,
 )
 from .mmdet_gfl import convert_mmdet_gfl  # noqa: F401  (registers the mmdetection GFL head mapping)
+from .url import (  # noqa: F401
+    MIRROR_ENV,
+    WeightsDownloadError,
+    available_converters,
+    checkpoint_path,
+    converted_dir,
+    fetch_checkpoint,
+    load_url_weights,
+    sha256_file,
+)

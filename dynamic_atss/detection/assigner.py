@@ -7,7 +7,7 @@ least `mean + std` of the candidates' IoUs. Dynamic ATSS replaces the anchor IoU
     ciou = w_p * piou + w_a * aiou
 
 where `piou` is the IoU of the anchor's current (detached) predicted box with the GT and `aiou` the IoU of
-the anchor itself. The statistics are taken per source and summed (METHOD.md, "Label assignment"):
+the anchor itself. The statistics are taken per source and summed (paper, Sec. III-B; docs/method.md):
 
     thr = w_p * (mean(piou_c) + std(piou_c)) + w_a * (mean(aiou_c) + std(aiou_c))
 

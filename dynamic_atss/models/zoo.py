@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import BackboneConfig, HeadConfig, ModelConfig, apply_overrides
-from ..registry import get_pretrained_cfg, register_model
+from ..config import (
+    AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig, apply_overrides,
+)
+from ..registry import load_pretrained_tag, register_model
 from .detector import DynamicATSS
 
 
@@ -17,25 +19,28 @@ def _atss_config(backbone: str, dcn: bool) -> ModelConfig:
     )
 
 
+def _mmdet_atss_config(backbone: str) -> ModelConfig:
+    # Plain ATSS as mmdetection trains it (anchor IoUs only, focal loss, centerness; anchors at offset 0, P7 from
+    # P6 without ReLU, score cls x centerness, no conv bias before GroupNorm): what convert_mmdet_atss builds
+    # from its checkpoints (tests/test_url_weights.py checks that the two agree).
+    return ModelConfig(
+        backbone=BackboneConfig(name=backbone),
+        head=HeadConfig(kind="atss", conv_bias=False, quality="centerness"),
+        anchors=AnchorConfig(center_offset=0.0),
+        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
+        loss=LossConfig(cls_loss="focal"),
+    )
+
+
 def _build(
     variant: str, base_config: ModelConfig, pretrained: bool = False, pretrained_tag: str | None = None,
     /, **kwargs: Any,
 ) -> DynamicATSS:
     """The one builder behind every constructor: `base_config` with dotted `kwargs` overrides, or the
     variant's published weights when `pretrained`."""
-    if pretrained:
-        cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant)
-        if not cfg.hf_hub_id:
-            raise RuntimeError(
-                f"{cfg.name} has no published weights yet. Train them with "
-                f"`accelerate launch train.py --config configs/{cfg.recipe}.yaml`, or load weights you have with "
-                "dynamic_atss.create('local-dir:/path/to/model') or create('hf-hub:org/name')"
-            )
-        from ..hub import load_pretrained  # noqa: PLC0415
-
-        kwargs.pop("backbone_pretrained", None)  # the checkpoint holds the backbone too
-        revision = f"@{cfg.revision}" if cfg.revision else ""
-        return load_pretrained(f"hf-hub:{cfg.hf_hub_id}{revision}", **kwargs)
+    if pretrained:  # the registry's entry for the tag: a Hub repo, or a public checkpoint converted on first use
+        return load_pretrained_tag(f"{variant}.{pretrained_tag}" if pretrained_tag else variant, **kwargs)
     backbone_pretrained = kwargs.pop("backbone_pretrained", False)
     config = apply_overrides(base_config, kwargs)
     return DynamicATSS(config, backbone_pretrained=backbone_pretrained)
@@ -89,22 +94,34 @@ def dynamic_atss_x101_64x4d_dcn(pretrained: bool = False, **kwargs: Any) -> Dyna
     return _build("dynamic_atss_x101_64x4d_dcn", _atss_config("resnext101_64x4d", True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
 
 
+@register_model
+def atss_r50(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """Plain ATSS, ResNet-50 FPN, mmdetection's conventions (`atss_r50.mmdet_coco_1x`: its 39.4 AP COCO weights)."""
+    return _build("atss_r50", _mmdet_atss_config("resnet50"), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def atss_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """Plain ATSS, ResNet-101 FPN, mmdetection's conventions (`atss_r101.mmdet_coco_1x`: its 41.5 AP COCO weights)."""
+    return _build("atss_r101", _mmdet_atss_config("resnet101"), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
 # ==================================================================================================== GFL family
 # GFL / GFLV2 (detection/heads/gfl.py, whose docstring states these defaults): mmdetection's GFL settings
 # (= the GFL / GFLV2 authors'): no tower conv bias, anchors centred at (x, y) * stride, no ReLU before P7.
 # `gfl_*` / `gflv2_*` assign with anchor IoUs only (pred_weight 0); `dynamic_*` with combined IoUs.
 
 
-def _gfl_config(backbone: str, dcn: bool, dgqp: bool, combined_ious: bool) -> ModelConfig:
-    config = ModelConfig(
-        backbone=BackboneConfig(name=backbone, dcn=dcn),
+def _gfl_config(backbone: str, dcn: bool, dgqp: bool, combined_ious: bool, dcn_stages=(2, 3, 4)) -> ModelConfig:
+    # score_sqrt / pre_nms_rank_by_joint are ATSS-family conventions (no effect here), set as the converter sets them.
+    return ModelConfig(
+        backbone=BackboneConfig(name=backbone, dcn=dcn, dcn_stages=dcn_stages),
         head=HeadConfig(kind="gfl", conv_bias=False, reg_max=16, dgqp=dgqp, dgqp_topk=4, dgqp_hidden=64),
+        anchors=AnchorConfig(center_offset=0.0),
+        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+        assigner=AssignerConfig(pred_weight=1.0 if combined_ious else 0.0, anchor_weight=1.0),
+        loss=LossConfig(cls_loss="qfl", box_weight=2.0, dfl_weight=0.25),
     )
-    return apply_overrides(config, {
-        "anchors.center_offset": 0.0, "conventions.relu_before_p7": False,
-        "assigner.pred_weight": 1.0 if combined_ious else 0.0, "assigner.anchor_weight": 1.0,
-        "loss.cls_loss": "qfl", "loss.box_weight": 2.0, "loss.dfl_weight": 0.25,
-    })
 
 
 @register_model
@@ -135,6 +152,18 @@ def gfl_x101_32x8d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
 def gfl_x101_64x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
     """GFL (v1), anchor IoUs only; ResNeXt-101 64x4d FPN."""
     return _build("gfl_x101_64x4d", _gfl_config("resnext101_64x4d", False, False, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gfl_x101_32x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1), anchor IoUs only; ResNeXt-101 32x4d FPN (mmdetection's GFL X-101, `.mmdet_coco_2x_ms`: 45.9 AP)."""
+    return _build("gfl_x101_32x4d", _gfl_config("resnext101_32x4d", False, False, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gfl_x101_32x4d_dcn_c4(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1), anchor IoUs only; ResNeXt-101 32x4d FPN, DCN in stages 3-4 only (mmdetection's dconv-c4-c5)."""
+    return _build("gfl_x101_32x4d_dcn_c4", _gfl_config("resnext101_32x4d", True, False, False, (3, 4)), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
 
 
 @register_model

@@ -1,0 +1,229 @@
+"""Weights published as another library's checkpoint at a URL: download once, check the hash, convert, cache.
+
+`create("atss_r50.mmdet_coco_1x", pretrained=True)` comes here (through the registry) for a tag whose entry in
+`model_index.json` has a `url`, its published SHA-256 prefix (`hash_prefix`) and a `converter` name:
+
+1. the checkpoint is downloaded once into torch's cache, `$TORCH_HOME/hub/checkpoints/<file>` (where timm and
+   torchvision keep URL weights too), with `torch.hub.download_url_to_file`: it writes to a temporary file,
+   checks the SHA-256 prefix and only then moves it into place, so a truncated or wrong download never
+   lands in the cache;
+2. it is read with `torch.load(weights_only=True)` (nothing else is unpickled) and converted by the named
+   converter (`available_converters()`), then rebuilt strictly;
+3. the converted `model.safetensors` + `config.json` (+ model card) are cached next to it, in
+   `<file stem>.dynamic-atss/`, with a `conversion.json` saying from what they were made;
+4. the model is loaded from that folder, as any saved model. A second call only reads that folder (no network).
+
+Offline (`HF_HUB_OFFLINE=1` or `local_files_only=True`) nothing is downloaded: a cached conversion or a
+cached checkpoint is used, otherwise the error names the URL and the manual route (`hub/convert_mmdet.py`).
+
+`DYNAMIC_ATSS_WEIGHTS_MIRROR=http://host/prefix` fetches every URL from that mirror instead (same path below
+it; the hash is still checked): for machines that reach the web through a mirror only.
+
+A head family's tags are data in `model_index.json` (converter `mmdet_<family>`); they load once the family
+registers its mmdetection head mapping (`dynamic_atss.convert.register_mmdet_head`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
+
+from ..hub import build_model_from_state_dict, load_pretrained, offline_requested
+from ..registry import FamilyNotAvailableError, list_pretrained_cfgs
+from .mmdet import MMDET_HEADS, convert_mmdet_state_dict, load_checkpoint_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models.detector import DynamicATSS
+    from ..registry import PretrainedCfg
+
+__all__ = [
+    "MIRROR_ENV", "available_converters", "WeightsDownloadError", "checkpoint_path",
+    "converted_dir", "fetch_checkpoint", "load_url_weights", "resolve_url", "sha256_file",
+]
+
+def available_converters() -> dict[str, Callable[..., tuple[Any, dict[str, Any]]]]:
+    """Converter name (model_index.json "converter") -> checkpoint dict -> (ModelConfig, our state dict).
+
+    `mmdet_<family>` for every head family with a registered mmdetection head mapping (`MMDET_HEADS`): a family
+    that registers its mapping makes its indexed checkpoints loadable, with nothing else to wire.
+    """
+    families = sorted({family for family, _ in MMDET_HEADS.values()})
+    return {f"mmdet_{family}": partial(convert_mmdet_state_dict, expected_family=family) for family in families}
+
+
+MIRROR_ENV = "DYNAMIC_ATSS_WEIGHTS_MIRROR"
+CONVERSION_NAME = "conversion.json"
+_CONVERTED_SUFFIX = ".dynamic-atss"
+
+
+class WeightsDownloadError(RuntimeError):
+    """The checkpoint could not be downloaded (offline, unreachable, HTTP error) or its hash is not the published one."""
+
+
+def resolve_url(url: str) -> str:
+    """`url`, or the same path below `$DYNAMIC_ATSS_WEIGHTS_MIRROR` when that is set."""
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    if not mirror:
+        return url
+    return mirror.rstrip("/") + urlsplit(url).path
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    import torch  # noqa: PLC0415
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def checkpoint_path(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the downloaded checkpoint of `url` is cached."""
+    name = os.path.basename(urlsplit(url).path)
+    if not name:
+        raise ValueError(f"{url!r}: no file name in the URL")
+    return _cache_root(cache_dir) / name
+
+
+def converted_dir(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where its conversion (config.json + model.safetensors) is cached: next to the checkpoint."""
+    path = checkpoint_path(url, cache_dir)
+    return path.with_name(path.name.split(".")[0] + _CONVERTED_SUFFIX)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manual_route(url: str, hash_prefix: str, path: Path, tag: str | None) -> str:
+    tag_option = f" --tag {tag}" if tag else ""
+    return (
+        f"Manual route: download {url} where the web is reachable (its SHA-256 starts with {hash_prefix}), then "
+        f"either put it at {path} (it is converted from there, offline too) or convert it yourself: "
+        f"`python hub/convert_mmdet.py FILE{tag_option} --out DIR` and `dynamic_atss.create(\"DIR\")`."
+    )
+
+
+def fetch_checkpoint(
+    url: str, hash_prefix: str, *, cache_dir: str | os.PathLike | None = None, force_download: bool = False,
+    local_files_only: bool = False, progress: bool = True, tag: str | None = None,
+) -> Path:
+    """The checkpoint of `url` in the cache, downloaded if needed; its SHA-256 must start with `hash_prefix`."""
+    import torch  # noqa: PLC0415
+
+    source = resolve_url(url)
+    path = checkpoint_path(url, cache_dir)
+    if path.is_file() and not force_download:
+        if sha256_file(path).startswith(hash_prefix):
+            return path
+        if offline_requested(local_files_only):
+            raise WeightsDownloadError(
+                f"{path}: the cached checkpoint's SHA-256 does not start with {hash_prefix} (the published hash of "
+                f"{url}) and offline mode is on, so it cannot be downloaded again. {_manual_route(url, hash_prefix, path, tag)}"
+            )
+    if offline_requested(local_files_only):
+        why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
+        raise WeightsDownloadError(
+            f"offline mode is on ({why}) and {path.name} is not in the cache ({path.parent}): nothing is downloaded "
+            f"from {source}. {_manual_route(url, hash_prefix, path, tag)}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Writes a temporary file and moves it into place only once its hash matches: nothing partial is cached.
+        torch.hub.download_url_to_file(source, str(path), hash_prefix=hash_prefix, progress=progress)
+    except RuntimeError as error:
+        if "invalid hash value" not in str(error):
+            raise
+        raise WeightsDownloadError(
+            f"the file downloaded from {source} does not have the published SHA-256 prefix {hash_prefix} ({error}): "
+            "the download was interrupted or truncated, or the server sent another file. Nothing was cached; try "
+            f"again (force_download=True), or: {_manual_route(url, hash_prefix, path, tag)}"
+        ) from None
+    except OSError as error:  # URLError / HTTPError / connection resets are OSErrors
+        raise WeightsDownloadError(
+            f"could not download {source} ({type(error).__name__}: {error}). {_manual_route(url, hash_prefix, path, tag)}"
+        ) from None
+    return path
+
+
+def _conversion_record(cfg: PretrainedCfg) -> dict[str, Any]:
+    from .. import __version__  # noqa: PLC0415
+
+    return {"tag": cfg.name, "url": cfg.url, "hash_prefix": cfg.hash_prefix, "converter": cfg.converter,
+            "library_version": __version__}
+
+
+def _cached_conversion(folder: Path, record: dict[str, Any]) -> bool:
+    try:
+        return json.loads((folder / CONVERSION_NAME).read_text()) == record
+    except (OSError, ValueError):
+        return False
+
+
+def _convert(cfg: PretrainedCfg, checkpoint: Path, folder: Path, record: dict[str, Any]) -> None:
+    """Convert `checkpoint` into `folder` (written in a temporary folder, then renamed into place)."""
+    converter = available_converters()[cfg.converter]  # type: ignore[index]
+    config, state_dict = converter(load_checkpoint_file(checkpoint))
+    model = build_model_from_state_dict(config, state_dict, source=f"{checkpoint} converted with {cfg.converter}")
+    partial = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.partial")
+    try:
+        model.save_pretrained(
+            partial, recipe={"name": cfg.name, "source": cfg.description, "url": cfg.url, "converter": cfg.converter},
+            metrics=cfg.metrics or None, license="apache-2.0", tags=["converted", cfg.converter or ""],
+            description=f"Converted with dynamic-atss from {cfg.url}: {cfg.description}",
+        )
+        (partial / CONVERSION_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)  # a stale conversion (another library version or converter)
+        try:
+            os.replace(partial, folder)
+        except OSError:  # another process finished the same conversion first: keep theirs if it is current
+            if not _cached_conversion(folder, record):
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def load_url_weights(
+    cfg: PretrainedCfg,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    progress: bool = True,
+    num_classes: int | None = None,
+    **overrides: Any,
+) -> DynamicATSS:
+    """The model of a URL tag (see the module docstring); `num_classes` / `overrides` as for `load_pretrained`."""
+    if not cfg.url or not cfg.hash_prefix:
+        raise ValueError(f"{cfg.name}: a URL entry needs both 'url' and 'hash_prefix' (the published SHA-256 prefix)")
+    if cfg.converter not in available_converters():
+        raise FamilyNotAvailableError(
+            f"{cfg.name}: the weights at {cfg.url} need the '{cfg.family}' head family and its converter "
+            f"{cfg.converter!r}, which are not available in this version of dynamic-atss yet (converters: "
+            f"{sorted(available_converters())}). Until then use a converted tag: {sorted(_available_url_tags())}"
+        )
+    folder = converted_dir(cfg.url, cache_dir)
+    record = _conversion_record(cfg)
+    if force_download or not _cached_conversion(folder, record):
+        checkpoint = fetch_checkpoint(cfg.url, cfg.hash_prefix, cache_dir=cache_dir, force_download=force_download,
+                                      local_files_only=local_files_only, progress=progress, tag=cfg.name)
+        _convert(cfg, checkpoint, folder, record)
+    model = load_pretrained(f"local-dir:{folder}", num_classes=num_classes, **overrides)
+    model.pretrained_info.update(source="url", tag=cfg.name, url=cfg.url, checkpoint=str(checkpoint_path(cfg.url, cache_dir)))
+    return model
+
+
+def _available_url_tags() -> list[str]:
+    return [cfg.name for cfg in list_pretrained_cfgs() if cfg.url and cfg.converter in available_converters()]

@@ -1,0 +1,75 @@
+"""A saved-model folder: `model.safetensors` + `config.json` + `README.md`; write it, read it back."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .card import generate_model_card
+from .serialization import (
+    CARD_NAME, CONFIG_NAME, FORMAT_VERSION, LIBRARY_NAME, WEIGHTS_NAME, config_to_json, read_config,
+)
+
+__all__ = ["load_model_dir", "save_model_dir"]
+
+
+# ---------------------------------------------------------------------------------------------- save
+def save_model_dir(
+    model: nn.Module,
+    save_directory: str | os.PathLike,
+    *,
+    recipe: dict[str, Any] | str | None = None,
+    metrics: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+    **card_kwargs: Any,
+) -> Path:
+    """Write `model.safetensors`, `config.json` and `README.md` into `save_directory` (created if needed).
+
+    Every file (and a created folder) gets the permissions the user's umask gives new files.
+    """
+    from safetensors.torch import save  # noqa: PLC0415
+
+    if getattr(model, "fused_for_inference", False):
+        raise ValueError(
+            "this model was fused for inference (BatchNorm folded into the convs, so its state dict no longer "
+            "matches the architecture); save the model before calling fuse_for_inference"
+        )
+
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    document = config_to_json(model.config, recipe, metrics)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    # Serialised in memory and written with open(): the file gets the permissions of the user's umask like
+    # config.json (safetensors' save_file creates its file 0600).
+    data = save(tensors, metadata={"format": "pt", "library": LIBRARY_NAME, "format_version": str(FORMAT_VERSION)})
+    (directory / WEIGHTS_NAME).write_bytes(data)
+    (directory / CONFIG_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    card = generate_model_card(
+        model.config, repo_id=repo_id, recipe=document["recipe"], metrics=document["metrics"], **card_kwargs
+    )
+    (directory / CARD_NAME).write_text(card, encoding="utf-8")
+    return directory
+
+
+def load_model_dir(directory: Path) -> tuple[ModelConfig, dict[str, Any], dict[str, Tensor]]:
+    """Read `config.json` and `model.safetensors` of a saved-model folder -> (config, document, state dict)."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
+    for filename in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / filename).is_file():
+            hint = " (only safetensors weights are read; convert a .pth with dynamic_atss.convert)" \
+                if filename == WEIGHTS_NAME else ""
+            raise FileNotFoundError(f"{directory}: missing {filename}{hint}")
+    config, document = read_config(directory / CONFIG_NAME)
+    state_dict = load_file(str(directory / WEIGHTS_NAME), device="cpu")
+    return config, document, state_dict
+
