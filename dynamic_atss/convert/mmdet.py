@@ -85,7 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "MMDET_HEADS", "convert_mmdet", "convert_mmdet_atss", "convert_mmdet_state_dict", "infer_mmdet_backbone",
-    "load_checkpoint_file", "register_mmdet_head", "tower_convs",
+    "check_tower_head", "load_checkpoint_file", "register_mmdet_head", "tower_convs",
 ]
 
 # (block, layers, groups, base width) -> timm name, for the standard channel widths (64, 128, 256, 512)
@@ -287,21 +287,28 @@ def tower_convs(remaining: dict[str, Tensor], take: Callable[[str, "str | None"]
                 take(key, f"{target}.{3 * i + 1}.{rest[len('gn.'):]}")
 
 
-@register_mmdet_head("bbox_head.atss_centerness.weight", "atss")
-def _convert_atss_head(remaining: dict[str, Tensor], take: Callable[[str, "str | None"], Tensor]) -> dict[str, Any]:
-    """mmdetection `ATSSHead` -> the "atss" family (plain ATSS: anchor IoUs only, focal loss, centerness)."""
+def check_tower_head(remaining: dict[str, Tensor], head: str, outputs: tuple[str, ...], extra: tuple[str, ...] = ()) -> int:
+    """Check the tensors of an mmdetection head with `cls_convs` / `reg_convs` towers (GN), the output convs
+    `bbox_head.{outputs}` (weight and bias), one `scales.{i}` per level and the keys in `extra`; returns the
+    number of convs per tower. Missing tensors are one error naming them all (`head`: the mmdetection class)."""
     keys = list(remaining)
     num_convs = len(_indices(keys, "bbox_head.cls_convs."))
     if num_convs == 0 or len(_indices(keys, "bbox_head.reg_convs.")) != num_convs:
-        raise MMDetConversionError("bbox_head: expected as many cls_convs as reg_convs (ATSSHead stacked_convs)")
-    required = [f"bbox_head.{name}.{kind}" for name in ("atss_cls", "atss_reg", "atss_centerness")
-                for kind in ("weight", "bias")]
+        raise MMDetConversionError(f"bbox_head: expected as many cls_convs as reg_convs ({head} stacked_convs)")
+    required = [f"bbox_head.{name}.{kind}" for name in outputs for kind in ("weight", "bias")]
     required += [f"bbox_head.{tower}.{i}.{part}" for tower in ("cls_convs", "reg_convs") for i in range(num_convs)
                  for part in ("conv.weight", "gn.weight", "gn.bias")]
-    required += [f"bbox_head.scales.{i}.scale" for i in range(_NUM_LEVELS)]
+    required += [f"bbox_head.scales.{i}.scale" for i in range(_NUM_LEVELS)] + list(extra)
     missing = [key for key in required if key not in remaining]
     if missing:
-        raise MMDetConversionError(f"missing tensor(s) of an mmdetection ATSSHead: {', '.join(missing)}")
+        raise MMDetConversionError(f"missing tensor(s) of an mmdetection {head}: {', '.join(missing)}")
+    return num_convs
+
+
+@register_mmdet_head("bbox_head.atss_centerness.weight", "atss")
+def _convert_atss_head(remaining: dict[str, Tensor], take: Callable[[str, "str | None"], Tensor]) -> dict[str, Any]:
+    """mmdetection `ATSSHead` -> the "atss" family (plain ATSS: anchor IoUs only, focal loss, centerness)."""
+    num_convs = check_tower_head(remaining, "ATSSHead", ("atss_cls", "atss_reg", "atss_centerness"))
     conv_bias = "bbox_head.cls_convs.0.conv.bias" in remaining
     last = num_convs - 1
     offsets = [i for i in range(num_convs) if f"bbox_head.cls_convs.{i}.conv.conv_offset.weight" in remaining]

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig
-from .mmdet import MMDetConversionError, _indices, convert_mmdet, register_mmdet_head, tower_convs
+from .mmdet import MMDetConversionError, check_tower_head, convert_mmdet, register_mmdet_head, tower_convs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
@@ -48,20 +48,9 @@ _DGQP = "bbox_head.reg_conf"
 @register_mmdet_head("bbox_head.gfl_reg.weight", "gfl")
 def _convert_gfl_head(remaining: dict[str, Tensor], take: Callable[[str, "str | None"], Tensor]) -> dict[str, Any]:
     """mmdetection `GFLHead` / GFocalV2 `GFocalHead` -> the "gfl" family (GFLV2 when `reg_conf` is present)."""
-    keys = list(remaining)
-    num_convs = len(_indices(keys, "bbox_head.cls_convs."))
-    if num_convs == 0 or len(_indices(keys, "bbox_head.reg_convs.")) != num_convs:
-        raise MMDetConversionError("bbox_head: expected as many cls_convs as reg_convs (GFLHead stacked_convs)")
     dgqp = f"{_DGQP}.0.weight" in remaining
-    required = [f"bbox_head.{name}.{kind}" for name in ("gfl_cls", "gfl_reg") for kind in ("weight", "bias")]
-    required += [f"bbox_head.{tower}.{i}.{part}" for tower in ("cls_convs", "reg_convs") for i in range(num_convs)
-                 for part in ("conv.weight", "gn.weight", "gn.bias")]
-    required += [f"bbox_head.scales.{i}.scale" for i in range(_NUM_LEVELS)]
-    if dgqp:
-        required += [f"{_DGQP}.{i}.{kind}" for i in (0, 2) for kind in ("weight", "bias")]
-    missing = [key for key in required if key not in remaining]
-    if missing:
-        raise MMDetConversionError(f"missing tensor(s) of an mmdetection GFLHead: {', '.join(missing)}")
+    extra = tuple(f"{_DGQP}.{i}.{kind}" for i in (0, 2) for kind in ("weight", "bias")) if dgqp else ()
+    num_convs = check_tower_head(remaining, "GFLHead", ("gfl_cls", "gfl_reg"), extra)
     offsets = [i for i in range(num_convs) if f"bbox_head.cls_convs.{i}.conv.conv_offset.weight" in remaining]
     if offsets:
         raise MMDetConversionError(f"bbox_head: DCN in tower convs {offsets}; GFL heads have none (not supported)")
