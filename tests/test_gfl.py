@@ -28,7 +28,8 @@ from dynamic_atss.detection.losses import distribution_focal_loss, joint_quality
 from dynamic_atss.models.dcn import ModulatedDeformConv2d
 from hub_server import file_server  # noqa: F401  (pytest fixture)
 from test_convert import (
-    TINY, TINY_OVERRIDES, _import_mmdet, compare_with_mmdetection, expected_target, mmdet_atss_state_dict,
+    TINY, TINY_OVERRIDES, _import_mmdet, assert_all_landed, compare_with_mmdetection, expected_target,
+    mmdet_atss_state_dict,
 )
 
 GFL_NAMES = [f"{family}_{variant}" for family in ("gfl", "dynamic_gfl", "gflv2", "dynamic_gflv2")
@@ -373,15 +374,7 @@ def gfl_target(key):
 
 
 def assert_gfl_landed(model, source):
-    target = model.state_dict()
-    filled = set()
-    for key, value in source.items():
-        dst = gfl_target(key)
-        if dst is None:
-            continue
-        assert torch.equal(target[dst], value.to(target[dst].dtype)), f"{key} did not land in {dst}"
-        filled.add(dst)
-    assert filled == set(target), sorted(set(target) - filled)
+    assert_all_landed(model, source, gfl_target)
 
 
 @pytest.mark.parametrize("dgqp", [False, True])
