@@ -1,4 +1,4 @@
-"""`python -m dynamic_atss {demo,predict,benchmark}` (also installed as the `dynamic-atss` command)."""
+"""`python -m dynamic_atss {train,demo,predict,benchmark}` (also installed as the `dynamic-atss` command)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 # subcommand -> module whose `main(argv)` runs it; imported lazily so `--help` stays fast.
 COMMANDS = {
+    "train": ("dynamic_atss.train", "train a model from a recipe (`train --config demo_cpu`; `train --help`)"),
     "demo": ("dynamic_atss.demo", "train a small model on the embedded dataset, evaluate it, draw predictions"),
     "predict": ("dynamic_atss.predict", "detect objects in image files and write PNGs + JSON"),
     "benchmark": ("dynamic_atss.benchmark", "COCO AP (`benchmark coco`) or throughput (`benchmark speed`)"),

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from .typed import convert_dotted, from_dict as _typed_from_dict
+
 WeightSchedule = Union[float, Literal["up", "down"]]
 
 
@@ -136,55 +138,28 @@ class ModelConfig:
 
 
 def _from_dict(cls: type, data: dict[str, Any], path: str) -> Any:
-    if not isinstance(data, dict):
-        raise TypeError(f"{path}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown field(s) {unknown} for {cls.__name__}; known fields: {sorted(fields)}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        sub = _NESTED.get((cls, name))
-        if sub is not None:
-            kwargs[name] = _from_dict(sub, value, f"{path}.{name}")
-        elif isinstance(value, list) and name not in ("class_names",):
-            kwargs[name] = tuple(value)  # JSON/YAML lists back to the tuples the defaults use
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-_NESTED: dict[tuple[type, str], type] = {
-    (ModelConfig, "backbone"): BackboneConfig,
-    (ModelConfig, "head"): HeadConfig,
-    (ModelConfig, "anchors"): AnchorConfig,
-    (ModelConfig, "conventions"): ConventionConfig,
-    (ModelConfig, "assigner"): AssignerConfig,
-    (ModelConfig, "loss"): LossConfig,
-    (ModelConfig, "test"): TestConfig,
-}
+    """Typed conversion of a nested mapping into `cls` (see `dynamic_atss.typed`): every value is converted
+    to its field's annotated type, unknown keys are an error naming the closest field."""
+    return _typed_from_dict(cls, data, path)
 
 
 def apply_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
     """Return a copy of `config` with dotted overrides applied, e.g. {"head.quality": "centerness"}.
 
-    Top-level shortcuts used by `create()`: `backbone="<timm name>"` sets `backbone.name`.
+    Values are converted to the field's type (`"1e-3"` -> 0.001, `"null"` -> None, `[640, 800]` -> a tuple)
+    and misspelt keys name the closest field, through the same typed machinery as the training config.
+    Top-level shortcut used by `create()`: `backbone="<timm name>"` sets `backbone.name`.
     """
     data = config.to_dict()
     for key, value in overrides.items():
         if key == "backbone" and isinstance(value, str):
             key = "backbone.name"
-        parts = key.split(".")
+        converted = convert_dotted(ModelConfig, key, value, where="config override")
+        *parents, leaf = key.split(".")
         node = data
-        for part in parts[:-1]:
-            if part not in node or not isinstance(node[part], dict):
-                raise ValueError(f"unknown config override {key!r}: {part!r} is not a config section")
+        for part in parents:
             node = node[part]
-        if parts[-1] not in node:
-            raise ValueError(f"unknown config override {key!r}; known keys here: {sorted(node)}")
-        node[parts[-1]] = value
+        node[leaf] = converted
     if "num_classes" in overrides and "class_names" not in overrides:
         names = data.get("class_names")
         if names is not None and len(names) != data["num_classes"]:

@@ -3,6 +3,7 @@ evaluate COCO AP on held-out generated images, save the model, draw predictions,
 
 With `--compare`, also trains plain ATSS (anchor IoUs only, everything else equal) and plots both
 regression losses, as in the paper's Figure 2. `--head gflv2` does the same for GFLV2 vs GFLV2 + CIoUs (Figure 3).
+The demo replaces what an earlier demo left in its output folder.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 import torch
 
 from .engine.config import DataConfig, OptimConfig, TrainConfig, config_from_dict, config_to_dict, load_config
-from .evaluation import format_per_class_table, format_table
+from .evaluation import format_table
 from .visualize import draw_detections, plot_losses, save_grid
 
-# The embedded default (configs/demo_cpu.yaml holds the same recipe for `train.py --config`).
+# The embedded default (the packaged recipe `demo_cpu` holds the same, for `dynamic-atss train --config demo_cpu`).
 DEMO_CONFIG = TrainConfig(
     model="r50",
     model_overrides={
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     model_name, main_label, baseline_label, plotted_losses = HEADS[args.head]
     if model_name:
         config.model = model_name
-    from .engine.trainer import train  # noqa: PLC0415  (imports accelerate; keep `--help` fast)
+    from .engine.trainer import final_report, train  # noqa: PLC0415  (imports accelerate; keep `--help` fast)
 
     out = Path(config.output_dir)
     start = time.perf_counter()
@@ -105,15 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {}
     for label, run_config in runs.items():
         print(f"\n=== training {label}: {run_config.optim.max_iters} iterations -> {run_config.output_dir}")
-        summaries[label] = train(run_config)
+        summaries[label] = train(run_config, overwrite=True)
     wall = time.perf_counter() - start
 
     main_summary = summaries[main_label]
-    metrics = main_summary["metrics"]
-    print(f"\nCOCO AP on held-out generated images ({main_label}):")
-    print(format_table(metrics))
-    if "per_class" in metrics:
-        print(format_per_class_table(metrics["per_class"]))
+    print("\n" + final_report(main_summary, f"COCO AP on held-out generated images ({main_label})", per_class=True))
     for label, summary in summaries.items():
         if label != main_label:
             print(f"\n{label}:\n{format_table(summary['metrics'])}")
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir": main_summary["model_dir"],
     }
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
-    print(f"\nmodel: {main_summary['model_dir']}\npredictions: {out / 'predictions.png'}")
+    print(f"\npredictions: {out / 'predictions.png'}")
     print(f"loss plot: {out / 'losses.png'}" if plotted else "loss plot skipped (pip install matplotlib)")
     print(f"wall time: {wall:.0f} s")
     return 0

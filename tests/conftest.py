@@ -23,3 +23,15 @@ def _seed_and_threads():
     torch.manual_seed(0)
     # Tiny tensors: one thread avoids oversubscription (a busy 2-core machine is 10-100x slower with 2).
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def refuse(monkeypatch):
+    """`refuse(module, "name")`: the test fails if `module.name` is called (an error must come before it)."""
+    def install(module, name):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"{name} was called before the expected error")
+
+        monkeypatch.setattr(module, name, refused)
+
+    return install

@@ -3,16 +3,18 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from dynamic_atss.engine import NonFiniteLossError, load_config, train
-from dynamic_atss.engine.checkpoint import list_checkpoints, resolve_resume
-from dynamic_atss.engine.schedule import lr_factor
+from dynamic_atss.engine import NonFiniteLossError, load_config, train, trainer
+from dynamic_atss.engine.checkpoint import CheckpointError, list_checkpoints, resolve_resume
 from dynamic_atss.engine.config import OptimConfig
+from dynamic_atss.engine.output import OutputDirError
+from dynamic_atss.engine.schedule import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,6 +38,9 @@ TINY_RECIPE = {
 }
 
 
+NO_VAL_DATA = {**TINY_RECIPE["data"], "num_val": 0}
+
+
 def write_recipe(path: Path, **changes) -> Path:
     recipe = json.loads(json.dumps(TINY_RECIPE))
     for key, value in changes.items():
@@ -49,7 +54,7 @@ def losses_by_step(log: Path) -> dict[int, dict]:
     return {r["step"]: r for r in records if "loss" in r}
 
 
-def test_ten_steps_write_checkpoints_and_a_hub_model(tmp_path):
+def test_ten_steps_write_checkpoints_and_a_hub_model_and_report_the_ap(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"))
     assert train_script.main(["--config", str(recipe)]) == 0
     run = tmp_path / "run"
@@ -63,6 +68,16 @@ def test_ten_steps_write_checkpoints_and_a_hub_model(tmp_path):
     assert "assign/num_pos" in log[1] and "assign/frac_not_atss" in log[1]
     evals = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "eval/AP" in line]
     assert len(evals) == 1 and 0.0 <= evals[0]["eval/AP"] <= 1.0
+    # The end of the run prints the demo's COCO table (percent) and where the model is.
+    out = capsys.readouterr().out
+    ap_percent = f"{100 * evals[0]['eval/AP']:.1f}"
+    assert "| AP | AP50 | AP75 | APs | APm | APl |" in out and f"| {ap_percent} |" in out
+    assert f"model: {run / 'model'}" in out
+    # The effective settings are printed at the start and saved beside the config.
+    assert "effective settings: 1 process(es)" in out
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["effective"]["total_batch_size"] == 2 and saved["effective"]["lr"] == pytest.approx(0.01)
+    assert saved["config"]["optim"]["max_iters"] == 10
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
@@ -90,6 +105,23 @@ def test_resume_errors_are_clear(tmp_path):
         resolve_resume(str(tmp_path), tmp_path)
 
 
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), **{"data": NO_VAL_DATA})
+    train(load_config(recipe))
+    checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
+    weights = checkpoints[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a crash or a full disk
+    # An explicit checkpoint: the error names the file.
+    with pytest.raises(CheckpointError, match=r"checkpoint-00000010/model\.safetensors has \d+ bytes"):
+        train(load_config(recipe, ["optim.max_iters=12"]), resume=str(checkpoints[-1]))
+    # `latest`: the newest readable one, naming the skipped file and why.
+    with pytest.warns(UserWarning, match=r"skipping unreadable checkpoint checkpoint-00000010: .*model\.safetensors"):
+        summary = train(load_config(recipe, ["optim.max_iters=12"]), resume="latest")
+    assert summary["step"] == 12
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11)) + list(range(6, 13))  # resumed from step 5
+
+
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
     from dynamic_atss.detection.heads.atss import ATSSHead
 
@@ -106,22 +138,137 @@ def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
         train(load_config(recipe))
 
 
+def test_a_non_finite_batch_leaves_batchnorm_intact_and_the_model_still_detects(tmp_path, monkeypatch):
+    """The demo's trainable BatchNorm: a NaN image (caught before the forward) and a NaN activation (caught by
+    the loss, the running statistics restored) must not leave NaN running statistics behind."""
+
+    calls = {"collate": 0, "forward": 0}
+
+    def collate_with_a_nan_image(batch):
+        images, targets = trainer.collate_fn.__wrapped__(batch)
+        calls["collate"] += 1
+        if calls["collate"] == 2:
+            images[0] = images[0] * float("nan")
+        return images, targets
+
+    collate_with_a_nan_image.__wrapped__ = trainer.collate_fn
+    monkeypatch.setattr(trainer, "collate_fn", collate_with_a_nan_image)
+    original_build_model = trainer.build_model
+
+    def build_model_with_a_nan_activation(*args, **kwargs):
+        model = original_build_model(*args, **kwargs)
+        first_bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls["forward"] += 1
+                if calls["forward"] == 3:
+                    return output * float("nan")  # every later BatchNorm sees NaN in this forward
+            return output
+
+        first_bn.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", build_model_with_a_nan_activation)
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0,
+                          model_overrides={**TINY_RECIPE["model_overrides"], "test.score_thresh": 0.0},
+                          optim={**TINY_RECIPE["optim"], "max_iters": 5})
+    with pytest.warns(UserWarning) as caught:
+        train(load_config(recipe))
+    import dynamic_atss
+
+    model = dynamic_atss.create(f"local-dir:{tmp_path / 'run' / 'model'}").eval()
+    bn_buffers = [b for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for b in m.buffers()]
+    assert bn_buffers and all(torch.isfinite(b.float()).all() for b in bn_buffers)
+    with torch.no_grad():
+        detections = model([torch.rand(3, 128, 128)])[0]
+    assert len(detections["scores"]) > 0 and torch.isfinite(detections["scores"]).all()
+    messages = [str(w.message) for w in caught]
+    assert any("non-finite input values" in m for m in messages) and any("non-finite loss" in m for m in messages)
+
+
+def test_a_window_without_positives_warns(tmp_path, monkeypatch):
+    from dynamic_atss.detection.heads.atss import ATSSHead
+
+    original = ATSSHead.compute_loss
+
+    def no_positives(self, *args, **kwargs):
+        losses, stats = original(self, *args, **kwargs)
+        stats["num_pos"] = stats["num_pos"] * 0  # as if every image were empty or crowd-only
+        return losses, stats
+
+    monkeypatch.setattr(ATSSHead, "compute_loss", no_positives)
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0, log_every=2,
+                          optim={**TINY_RECIPE["optim"], "max_iters": 2}, data=NO_VAL_DATA)
+    with pytest.warns(UserWarning, match=r"steps 1-2: no positive anchor in any image"):
+        train(load_config(recipe))
+
+
+# ---------------------------------------------------------------------------------------------- output folders
+def test_output_folder_of_another_run_is_refused_unless_resume_or_overwrite(tmp_path):
+    short = {"optim": {**TINY_RECIPE["optim"], "max_iters": 2}, "checkpoint_every": 1, "data": NO_VAL_DATA}
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), **short)
+    train(load_config(recipe, ["optim.max_iters=4"]))  # an earlier run: checkpoints 3 and 4 survive
+    with pytest.raises(OutputDirError, match=r"different configuration \(optim\.lr: 0\.01 -> 0\.02\)"):
+        train(load_config(recipe, ["optim.lr=0.02"]))
+    with pytest.raises(OutputDirError, match="earlier run of this configuration.*--resume latest"):
+        train(load_config(recipe, ["optim.max_iters=4"]))
+    with pytest.raises(CheckpointError, match=r"different configuration \(optim\.lr: 0\.01 -> 0\.02\)"):
+        train(load_config(recipe, ["optim.lr=0.02"]), resume="latest")
+    # --overwrite: the new run's checkpoints are not rotated away by the old run's higher step numbers.
+    train(load_config(recipe), overwrite=True)
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["checkpoint-00000001",
+                                                                                   "checkpoint-00000002"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    (unrelated / "todo.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="not empty"):
+        train(load_config(recipe, [f"output_dir={unrelated}"]))
+
+
+def test_a_second_concurrent_run_is_stopped_by_the_lock(tmp_path):
+    from filelock import FileLock
+
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    with FileLock(tmp_path / "run" / ".lock"):  # the first run, still training
+        with pytest.raises(OutputDirError, match="another training run is writing to"):
+            train(load_config(recipe))
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------- configuration
 def test_config_base_overrides_and_errors(tmp_path):
     config = load_config(ROOT / "configs" / "dynamic_atss_r101_2x_ms.yaml", ["optim.lr=0.02", "model_overrides.assigner.pred_weight=up"])
     assert config.model == "r101" and config.optim.max_iters == 180_000 and config.optim.steps == (120_000, 160_000)
     assert config.optim.lr == 0.02 and config.optim.warmup_iters == 500  # from the base file
-    assert config.model_overrides["min_size"] == [640, 672, 704, 736, 768, 800]
+    assert config.model_overrides["min_size"] == (640, 672, 704, 736, 768, 800)
     assert config.model_overrides["assigner.pred_weight"] == "up"
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr'\]"):
+    with pytest.raises(ValueError, match=r"unknown override 'lr'"):
         load_config(None, ["lr=0.1"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="neither a file nor a packaged recipe"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_packaged_recipes_load_by_name_or_path():
+    by_name = load_config("dynamic_atss_r50_1x")
+    assert by_name == load_config(ROOT / "configs" / "dynamic_atss_r50_1x.yaml")
+    assert load_config("ablations/table1_qfl").model_overrides["assigner.pred_weight"] == 0.0
+    with pytest.raises(FileNotFoundError, match="did you mean 'demo_cpu'"):
+        load_config("demo_cpuu")
+    from dynamic_atss.engine.config import RECIPES_DIR, list_recipes
+
+    assert RECIPES_DIR.parent == ROOT / "dynamic_atss" and "demo_cpu" in list_recipes()
+    for name in list_recipes():  # every packaged recipe is valid
+        load_config(name)
 
 
 def test_demo_yaml_matches_the_embedded_default():
     from dynamic_atss.demo import DEMO_CONFIG
 
-    assert load_config(ROOT / "configs" / "demo_cpu.yaml") == DEMO_CONFIG
+    assert load_config(ROOT / "configs" / "demo_cpu.yaml") == DEMO_CONFIG == load_config("demo_cpu")
 
 
 def test_warmup_and_step_schedule():
@@ -133,22 +280,104 @@ def test_warmup_and_step_schedule():
     assert lr_factor(85_000, config) == pytest.approx(0.01)
 
 
+# ---------------------------------------------------------------------------------------------- processes
+LR_RECIPE = {"warmup_iters": 3, "max_iters": 8, "steps": [5, 7], "lr": 0.01, "base_batch_size": 2}
+
+
+def lrs_by_step(log: Path) -> dict[int, float]:
+    return {step: record["lr"] for step, record in losses_by_step(log).items()}
+
+
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI missing")
-def test_two_process_cpu_run(tmp_path):
-    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "ddp"))
-    recipe_data = yaml.safe_load(recipe.read_text())
-    recipe_data["optim"]["max_iters"] = 4
-    recipe_data["checkpoint_every"] = 2
-    recipe.write_text(yaml.safe_dump(recipe_data))
+def test_two_processes_follow_the_one_process_lr_schedule(tmp_path):
+    """A real 2-process CPU launch (gloo) with 1 image per process = the 1-process run with 1 image and 2
+    accumulation steps: the same total batch, so the same LR at every optimizer step."""
+    optim = {**TINY_RECIPE["optim"], **LR_RECIPE}
+    common = {"batch_size": 1, "checkpoint_every": 4, "optim": optim, "data": {**NO_VAL_DATA, "num_train": 16}}
+    one = write_recipe(tmp_path / "one.yaml", output_dir=str(tmp_path / "one"), grad_accum=2, **common)
+    train(load_config(one))
+
+    two = write_recipe(tmp_path / "two.yaml", output_dir=str(tmp_path / "two"), **common)
     accelerate = str(Path(sys.executable).parent / "accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    env.pop("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", None)
     result = subprocess.run(
-        [accelerate, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", str(ROOT / "train.py"), "--config", str(recipe)],
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(ROOT / "tests" / "ddp_probe.py"),
+         str(tmp_path / "ranks"), "--config", str(two)],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    log = losses_by_step(tmp_path / "ddp" / "log.jsonl")
-    assert sorted(log) == [1, 2, 3, 4]
-    assert (tmp_path / "ddp" / "checkpoints" / "checkpoint-00000004").is_dir()
-    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+    views = [json.loads(p.read_text()) for p in sorted((tmp_path / "ranks").glob("rank*.json"))]
+    assert [v["rank"] for v in views] == [0, 1], "two processes must really have run"
+    assert all(v["world_size"] == 2 and v["num_processes"] == 2 and v["distributed_type"] == "MULTI_CPU" for v in views)
+    one_lrs, two_lrs = lrs_by_step(tmp_path / "one" / "log.jsonl"), lrs_by_step(tmp_path / "two" / "log.jsonl")
+    assert two_lrs == pytest.approx(one_lrs)
+    config = OptimConfig(**{**LR_RECIPE, "steps": tuple(LR_RECIPE["steps"])})
+    expected = {step: 0.01 * lr_factor(step - 1, config) for step in range(1, 9)}  # the LR each step used
+    assert one_lrs == pytest.approx(expected)
+    effective = json.loads((tmp_path / "two" / "train_config.json").read_text())["effective"]
+    assert effective["num_processes"] == 2 and effective["total_batch_size"] == 2
+    assert (tmp_path / "two" / "checkpoints" / "checkpoint-00000008").is_dir()
+    assert (tmp_path / "two" / "model" / "model.safetensors").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- Accelerate settings
+@pytest.fixture
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    # The state is a process-wide singleton; these tests change its settings (private reset, tests only).
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_accelerate_launch_settings_win_unless_the_recipe_sets_them(tmp_path, monkeypatch, fresh_accelerate_state):
+    from dynamic_atss.engine.trainer import make_accelerator
+
+    # What `accelerate launch --mixed_precision bf16 --gradient_accumulation_steps 2` passes to the script.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0,
+                          optim={**TINY_RECIPE["optim"], "max_iters": 2}, data=NO_VAL_DATA)
+    train(load_config(recipe))
+    effective = json.loads((tmp_path / "run" / "train_config.json").read_text())["effective"]
+    assert effective["mixed_precision"] == "bf16" and effective["grad_accum"] == 2
+    assert effective["total_batch_size"] == 4 and effective["lr"] == pytest.approx(0.02)  # 0.01 x 4 / 2
+    assert losses_by_step(tmp_path / "run" / "log.jsonl")[1]["lr"] == pytest.approx(0.02 / 3)  # warm-up from 1/3
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    explicit = load_config(recipe, ["mixed_precision=no", "grad_accum=3"])
+    accelerator = make_accelerator(explicit)
+    assert accelerator.mixed_precision == "no" and accelerator.gradient_accumulation_steps == 3
+
+
+def test_trackers_get_the_full_config(tmp_path, monkeypatch):
+    captured = {}
+
+    def init_trackers(self, project_name, config=None, init_kwargs=None):
+        captured.update(project=project_name, config=config)
+
+    monkeypatch.setattr(trainer.Accelerator, "init_trackers", init_trackers)
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0,
+                          optim={**TINY_RECIPE["optim"], "max_iters": 1}, data=NO_VAL_DATA, tracker="tensorboard")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # accelerate may say that the tracker's package is not installed
+        train(load_config(recipe))
+    logged = captured["config"]
+    assert captured["project"] == "dynamic_atss"
+    assert logged["optim.lr"] == 0.01 and logged["model_overrides.head.channels"] == 32
+    assert logged["effective.total_batch_size"] == 2 and logged["data.image_size"] == "[128, 128]"
+    assert all(isinstance(v, (int, float, str, bool)) for v in logged.values())
+

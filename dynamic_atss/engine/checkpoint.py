@@ -1,21 +1,38 @@
-"""Atomic, rotated training checkpoints on top of `accelerator.save_state` / `load_state`.
+"""Atomic, rotated, verified training checkpoints on top of `accelerator.save_state` / `load_state`.
 
 A checkpoint is written into a hidden temporary folder and renamed into place only when complete, so a
-crash during a save never replaces (or deletes) the previous checkpoint.
+crash during a save never replaces (or deletes) the previous checkpoint. Its `trainer_state.json` records
+the step, the run's configuration and the size and SHA-256 of every file, so that resuming can
+
+* refuse a checkpoint of a different configuration, saying which keys differ;
+* name the corrupt or truncated file, and with `--resume latest` fall back to the newest readable checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 
 _NAME = re.compile(r"^checkpoint-(\d{8})$")
 STATE_FILE = "trainer_state.json"
+# Keys that may change between a run and its resumption (bookkeeping, not the training itself).
+RESUME_FREE_KEYS = (
+    "output_dir", "log_every", "eval_every", "eval_limit", "checkpoint_every", "keep_checkpoints", "push_to_hub",
+    "tracker", "max_bad_steps", "mixed_precision", "grad_accum", "batch_size", "optim.max_iters", "data.num_workers",
+    "data.check_images", "data.skip_unreadable", "data.num_val", "data.val_images", "data.val_annotations",
+    "data.val_split",
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (corrupt, truncated, or of another configuration); names the file."""
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -27,8 +44,17 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
-def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, keep: int) -> Path:
-    """Save model, optimizer, scheduler, RNG states and the step; keep the newest `keep` checkpoints."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, keep: int,
+                    state: dict[str, Any] | None = None) -> Path:
+    """Save model, optimizer, RNG states, the step and `state` (the run's config); keep the newest `keep`."""
     directory = Path(directory)
     final = directory / f"checkpoint-{step:08d}"
     tmp = directory / f".tmp-checkpoint-{step:08d}"
@@ -39,7 +65,11 @@ def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+        files = {
+            p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **(state or {}), "files": files}, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -49,20 +79,98 @@ def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, 
     return final
 
 
-def resolve_resume(resume: str, directory: str | Path) -> Path:
-    """`latest` -> the newest complete checkpoint in `directory`; otherwise a checkpoint folder path."""
+def read_checkpoint_state(path: Path) -> dict[str, Any]:
+    """The checkpoint's `trainer_state.json`, after checking every file it lists (size, then SHA-256)."""
+    state_path = path / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{state_path} is unreadable ({type(e).__name__}: {e})") from None
+    for name, meta in state.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing from the checkpoint")
+        size = file.stat().st_size
+        if size != meta["size"]:
+            raise CheckpointError(f"{file} has {size} bytes, {meta['size']} were saved (truncated or overwritten)")
+        if _sha256(file) != meta["sha256"]:
+            raise CheckpointError(f"{file} does not match the SHA-256 recorded when it was saved (corrupt)")
+    return state
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.01}} -> {"optim.lr": 0.01}; tuples as lists (as they come back from JSON)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.loads(json.dumps(value))
+    return flat
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """'key: saved -> current' for each setting that differs between two config dicts."""
+    a, b = flatten(saved), flatten(current)
+    return [f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}"
+            for key in sorted(set(a) | set(b)) if key not in ignore and a.get(key) != b.get(key)]
+
+
+def check_same_run(path: Path, state: dict[str, Any], config: dict[str, Any], total_batch_size: int) -> None:
+    """Raise `CheckpointError` naming the differing keys when checkpoint `path` was trained otherwise."""
+    if "config" not in state:
+        return  # written before configurations were recorded: nothing to compare
+    differences = config_differences(state["config"], config, RESUME_FREE_KEYS)
+    saved_batch = state.get("effective", {}).get("total_batch_size", total_batch_size)
+    if saved_batch != total_batch_size:
+        differences.append(f"total batch size (batch_size x processes x grad_accum): {saved_batch} -> {total_batch_size}")
+    if differences:
+        raise CheckpointError(
+            f"checkpoint {path} belongs to a different configuration ({'; '.join(differences)}); resume with the "
+            "recipe it was trained with (its trainer_state.json holds it), or start a new run with --overwrite or "
+            "another output_dir"
+        )
+
+
+def resolve_resume(resume: str, directory: str | Path, config: dict[str, Any] | None = None,
+                   total_batch_size: int = 0) -> tuple[Path, list[str]]:
+    """The checkpoint to resume from and the newer ones skipped (with why).
+
+    `latest` -> the newest checkpoint in `directory` whose files are intact; otherwise a checkpoint folder
+    path, which must be intact. With `config`, the checkpoint must have been trained with it.
+    """
     if resume == "latest":
         found = list_checkpoints(directory)
         if not found:
-            raise FileNotFoundError(f"--resume latest: no complete checkpoint in {directory}")
-        return found[-1]
+            raise FileNotFoundError(
+                f"--resume latest: no complete checkpoint in {directory}; start without --resume (add --overwrite "
+                "to replace what the output folder holds)"
+            )
+        skipped = []
+        for path in reversed(found):
+            try:
+                state = read_checkpoint_state(path)
+            except CheckpointError as e:
+                skipped.append(f"{path.name}: {e}")
+                continue
+            if config is not None:
+                check_same_run(path, state, config, total_batch_size)
+            return path, skipped
+        raise CheckpointError(f"--resume latest: no readable checkpoint in {directory}: " + "; ".join(skipped))
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE})")
-    return path
+    state = read_checkpoint_state(path)
+    if config is not None:
+        check_same_run(path, state, config, total_batch_size)
+    return path, []
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path) -> int:
     """Restore everything `save_checkpoint` saved; returns the step to continue from."""
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except Exception as e:  # noqa: BLE001  (whatever the loader raises, name the checkpoint)
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
     return int(json.loads((path / STATE_FILE).read_text())["step"])

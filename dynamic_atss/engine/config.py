@@ -1,11 +1,18 @@
-"""Training configuration: plain dataclasses, loaded from YAML with `--key value` overrides.
+"""Training configuration: dataclasses read from a YAML recipe plus `--section.key value` overrides.
 
-A YAML file mirrors `TrainConfig` (nested sections are nested mappings) and may start from one
-`base: other.yaml` whose values it overrides; the model architecture is a registry name plus dotted
-`ModelConfig` overrides, e.g.
+A recipe mirrors `TrainConfig` (sections are nested mappings) and may start from one `base: other.yaml`
+(relative to itself) whose values it overrides key by key. The architecture is a registry name plus dotted
+`ModelConfig` overrides:
 
     model: r50
     model_overrides: {assigner.pred_weight: 0.0, loss.cls_loss: focal, head.quality: centerness}
+
+Recipes ship inside the package (`dynamic_atss/configs/`): `load_config("demo_cpu")` finds one by name,
+`load_config("my/recipe.yaml")` by path. Every value, model overrides included, goes through the typed
+converter of `dynamic_atss.typed` (the one `ModelConfig` uses): floats in any notation, `null`, tuples and
+`Literal` choices are checked, and misspelt keys name the closest field, all before any data or model is
+built. `None` for `mixed_precision` / `grad_accum` means "not set here": Accelerate's own settings
+(`accelerate launch --mixed_precision bf16 --gradient_accumulation_steps 4`, `accelerate config`) decide.
 """
 
 from __future__ import annotations
@@ -17,6 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from ..config import ModelConfig
+from ..typed import ConfigError, closest, convert_dotted, field_rows, from_dict, resolve_dotted
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Experiment trackers Accelerate knows (`accelerate.utils.LoggerType`), listed here to keep config loading fast.
+_TRACKERS = ("all", "tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
 
 
 @dataclass
@@ -38,6 +52,8 @@ class DataConfig:
     box_format: Literal["xywh", "xyxy"] = "xywh"
     # both
     keep_empty: bool = True
+    check_images: bool = True  # scan image headers and sizes before training (fast; errors name the file)
+    skip_unreadable: bool = False  # drop images that fail the scan (one warning lists them) instead of stopping
     flip_prob: float = 0.5
     photometric: bool = False
     num_workers: int = 2
@@ -69,8 +85,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 2  # per process
-    grad_accum: int = 1
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    grad_accum: int | None = None  # None: Accelerate's setting (accelerate launch/config), default 1
+    mixed_precision: Literal["no", "fp16", "bf16", "fp8"] | None = None  # None: Accelerate's setting
     output_dir: str = "outputs/run"
     seed: int = 0
     log_every: int = 20
@@ -80,48 +96,92 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_bad_steps: int = 10  # consecutive non-finite losses before stopping
     push_to_hub: str | None = None
-    tracker: Literal["auto", "tensorboard", "none"] = "auto"
+    tracker: str = "auto"  # auto (tensorboard if installed), none, or Accelerate log_with names: wandb,mlflow
+
+    def __post_init__(self) -> None:
+        self.model_overrides = check_model_overrides(self.model_overrides)
+        for name in ("batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grad_accum is not None and self.grad_accum < 1:
+            raise ConfigError(f"grad_accum must be >= 1 (or null for Accelerate's setting), got {self.grad_accum}")
+        if self.optim.max_iters < 1:
+            raise ConfigError(f"optim.max_iters must be >= 1, got {self.optim.max_iters}")
+        for name in self.trackers:
+            if name not in _TRACKERS:
+                raise ConfigError(
+                    f"tracker: unknown tracker {name!r}{closest(name, _TRACKERS)}; use auto, none or a comma-separated "
+                    f"list of {list(_TRACKERS)}"
+                )
+
+    @property
+    def trackers(self) -> list[str]:
+        """Accelerate `log_with` names; [] for none. `auto` -> tensorboard when it is installed."""
+        value = self.tracker.strip().lower()
+        if value == "none":
+            return []
+        if value == "auto":
+            import importlib.util  # noqa: PLC0415
+
+            return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+        return [name.strip() for name in value.split(",") if name.strip()]
 
 
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig}
+def check_model_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted `ModelConfig` overrides with each value converted to its field's type (errors name the key)."""
+    checked = {}
+    for key, value in (overrides or {}).items():
+        if key == "backbone" and isinstance(value, str):  # `create()`'s shortcut for backbone.name
+            checked[key] = value
+            continue
+        checked[key] = convert_dotted(ModelConfig, key, value, where="model override")
+    return checked
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    kwargs = {}
-    for key, value in values.items():
-        if cls is TrainConfig and key in _SECTIONS:
-            kwargs[key] = _build(_SECTIONS[key], value or {}, f"{where}.{key}")
-        elif isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
+def list_recipes() -> list[str]:
+    """Names of the packaged recipes (`load_config(name)`); shared `_base` files are left out."""
+    found = (p.relative_to(RECIPES_DIR).with_suffix("").as_posix() for p in RECIPES_DIR.rglob("*.yaml"))
+    return sorted(name for name in found if not Path(name).name.startswith("_"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: an existing path, or a packaged recipe name (`demo_cpu`, `ablations/table1_qfl`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = str(name_or_path).removesuffix(".yaml").removeprefix("configs/")
+    packaged = RECIPES_DIR / f"{name}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = list_recipes()
+    raise FileNotFoundError(
+        f"config {str(name_or_path)!r} is neither a file nor a packaged recipe{closest(name, names)}; "
+        f"packaged recipes: {names}"
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML recipe (or the defaults when `path` is None) and apply `key=value` overrides.
-
-    Override keys are dotted (`optim.lr=0.005`, `data.num_workers=0`,
-    `model_overrides.assigner.pred_weight=0`); values are parsed as YAML scalars.
-    """
+    """Read a YAML recipe (a path or a packaged recipe name; the defaults when None) and apply `key=value`
+    overrides (`optim.lr=1e-3`, `data.num_workers=0`, `model_overrides.assigner.pred_weight=0`)."""
     data: dict[str, Any] = {}
+    where = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist; see the recipes in configs/")
-        data = _read_yaml(path)
-    return config_from_dict(data, overrides, where=str(path or "defaults"))
+        recipe = find_recipe(path)
+        data = _read_yaml(recipe)
+        where = str(recipe)
+    return config_from_dict(data, overrides, where=where)
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe may name one `base:` file (relative to itself) whose values it overrides, key by key."""
     if path.resolve() in seen:
-        raise ValueError(f"config {path}: circular `base:` chain {[str(p) for p in seen]}")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"config {path}: circular `base:` chain {[str(p) for p in seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
         return data
@@ -139,23 +199,51 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, where: str = "config") -> TrainConfig:
-    """A `TrainConfig` from nested mappings (as in YAML), after `key=value` overrides."""
+    """A `TrainConfig` from nested mappings (as in YAML), after `key=value` overrides; values stay text until
+    the typed conversion, so `--optim.lr 1e-3` and `lr: 1e-3` are read alike."""
     data = copy.deepcopy(data)
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise ConfigError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        key = key.strip().removeprefix("--")
         if key.startswith("model_overrides."):
-            data.setdefault("model_overrides", {})[key.removeprefix("model_overrides.")] = value
+            data["model_overrides"] = dict(data.get("model_overrides") or {})
+            data["model_overrides"][key.removeprefix("model_overrides.")] = raw
             continue
+        resolve_dotted(TrainConfig, key, where="override")
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return _build(TrainConfig, data, where=where)
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = raw
+    try:
+        return from_dict(TrainConfig, data, path="")
+    except ConfigError as e:
+        raise ConfigError(f"{where}{' with overrides' if overrides else ''}: {e}") from None
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def config_help() -> str:
+    """Every field with its type and default (`--help`), the model overrides included."""
+    lines = []
+    for name, type_name, default, comment in field_rows(TrainConfig):
+        if name == "model_overrides":
+            continue
+        lines.append(_help_line(name, type_name, default, comment))
+    lines.append("\nmodel_overrides (ModelConfig fields; the defaults below are ModelConfig's, each registry model "
+                 "sets its own):")
+    for name, type_name, default, comment in field_rows(ModelConfig, "model_overrides."):
+        lines.append(_help_line(name, type_name, default, comment))
+    return "\n".join(lines)
+
+
+def _help_line(name: str, type_name: str, default: Any, comment: str) -> str:
+    text = f"  --{name} {type_name.upper() if type_name in ('int', 'float', 'str', 'bool') else type_name}"
+    text = f"{text:<58} default: {default!r}"
+    return f"{text}  # {comment}" if comment else text

@@ -1,12 +1,22 @@
 """The Accelerate training loop: DDP, mixed precision, accumulation, clipping, logging, eval, checkpoints.
 
-Runs the same under `python train.py ...` (one process) and `accelerate launch train.py ...` (many).
+Runs the same under `python -m dynamic_atss.train ...` (one process) and `accelerate launch train.py ...`
+(many). What it guarantees:
+
+* the LR schedule advances once per optimizer step, whatever the number of processes or the gradient
+  accumulation, and continues exactly on resume (the scheduler is stepped here, not by Accelerate);
+* Accelerate's launch settings (processes, mixed precision, accumulation) decide unless the recipe sets them;
+  the effective values are printed at the start and written to `train_config.json`;
+* one run per output folder (a lock, and a refusal to mix with another run), verified checkpoints;
+* a fast data scan before the model is built; a warning when a logged window has no positive anchor;
+* a batch with non-finite inputs is skipped before the forward, and a non-finite loss restores the BatchNorm
+  running statistics the forward changed, so a bad batch never touches the model's state.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -14,20 +24,27 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, broadcast_object_list, set_seed
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import CocoDetection, HFDetection, SyntheticShapes, build_transforms, collate_fn
-from ..evaluation import CocoEvaluator
+from ..data.checks import ImageSubset, scan_dataset
+from ..evaluation import CocoEvaluator, format_per_class_table, format_table
 from ..registry import create
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import flatten, load_checkpoint, resolve_resume, save_checkpoint
 from .config import DataConfig, TrainConfig, config_to_dict
-from .schedule import build_optimizer, build_scheduler
+from .output import CONFIG_FILE, claim_output_dir
+from .schedule import build_optimizer, build_scheduler, scaled_lr
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised after `max_bad_steps` consecutive steps with a NaN/inf loss."""
+    """Raised after `max_bad_steps` consecutive steps with NaN/inf inputs or loss."""
+
+
+class DataCheckError(ValueError):
+    """The up-front data scan found images that cannot be used, or nothing to learn from."""
 
 
 class SeededAugmentation(torch.utils.data.Dataset):
@@ -109,100 +126,283 @@ def evaluate(model: torch.nn.Module, dataset: Any, accelerator: Accelerator, bat
     return metrics
 
 
-def _make_tracker_kwargs(config: TrainConfig) -> dict[str, Any]:
-    if config.tracker == "none":
-        return {}
-    if config.tracker == "tensorboard" or importlib.util.find_spec("tensorboard") is not None:
-        return {"log_with": "tensorboard", "project_dir": config.output_dir}
-    return {}
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator in which the recipe's `mixed_precision` / `grad_accum` win only when they are set;
+    otherwise Accelerate's own (`accelerate launch` flags, `accelerate config`, environment) decide."""
+    kwargs: dict[str, Any] = {}
+    if config.mixed_precision is not None:
+        kwargs["mixed_precision"] = config.mixed_precision
+    if config.grad_accum is not None:  # a plugin, because a plain int would lose to the launcher's env variable
+        kwargs["gradient_accumulation_plugin"] = GradientAccumulationPlugin(num_steps=config.grad_accum)
+    trackers = config.trackers
+    if trackers:
+        kwargs.update(log_with=trackers, project_dir=config.output_dir)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not _has_accelerator_device():
+        # Launched as N processes (torchrun, or a launcher that does not set ACCELERATE_USE_CPU) on a machine
+        # without GPUs: Accelerate would run N independent one-process trainings into the same folder. Train
+        # the CPU processes together (gloo) instead.
+        kwargs["cpu"] = True
+    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
+    if accelerator.num_processes != world_size:
+        raise RuntimeError(
+            f"launched as {world_size} processes but Accelerate set up {accelerator.num_processes}; check the launch "
+            "(accelerate launch --multi_gpu --num_processes N, or ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N)"
+        )
+    return accelerator
 
 
-def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
-    """Train per `config`; returns a summary (final metrics, paths, timing)."""
-    tracker_kwargs = _make_tracker_kwargs(config)
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **tracker_kwargs,
-    )
+def _has_accelerator_device() -> bool:
+    if torch.cuda.is_available():
+        return True
+    accel = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ... in one place
+    return bool(accel is not None and accel.is_available())
+
+
+def effective_settings(accelerator: Accelerator, config: TrainConfig) -> dict[str, Any]:
+    """What this launch actually trains with (after Accelerate's settings), for the log and train_config.json."""
+    grad_accum = accelerator.gradient_accumulation_steps
+    total = config.batch_size * accelerator.num_processes * grad_accum
+    return {
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "device": str(accelerator.device),
+        "mixed_precision": str(accelerator.mixed_precision),
+        "grad_accum": grad_accum,
+        "batch_size_per_process": config.batch_size,
+        "total_batch_size": total,
+        "lr": scaled_lr(config.optim, total),
+        "trackers": config.trackers,
+    }
+
+
+def _describe(effective: dict[str, Any], config: TrainConfig) -> str:
+    e = effective
+    scaling = (f"optim.lr {config.optim.lr:g} x {e['total_batch_size']}/{config.optim.base_batch_size}"
+               if config.optim.scale_lr else "optim.scale_lr off")
+    return (f"effective settings: {e['num_processes']} process(es) ({e['distributed_type']}, {e['device']}), "
+            f"mixed precision {e['mixed_precision']}, gradient accumulation {e['grad_accum']} -> total batch "
+            f"{e['batch_size_per_process']} x {e['num_processes']} x {e['grad_accum']} = {e['total_batch_size']} "
+            f"images per optimizer step, lr {e['lr']:g} ({scaling})")
+
+
+def _main_decides(accelerator: Accelerator, decide: Any) -> Any:
+    """Run `decide()` on the main process only and give every process its result (or its error message)."""
+    result: list[Any] = [None, None]
+    if accelerator.is_main_process:
+        try:
+            result = [decide(), None]
+        except Exception as e:  # noqa: BLE001  (re-raised below, on every process)
+            result = [None, e]
+    if accelerator.num_processes > 1:
+        result = broadcast_object_list(result)
+    if result[1] is not None:
+        raise result[1]
+    return result[0]
+
+
+def check_data(train_set: Any, val_set: Any | None, config: DataConfig, accelerator: Accelerator) -> tuple[Any, Any]:
+    """The up-front scan (see `dynamic_atss.data.checks`): print a summary line per split, stop on unusable
+    images unless `data.skip_unreadable`, stop when the training set has no box to learn from."""
+
+    def scan() -> dict[str, Any]:
+        return {name: scan_dataset(ds, name, check_images=config.check_images)
+                for name, ds in (("train", train_set), ("val", val_set)) if ds is not None}
+
+    reports = _main_decides(accelerator, scan)
+    kept = {}
+    for name, ds in (("train", train_set), ("val", val_set)):
+        if ds is None:
+            kept[name] = None
+            continue
+        report = reports[name]
+        accelerator.print(report.summary())
+        if report.bad:
+            listing = "\n  ".join(problem for _, problem in report.bad)
+            if not config.skip_unreadable:
+                raise DataCheckError(
+                    f"{len(report.bad)} image(s) of the {name} set cannot be used:\n  {listing}\nfix or remove them, "
+                    "or set data.skip_unreadable: true to train without them"
+                )
+            if accelerator.is_main_process:
+                warnings.warn(f"data.skip_unreadable: leaving out {len(report.bad)} image(s) of the {name} set:\n  "
+                              f"{listing}", UserWarning, stacklevel=2)
+            bad = {index for index, _ in report.bad}
+            ds = ImageSubset(ds, [i for i in range(len(ds)) if i not in bad])
+        if len(ds) == 0:
+            raise DataCheckError(f"no usable image left in the {name} set")
+        if name == "train" and report.num_boxes == 0:
+            raise DataCheckError(
+                f"the training set has no box to learn from: {report.num_images} images, {report.num_empty} without a "
+                f"box ({len(report.crowd_only)} with only crowd regions); every anchor would be background. Check the "
+                "annotation file (annotations, category ids, iscrowd flags)"
+            )
+        if name == "val" and report.num_boxes == 0 and accelerator.is_main_process:
+            warnings.warn("the validation set has no box: its AP is undefined", UserWarning, stacklevel=2)
+        kept[name] = ds
+    return kept["train"], kept["val"]
+
+
+_RUNNING_STAT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm2d)
+
+
+def _norm_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """Running statistics the norm layers in training mode update during a forward (timm's BatchNormAct2d
+    subclasses nn.BatchNorm2d; frozen BatchNorm has buffers but never updates them)."""
+    return [buffer for module in model.modules()
+            if isinstance(module, _RUNNING_STAT_NORMS) and module.training and module.track_running_stats
+            for buffer in module.buffers(recurse=False)]
+
+
+def _all_processes(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
+    """True when `flag` holds on every process (one all-reduce, so all take the same decision)."""
+    value = torch.as_tensor(flag, dtype=torch.float32, device=accelerator.device).reshape(1)
+    return bool(accelerator.reduce(value, reduction="sum").item() >= accelerator.num_processes)
+
+
+def _finite_inputs(images: list[torch.Tensor], targets: list[dict[str, Any]]) -> torch.Tensor:
+    checks = [torch.isfinite(image).all() for image in images] + [torch.isfinite(t["boxes"]).all() for t in targets]
+    return torch.stack(checks).all() if checks else torch.tensor(True)
+
+
+def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Train per `config`; returns a summary (final metrics, paths, timing, effective settings).
+
+    `resume`: "latest" or a checkpoint folder; `overwrite`: replace what a previous run left in the output folder.
+    """
+    accelerator = make_accelerator(config)
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.json").write_text(json.dumps(config_to_dict(config), indent=2))
-    if tracker_kwargs:
-        accelerator.init_trackers("dynamic_atss", config={"batch_size": config.batch_size, "lr": config.optim.lr})
+    config_dict = config_to_dict(config)
+    effective = effective_settings(accelerator, config)
+    accelerator.print(_describe(effective, config))
+    checkpoints_dir = output_dir / "checkpoints"
+
+    held: dict[str, Any] = {}  # the lock lives on the main process only
+
+    def claim() -> tuple[str | None, list[str]]:
+        held["lock"] = lock = claim_output_dir(output_dir, config_dict, resume=bool(resume), overwrite=overwrite)
+        try:
+            path, skipped = (None, [])
+            if resume:
+                path, skipped = resolve_resume(resume, checkpoints_dir, config_dict, effective["total_batch_size"])
+            (output_dir / CONFIG_FILE).write_text(json.dumps({"config": config_dict, "effective": effective}, indent=2))
+        except BaseException:
+            lock.release()
+            raise
+        return (str(path) if path else None), skipped
+
+    resume_path, skipped = _main_decides(accelerator, claim)
+    lock = held.get("lock")
+    try:
+        for reason in skipped:
+            if accelerator.is_main_process:
+                warnings.warn(f"--resume {resume}: skipping unreadable checkpoint {reason}", UserWarning, stacklevel=2)
+        return _train(accelerator, config, config_dict, effective, output_dir, resume_path)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str, Any], effective: dict[str, Any],
+           output_dir: Path, resume_path: str | None) -> dict[str, Any]:
+    if config.trackers:
+        accelerator.init_trackers("dynamic_atss", config=_tracker_config(config_dict, effective))
 
     train_set, val_set = build_datasets(config.data, config.seed)
     if len(train_set) == 0:
         raise ValueError("the training dataset is empty; check the data section of the config")
+    train_set, val_set = check_data(train_set, val_set, config.data, accelerator)
     model = build_model(config, train_set.num_classes, train_set.class_names)
-    total_batch = config.batch_size * accelerator.num_processes * config.grad_accum
-    optimizer = build_optimizer(model, config.optim, total_batch)
-    scheduler = build_scheduler(optimizer, config.optim)
+    optimizer = build_optimizer(model, config.optim, effective["total_batch_size"])
     seeded_train_set = SeededAugmentation(train_set, config.seed)
     loader = DataLoader(
         seeded_train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate_fn, drop_last=True,
         num_workers=config.data.num_workers,
     )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # The scheduler is not prepared: Accelerate would step it once per process per step.
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     raw_model = accelerator.unwrap_model(model)
+    grad_accum = accelerator.gradient_accumulation_steps
 
     step = 0
-    if resume:
-        step = load_checkpoint(accelerator, resolve_resume(resume, output_dir / "checkpoints"))
-        accelerator.print(f"resumed from step {step}")
+    if resume_path:
+        step = load_checkpoint(accelerator, Path(resume_path))
+        accelerator.print(f"resumed from {resume_path} (step {step})")
+    scheduler = build_scheduler(optimizer.optimizer, config.optim, start_step=step)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={config.batch_size} is larger than the training set ({len(train_set)} images)")
     max_steps = config.optim.max_iters
     log_path = output_dir / "log.jsonl"
+    state = {"config": config_dict, "effective": effective}
     progress = tqdm(total=max_steps, initial=step, desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
     bad_steps = 0
+    window_positives = torch.zeros((), device=accelerator.device)
+    window_start = step + 1
     metrics: dict[str, Any] = {}
     start = time.perf_counter()
     model.train()
     while step < max_steps:
-        epoch, skip = divmod(step * config.grad_accum, steps_per_epoch)
+        epoch, skip = divmod(step * grad_accum, steps_per_epoch)
         loader.set_epoch(epoch)
         seeded_train_set.epoch = epoch
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for images, targets in epoch_loader:
             raw_model.train_progress = step / max_steps
             with accelerator.accumulate(model):
-                losses = model(images, targets)
-                loss = sum(losses.values())  # the model returns the parts (torchvision convention)
-                # Every process must take the same decision, or DDP's gradient all-reduce would hang.
-                finite = accelerator.reduce(torch.isfinite(loss.detach()).float(), reduction="sum")
-                if finite.item() < accelerator.num_processes:
+                # Checked before the forward: a NaN image would already poison the BatchNorm statistics.
+                problem = None if _all_processes(accelerator, _finite_inputs(images, targets)) else "non-finite input values"
+                if problem is None:
+                    norm_stats = [buffer.clone() for buffer in _norm_buffers(raw_model)]
+                    losses = model(images, targets)
+                    loss = sum(losses.values())  # the model returns the parts (torchvision convention)
+                    if not _all_processes(accelerator, torch.isfinite(loss.detach())):
+                        problem = f"non-finite loss {loss.item()}"
+                        with torch.no_grad():  # undo what the forward did to the running statistics
+                            for buffer, saved in zip(_norm_buffers(raw_model), norm_stats):
+                                buffer.copy_(saved)
+                if problem is not None:
                     bad_steps += 1
                     optimizer.zero_grad(set_to_none=True)
-                    warnings.warn(f"step {step}: non-finite loss {loss.item()}; skipping this step", stacklevel=1)
+                    warnings.warn(f"step {step + 1}: {problem}; skipping this batch (the model is unchanged)", stacklevel=1)
                     if bad_steps >= config.max_bad_steps:
                         raise NonFiniteLossError(
-                            f"{bad_steps} consecutive steps with a non-finite loss (last at step {step}); "
+                            f"{bad_steps} consecutive batches with non-finite inputs or loss (last at step {step + 1}); "
                             "lower optim.lr, enable optim.grad_clip, or check the data"
                         )
                     continue
                 bad_steps = 0
+                window_positives += raw_model.assign_stats["num_pos"].detach().float()
                 accelerator.backward(loss)
                 if config.optim.grad_clip and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
+            lr = scheduler.get_last_lr()[0]  # the LR this optimizer step used
+            scheduler.step()  # once per optimizer step, on every process
             step += 1
             progress.update(1)
             if step % config.log_every == 0 or step == max_steps:
-                record = _log_record(accelerator, losses, raw_model.assign_stats, scheduler, step, start)
+                record = _log_record(accelerator, losses, raw_model.assign_stats, lr, step, start)
+                positives = float(accelerator.reduce(window_positives.reshape(1), reduction="sum").item())
+                if positives == 0 and accelerator.is_main_process:
+                    warnings.warn(
+                        f"steps {window_start}-{step}: no positive anchor in any image; the model only learns "
+                        "background. Check that the annotations have boxes (not only empty or crowd images) and "
+                        "that min_size / anchors suit the object sizes", UserWarning, stacklevel=1,
+                    )
+                window_positives.zero_()
+                window_start = step + 1
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
                 if accelerator.is_main_process:
                     with log_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                 accelerator.log(record, step=step)
             if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir / "checkpoints", step, config.keep_checkpoints)
+                save_checkpoint(accelerator, output_dir / "checkpoints", step, config.keep_checkpoints, state)
             if val_set is not None and config.eval_every and step % config.eval_every == 0 and step < max_steps:
                 metrics = _evaluate_and_log(model, val_set, accelerator, config, step, log_path)
             if step >= max_steps:
@@ -214,25 +414,31 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     model_dir = output_dir / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        raw_model.save_pretrained(model_dir, recipe=config_to_dict(config), metrics=_headline(metrics))
+        raw_model.save_pretrained(model_dir, recipe=config_dict, metrics=_headline(metrics))
         if config.push_to_hub:
             from ..hub import push_model_dir  # noqa: PLC0415
 
             push_model_dir(model_dir, config.push_to_hub)
     accelerator.end_training()
     return {"step": step, "metrics": metrics, "model_dir": str(model_dir), "train_seconds": train_seconds,
-            "log": str(log_path)}
+            "log": str(log_path), "effective": effective}
+
+
+def _tracker_config(config_dict: dict[str, Any], effective: dict[str, Any]) -> dict[str, Any]:
+    """The full config, flattened to scalars (TensorBoard's hparams take only int/float/str/bool)."""
+    flat = flatten({**config_dict, "effective": effective})
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in flat.items()}
 
 
 def _log_record(accelerator: Accelerator, losses: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
-                scheduler: Any, step: int, start: float) -> dict[str, float]:
+                lr: float, step: int, start: float) -> dict[str, float]:
     values = {k: v.detach().float() for k, v in losses.items()}
     values["loss"] = sum(values.values())
     values.update({f"assign/{k}": v.detach().float() for k, v in stats.items()})
     names = sorted(values)
     reduced = accelerator.reduce(torch.stack([values[n] for n in names]), reduction="mean")
     record = {"step": step, **{n: float(v) for n, v in zip(names, reduced.tolist())}}
-    record["lr"] = scheduler.get_last_lr()[0]
+    record["lr"] = lr
     record["time"] = time.perf_counter() - start
     return record
 
@@ -251,3 +457,17 @@ def _evaluate_and_log(model: torch.nn.Module, val_set: Any, accelerator: Acceler
         accelerator.log(record, step=step)
     return metrics
 
+
+def final_report(summary: dict[str, Any], title: str = "COCO AP on the validation set", per_class: bool = False) -> str:
+    """The end-of-run text shared by `train` and `demo`: the COCO table in percent and where the model is."""
+    metrics = summary.get("metrics") or {}
+    lines = []
+    if metrics:
+        lines += [f"{title} (step {summary['step']}):", format_table(metrics)]
+        if per_class and "per_class" in metrics:
+            lines.append(format_per_class_table(metrics["per_class"]))
+    else:
+        lines.append("no validation set: no COCO evaluation (set data.num_val / data.val_* to get one)")
+    model_dir = summary["model_dir"]
+    lines.append(f"model: {model_dir}  (load it with dynamic_atss.create('local-dir:{model_dir}'))")
+    return "\n".join(lines)

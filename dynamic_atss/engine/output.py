@@ -1,0 +1,76 @@
+"""The output folder of a training run: one run per folder, one process writing at a time.
+
+* A lock file (`filelock`, released by the OS when the process dies) stops a second concurrent run.
+* A folder that already holds files is refused unless the run resumes (`--resume`) or replaces the previous
+  run (`--overwrite`, which deletes only the previous run's artifacts); the error says whether the folder
+  holds this recipe or another one, and what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .checkpoint import RESUME_FREE_KEYS, config_differences
+
+LOCK_FILE = ".lock"
+CONFIG_FILE = "train_config.json"
+# What a run writes into its folder (`--overwrite` deletes these and nothing else).
+RUN_ARTIFACTS = ("checkpoints", "model", "log.jsonl", CONFIG_FILE, "dynamic_atss")
+
+
+class OutputDirError(RuntimeError):
+    """The output folder is in use, or holds another run; the message says what to do."""
+
+
+def _previous_config(output_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((output_dir / CONFIG_FILE).read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def claim_output_dir(output_dir: str | Path, config: dict[str, Any], resume: bool, overwrite: bool) -> FileLock:
+    """Lock `output_dir` for this run and check it may be written; returns the held lock (release it at the end)."""
+    output_dir = Path(output_dir)
+    if resume and overwrite:
+        raise OutputDirError("--resume and --overwrite contradict each other: choose one")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(output_dir / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OutputDirError(
+            f"another training run is writing to {output_dir} (it holds the lock {output_dir / LOCK_FILE}); wait for "
+            "it to finish or choose another output_dir"
+        ) from None
+    try:
+        existing = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_FILE)
+        if existing and not resume and not overwrite:
+            previous = _previous_config(output_dir)
+            listing = ", ".join(existing[:8]) + (", ..." if len(existing) > 8 else "")
+            if previous is None:
+                why = f"is not empty ({listing}) and holds no training run's {CONFIG_FILE}"
+            else:
+                differences = config_differences(previous, config, RESUME_FREE_KEYS)
+                why = (f"holds a run of a different configuration ({'; '.join(differences)})" if differences
+                       else "holds an earlier run of this configuration")
+            raise OutputDirError(
+                f"output folder {output_dir} {why}. Continue it with --resume latest, replace it with --overwrite, "
+                "or choose another output_dir"
+            )
+        if overwrite:
+            for name in RUN_ARTIFACTS:
+                target = output_dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock

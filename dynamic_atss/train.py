@@ -1,0 +1,90 @@
+"""Train Dynamic ATSS: `python -m dynamic_atss.train`, `dynamic-atss train`, or `accelerate launch train.py`.
+
+    accelerate launch train.py --config dynamic_atss_r50_1x              # a packaged recipe, by name
+    python -m dynamic_atss.train --config demo_cpu --optim.max_iters 200  # one process, CPU
+    dynamic-atss train --config my_recipe.yaml --optim.lr 1e-3           # a recipe file, with overrides
+    dynamic-atss train --config dynamic_atss_r50_1x --resume latest      # continue a run
+
+Every field can be overridden as `--section.key value` (or `--section.key=value`), model fields as
+`--model_overrides.head.quality centerness`; values are checked against the field types before anything is
+built. `mixed_precision` and `grad_accum` are taken from Accelerate (`accelerate launch --mixed_precision bf16
+--gradient_accumulation_steps 2`, `accelerate config`) unless the recipe or an override sets them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .engine.config import config_help, list_recipes, load_config
+from .typed import ConfigError
+
+
+def build_parser(prog: str = "python -m dynamic_atss.train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        epilog="config fields (--name TYPE, default):\n" + config_help(),
+    )
+    parser.add_argument("--config", help="a packaged recipe name (see --list-configs) or a YAML file; "
+                                         "the dataclass defaults when left out")
+    parser.add_argument("--resume", help="'latest' (the newest intact checkpoint of OUTPUT_DIR) or a checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what a previous run left in the output folder (checkpoints, log, model)")
+    parser.add_argument("--push-to-hub", dest="push_to_hub", help="org/name: push the final model to the Hub")
+    parser.add_argument("--list-configs", action="store_true", help="list the packaged recipes and exit")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "python -m dynamic_atss.train"
+               ) -> tuple[argparse.Namespace, list[str], argparse.ArgumentParser]:
+    """-> (known options, `key=value` overrides, parser)."""
+    parser = build_parser(prog)
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    i = 0
+    while i < len(rest):
+        item = rest[i]
+        if not item.startswith("--"):
+            parser.error(f"unexpected argument {item!r}; overrides look like --section.key value")
+        if "=" in item:
+            overrides.append(item[2:])
+            i += 1
+        elif i + 1 < len(rest):
+            overrides.append(f"{item[2:]}={rest[i + 1]}")
+            i += 2
+        else:
+            parser.error(f"override {item} needs a value")
+    if args.push_to_hub:
+        overrides.append(f"push_to_hub={args.push_to_hub}")
+    return args, overrides, parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m dynamic_atss.train") -> int:
+    args, overrides, parser = parse_args(argv, prog)
+    if args.list_configs:
+        print("\n".join(list_recipes()))
+        return 0
+    try:
+        config = load_config(args.config, overrides)  # every key and value checked before anything is built
+    except (ConfigError, FileNotFoundError) as e:
+        parser.error(str(e))
+    from accelerate import PartialState  # noqa: PLC0415  (heavy imports after the config is known good)
+
+    from .engine.checkpoint import CheckpointError  # noqa: PLC0415
+    from .engine.output import OutputDirError  # noqa: PLC0415
+    from .engine.trainer import DataCheckError, final_report, train  # noqa: PLC0415
+
+    try:
+        summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    except (OutputDirError, CheckpointError, DataCheckError) as e:  # the message says what to do
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    if PartialState().is_main_process:
+        print(final_report(summary))
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("metrics", "effective")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The package installs as a tool: recipes, LICENSE and entry points in the wheel; dependency floors hold."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from dynamic_atss.engine.config import RECIPES_DIR
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# Distribution name -> the module it provides, where they differ.
+IMPORT_NAMES = {"pyyaml": "yaml", "pillow": "PIL", "huggingface-hub": "huggingface_hub"}
+
+
+def _requirements() -> list[Requirement]:
+    return [Requirement(line) for line in PYPROJECT["project"]["dependencies"]]
+
+
+def test_dependency_floors_are_installed_and_import():
+    for requirement in _requirements():
+        version = importlib.metadata.version(requirement.name)
+        assert requirement.specifier.contains(version, prereleases=True), f"{requirement}: installed {version}"
+        module = IMPORT_NAMES.get(requirement.name.lower().replace("_", "-"), requirement.name.replace("-", "_"))
+        importlib.import_module(module)
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    declared = {r.name.lower().replace("_", "-") for r in _requirements()}
+    optional = {Requirement(line).name.lower() for extra in PYPROJECT["project"]["optional-dependencies"].values()
+                for line in extra}
+    providers = importlib.metadata.packages_distributions()
+    undeclared = set()
+    for path in (ROOT / "dynamic_atss").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "dynamic_atss":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in providers.get(top, [top])}
+                if not dists & (declared | optional):
+                    undeclared.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not undeclared, f"imported but not declared in pyproject.toml: {sorted(undeclared)}"
+
+
+def test_wheel_ships_recipes_license_and_the_train_command(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "outputs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("dynamic_atss-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    recipes = {f"dynamic_atss/configs/{p.relative_to(RECIPES_DIR).as_posix()}" for p in RECIPES_DIR.rglob("*.yaml")}
+    assert len(recipes) > 20 and recipes <= names, sorted(recipes - names)
+    assert {"dynamic_atss/train.py", "dynamic_atss/model_index.json"} <= names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "dynamic-atss = dynamic_atss.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_root_configs_points_at_the_packaged_recipes():
+    assert (ROOT / "configs").resolve() == RECIPES_DIR.resolve()
+    assert (ROOT / "configs" / "demo_cpu.yaml").is_file()
+    assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+def test_train_module_runs_from_an_empty_directory_with_a_packaged_recipe(tmp_path):
+    """`python -m dynamic_atss.train --config demo_cpu` does not depend on the working directory."""
+    tiny = ["--model_overrides.backbone.name", "test_resnet", "--model_overrides.fpn_channels", "16",
+            "--model_overrides.head.channels", "16", "--model_overrides.head.num_groups", "4",
+            "--model_overrides.min_size", "64", "--model_overrides.max_size", "64", "--data.image_size", "64,64",
+            "--data.num_train", "4", "--data.num_val", "2", "--batch_size", "2", "--optim.max_iters", "2"]
+    result = subprocess.run([sys.executable, "-m", "dynamic_atss.train", "--config", "demo_cpu", "--output_dir", "run",
+                             *tiny], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert "| AP | AP50 | AP75 | APs | APm | APl |" in result.stdout and "model: run/model" in result.stdout

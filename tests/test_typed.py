@@ -1,0 +1,81 @@
+"""Typed configuration: one converter for ModelConfig and TrainConfig, CLI and YAML alike."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from dynamic_atss.config import ModelConfig, apply_overrides
+from dynamic_atss.engine import load_config, trainer
+from dynamic_atss.engine.config import TrainConfig
+from dynamic_atss.train import main as train_main
+from dynamic_atss.typed import ConfigError, convert, field_rows, field_types
+from test_train import TINY_RECIPE, write_recipe
+
+
+@pytest.fixture
+def nothing_built(refuse):
+    """Fails the test if the trainer gets as far as building data."""
+    refuse(trainer, "build_datasets")
+
+
+def test_values_are_converted_to_the_field_types(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", optim={**TINY_RECIPE["optim"], "lr": "1e-3"})  # how PyYAML reads 1e-3
+    assert yaml.safe_load("lr: 1e-3")["lr"] == "1e-3"
+    config = load_config(recipe, ["optim.grad_clip=None", "optim.max_iters=1e2", "optim.steps=[60, 80]",
+                                  "data.image_size=96,128", "backbone_pretrained=yes", "eval_limit=null",
+                                  "model_overrides.head.prior_prob=1e-2", "model_overrides.min_size=[96, 128]"])
+    assert config.optim.lr == 0.001 and isinstance(config.optim.lr, float)
+    assert config.optim.grad_clip is None and config.optim.max_iters == 100 and config.optim.steps == (60, 80)
+    assert config.data.image_size == (96, 128) and config.backbone_pretrained is True and config.eval_limit is None
+    assert config.model_overrides["head.prior_prob"] == 0.01 and config.model_overrides["min_size"] == (96, 128)
+    # The model config goes through the same converter.
+    model = apply_overrides(ModelConfig(), {"loss.focal_alpha": "2.5e-1", "assigner.pred_weight": "up",
+                                            "anchors.strides": [8, 16, 32, 64, 128]})
+    assert model.loss.focal_alpha == 0.25 and model.assigner.pred_weight == "up" and model.anchors.strides == (8, 16, 32, 64, 128)
+    assert ModelConfig.from_dict({"loss": {"focal_gamma": "2e0"}}).loss.focal_gamma == 2.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=two", r"batch_size: expected int, got 'two'"),
+    ("optim.max_iters=1.25e1", r"optim.max_iters: expected int, got '1.25e1'"),
+    ("optim.name=adam", r"optim.name: expected 'sgd' \| 'adamw', got 'adam'"),
+    ("optim.lrr=0.1", r"unknown override 'optim.lrr': no key 'lrr' in optim \(did you mean 'lr'\?\)"),
+    ("optimm.lr=0.1", r"no key 'optimm' in TrainConfig \(did you mean 'optim'\?\)"),
+    ("model_overrides.head.chanels=8", r"no key 'chanels' in head \(did you mean 'channels'\?\)"),
+    ("model_overrides.head.quality=ious", r"head.quality: expected 'centerness' \| 'iou', got 'ious'"),
+    ("data.image_size=[1, 2, 3]", r"data.image_size: expected tuple\[int, int\]"),
+    ("mixed_precision=fp32", r"mixed_precision: expected 'no' \| 'fp16' \| 'bf16' \| 'fp8' \| None"),
+    ("tracker=wandbb", r"unknown tracker 'wandbb' \(did you mean 'wandb'\?\)"),
+])
+def test_bad_values_and_keys_fail_before_anything_is_built(tmp_path, nothing_built, capsys, override, message):
+    recipe = write_recipe(tmp_path / "r.yaml", output_dir=str(tmp_path / "run"))
+    key, value = override.split("=", 1)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--config", str(recipe), f"--{key}", value])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_no_for_a_literal_says_to_quote_it():
+    assert yaml.safe_load("mixed_precision: no")["mixed_precision"] is False  # YAML 1.1
+    with pytest.raises(ConfigError, match="quote the value"):
+        convert(False, field_types(TrainConfig)["mixed_precision"], "mixed_precision")
+
+
+def test_help_lists_every_field_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    rows = field_rows(TrainConfig) + field_rows(ModelConfig, "model_overrides.")
+    for name, _, default, _ in rows:
+        if name == "model_overrides":
+            continue
+        line = next((line for line in text.splitlines() if line.strip().startswith(f"--{name} ")), None)
+        assert line is not None, f"--help does not list {name}"
+        assert f"default: {default!r}" in line
+    assert "--optim.lr FLOAT" in text and "--model_overrides.head.quality 'centerness' | 'iou'" in text
