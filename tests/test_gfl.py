@@ -124,6 +124,8 @@ def test_config_errors(tiny_kwargs):
         da.create("r50", **tiny_kwargs, **{"head.dgqp": True})
     with pytest.raises(ValueError, match=r"head.kind='gfl2' is not a known head family; known: \[.*'gfl'"):
         da.create("gfl_r50", **tiny_kwargs, **{"head.kind": "gfl2"})
+    with pytest.raises(ValueError, match=r"backbone.dcn_stages=\(1, 5\): ResNet stages are 1-4"):
+        da.create("gfl_r50", **tiny_kwargs, **{"backbone.dcn": True, "backbone.dcn_stages": (1, 5)})
     # a smaller distribution is fine
     model = da.create("gflv2_r50", num_classes=2, **tiny_kwargs, **{"head.reg_max": 3, "head.dgqp_topk": 4})
     assert model.head.bbox_pred.out_channels == 16
