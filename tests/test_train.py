@@ -12,7 +12,7 @@ import yaml
 
 from dynamic_atss.engine import NonFiniteLossError, load_config, train, trainer
 from dynamic_atss.engine.checkpoint import CheckpointError, list_checkpoints, resolve_resume
-from dynamic_atss.engine.config import OptimConfig
+from dynamic_atss.engine.config import OptimConfig, TrainConfig
 from dynamic_atss.engine.output import OutputDirError
 from dynamic_atss.engine.schedule import lr_factor
 
@@ -381,3 +381,11 @@ def test_trackers_get_the_full_config(tmp_path, monkeypatch):
     assert logged["effective.total_batch_size"] == 2 and logged["data.image_size"] == "[128, 128]"
     assert all(isinstance(v, (int, float, str, bool)) for v in logged.values())
 
+
+
+def test_init_from_a_name_without_weights_refuses_instead_of_training_random_weights():
+    from dynamic_atss.engine.trainer import build_model
+    from dynamic_atss.registry import NoPretrainedWeightsError
+
+    with pytest.raises(NoPretrainedWeightsError, match="has no published weights"):
+        build_model(TrainConfig(init_from="dynamic_atss_r50"), 3, ["a", "b", "c"])

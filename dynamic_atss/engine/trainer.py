@@ -97,7 +97,7 @@ def build_datasets(config: DataConfig, seed: int) -> tuple[Any, Any | None]:
 def build_model(config: TrainConfig, num_classes: int, class_names: list[str]) -> torch.nn.Module:
     overrides = dict(config.model_overrides)
     if config.init_from:
-        return create(config.init_from, num_classes=num_classes, class_names=list(class_names), **overrides)
+        return create(config.init_from, pretrained=True, num_classes=num_classes, class_names=list(class_names), **overrides)
     return create(
         config.model, num_classes=num_classes, backbone_pretrained=config.backbone_pretrained,
         class_names=list(class_names), **overrides,
