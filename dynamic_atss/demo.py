@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="a YAML recipe instead of the embedded default")
     parser.add_argument("--out", help="output folder (default outputs/demo)")
     parser.add_argument("--iters", type=int, help="training iterations (default 600)")
-    parser.add_argument("--compare", action="store_true", help="also train plain ATSS and plot both (Figure 2)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also train the anchor-IoU baseline (assigner.pred_weight=0) and plot both (Figures 2, 3)")
     parser.add_argument("--head", choices=sorted(HEADS), default="atss",
                         help="head family of the embedded demo: atss (default), gfl, gflv2 (Figure 3 with --compare)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.lr=0.001")
