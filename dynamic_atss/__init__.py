@@ -47,6 +47,20 @@ from .models.zoo import (  # GFL family
     dynamic_gflv2_x101_32x8d,
     dynamic_gflv2_x101_64x4d,
 )
+from .models.zoo import (  # VFNet family
+    dynamic_vfnet_r50,
+    dynamic_vfnet_r50_dcn,
+    dynamic_vfnet_r101,
+    dynamic_vfnet_r101_dcn,
+    dynamic_vfnet_x101_32x8d,
+    dynamic_vfnet_x101_64x4d,
+    vfnet_r50,
+    vfnet_r50_dcn,
+    vfnet_r101,
+    vfnet_r101_dcn,
+    vfnet_x101_32x8d,
+    vfnet_x101_64x4d,
+)
 from .hub import load_pretrained
 from .registry import create, get_pretrained_cfg, list_models, register_pretrained
 
@@ -82,4 +96,9 @@ __all__ += [  # GFL family
     "dynamic_gflv2_r101_dcn",
     "dynamic_gflv2_x101_32x8d",
     "dynamic_gflv2_x101_64x4d",
+]
+__all__ += [  # VFNet family
+    "dynamic_vfnet_r50", "dynamic_vfnet_r50_dcn", "dynamic_vfnet_r101", "dynamic_vfnet_r101_dcn",
+    "dynamic_vfnet_x101_32x8d", "dynamic_vfnet_x101_64x4d", "vfnet_r50", "vfnet_r50_dcn", "vfnet_r101",
+    "vfnet_r101_dcn", "vfnet_x101_32x8d", "vfnet_x101_64x4d",
 ]

@@ -41,9 +41,17 @@ def read_log(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_losses(runs: dict[str, str | Path], path: str | Path, keys: tuple[str, ...] = ("loss_box", "loss_cls", "loss_quality")) -> bool:
-    """Plot training losses over iterations for one or more runs' log.jsonl (the paper's Figure 2 compares
-    `loss_box` with and without the combined IoUs). Returns False when matplotlib is not installed."""
+def logged_loss_parts(runs: dict[str, str | Path]) -> tuple[str, ...]:
+    """The loss parts (`loss_*`) that the runs' log.jsonl files hold, box losses first, else ("loss",)."""
+    logged = {key for log in runs.values() for record in read_log(log) for key in record if key.startswith("loss_")}
+    return tuple(sorted(logged, key=lambda key: (not key.startswith("loss_box"), key))) or ("loss",)
+
+
+def plot_losses(runs: dict[str, str | Path], path: str | Path, keys: tuple[str, ...] | None = None) -> bool:
+    """Plot training losses over iterations for one or more runs' log.jsonl (the paper's Figures 2-4 compare the box
+    losses with and without the combined IoUs). `keys`: the loss parts to plot, by default every part the logs hold
+    (box losses first; a head family names its own parts, e.g. VFNet's `loss_box_init`). Returns False when
+    matplotlib is not installed."""
     try:
         import matplotlib  # noqa: PLC0415
 
@@ -51,8 +59,9 @@ def plot_losses(runs: dict[str, str | Path], path: str | Path, keys: tuple[str, 
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
-    for axis, key in zip(axes, keys):
+    keys = keys or logged_loss_parts(runs)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    for axis, key in zip(axes[0], keys):
         for label, log in runs.items():
             records = [r for r in read_log(log) if key in r]
             axis.plot([r["step"] for r in records], [r[key] for r in records], label=label)

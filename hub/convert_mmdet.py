@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert an mmdetection ATSS checkpoint into a dynamic-atss model folder, and optionally push it.
+"""Convert an mmdetection checkpoint (ATSS, VFNet, ...: any head family with a registered mapping) into a dynamic-atss
+model folder, and optionally push it.
 
     python hub/convert_mmdet.py atss_r50_fpn_1x_coco_20200209-985f7bd0.pth --out out/atss_r50_1x_mmdet
     python hub/convert_mmdet.py atss_r101_fpn_1x_coco.pth --out out/atss_r101 --push org/atss-r101-1x-coco \\
@@ -12,8 +13,9 @@ the file's SHA-256 must start with the tag's published prefix, and the folder ge
 and description, as the automatic conversion writes them.
 
 The checkpoint is read with torch.load(weights_only=True) (or as .safetensors); nothing else is unpickled.
-The model keeps mmdetection's conventions (anchor offset 0, no ReLU before P7, score cls x centerness) and
-plain ATSS training settings; see dynamic_atss/convert/mmdet.py for the mapping and the differences.
+The model keeps mmdetection's conventions (ATSS: anchor offset 0, no ReLU before P7, score cls x centerness) and
+the plain detector's training settings (anchor IoUs only); see dynamic_atss/convert/mmdet.py (and
+mmdet_<family>.py) for the mapping and the differences.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from dynamic_atss.convert import convert_mmdet_atss, sha256_file
+from dynamic_atss.convert import convert_mmdet, sha256_file
 from dynamic_atss.hub import push_model_dir
 from dynamic_atss.registry import get_pretrained_cfg
 
@@ -50,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.class_names is not None:
         class_names = [line.strip() for line in args.class_names.read_text().splitlines() if line.strip()]
     metrics = json.loads(args.metrics) if args.metrics else None
-    description = (f"Converted from the mmdetection ATSS checkpoint `{args.checkpoint.name}` with "
-                   "`hub/convert_mmdet.py`: plain ATSS weights with mmdetection's conventions. Fine-tune it as "
-                   "Dynamic ATSS by setting `assigner.pred_weight` (see the dynamic-atss docs).")
+    description, family = None, None
     if args.tag:
         cfg = get_pretrained_cfg(args.tag)
         if not cfg.url or not cfg.hash_prefix:
@@ -62,10 +62,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.checkpoint}: SHA-256 {digest[:16]}... does not start with {cfg.hash_prefix}, the "
                              f"published hash of {cfg.url}: another or an incomplete file")
         metrics = metrics or dict(cfg.metrics) or None
-        description = f"Converted with dynamic-atss from {cfg.url}: {cfg.description}"
-    model = convert_mmdet_atss(args.checkpoint, backbone=args.backbone, dcn=args.dcn, class_names=class_names)
+        description, family = f"Converted with dynamic-atss from {cfg.url}: {cfg.description}", cfg.family
+    model = convert_mmdet(args.checkpoint, backbone=args.backbone, dcn=args.dcn, class_names=class_names,
+                          expected_family=family)
     config = model.config
-    recipe = {"name": f"mmdetection:{args.checkpoint.stem}", "source": "mmdetection ATSS checkpoint",
+    kind = f"`{config.head.kind}`-family"  # the head family the checkpoint holds
+    description = description or (
+        f"Converted from the mmdetection {kind} checkpoint `{args.checkpoint.name}` with `hub/convert_mmdet.py`: "
+        f"plain {kind} weights with mmdetection's conventions. Fine-tune it with the combined IoUs by setting "
+        "`assigner.pred_weight` (see the dynamic-atss docs).")
+    recipe = {"name": f"mmdetection:{args.checkpoint.stem}", "source": f"mmdetection {kind} checkpoint",
               "checkpoint": args.checkpoint.name}
     model.save_pretrained(args.out, recipe=recipe, metrics=metrics, repo_id=args.push, license=args.license,
                           tags=["mmdetection", "converted"], description=description)

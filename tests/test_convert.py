@@ -129,12 +129,12 @@ def expected_target(key: str) -> str | None:
     raise AssertionError(f"unexpected key in the test state dict: {key}")
 
 
-def assert_all_landed(model: torch.nn.Module, source: dict[str, torch.Tensor], target_of=None) -> None:
-    """Every source tensor is where `target_of` (default `expected_target`) says, and fills every model tensor."""
+def assert_all_landed(model: torch.nn.Module, source: dict[str, torch.Tensor], expected=expected_target) -> None:
+    """Every source tensor is where `expected(key)` says (None: dropped), and every model tensor was filled."""
     target = model.state_dict()
     filled = set()
     for key, value in source.items():
-        dst = (target_of or expected_target)(key)
+        dst = expected(key)
         if dst is None:
             continue
         assert dst in target, f"{key} -> {dst} missing from the model"

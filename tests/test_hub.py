@@ -400,3 +400,18 @@ def test_push_script_pins_the_index(hub_server, cache, tmp_path, scratch_registr
     register_pretrained(PretrainedCfg(**entry))
     assert_same_outputs(model, dynamic_atss.create("r50", pretrained=True, endpoint=hub_server.endpoint,
                                                    cache_dir=cache))
+
+
+def test_model_card_describes_the_head_family(tmp_path, tiny_kwargs):
+    import dynamic_atss as da
+
+    atss = da.create("r50", **tiny_kwargs)
+    vfnet = da.create("dynamic_vfnet_r50", **{**tiny_kwargs, "head.num_convs": 2})
+    atss.save_pretrained(tmp_path / "atss")
+    vfnet.save_pretrained(tmp_path / "vfnet")
+    atss_card = (tmp_path / "atss" / "README.md").read_text()
+    vfnet_card = (tmp_path / "vfnet" / "README.md").read_text()
+    assert "ATSS head, quality branch `iou`" in atss_card and "Dynamic ATSS](https" in atss_card
+    assert "VFNet head" in vfnet_card and "ATSS head" not in vfnet_card
+    assert "`vfnet` object detector with the [combined-IoU label assignment]" in vfnet_card
+    assert "- vfnet" in vfnet_card  # Hub tag names the family

@@ -24,7 +24,8 @@ from test_convert import TINY, mmdet_atss_state_dict
 
 import dynamic_atss
 from dynamic_atss import registry
-from dynamic_atss.convert import MIRROR_ENV, WeightsDownloadError, checkpoint_path, convert_mmdet_atss, converted_dir
+from dynamic_atss.convert import MIRROR_ENV, WeightsDownloadError, available_converters, checkpoint_path, convert_mmdet_atss
+from dynamic_atss.convert import converted_dir
 from dynamic_atss.convert import convert_mmdet_state_dict
 from dynamic_atss.registry import FamilyNotAvailableError, NoPretrainedWeightsError
 
@@ -241,23 +242,33 @@ def test_index_entries_are_honest():
         assert entry["converter"] == f"mmdet_{entry['family']}" and entry["description"]
     assert registry.get_pretrained_cfg(TAG).url == REAL_URL
     assert registry.get_pretrained_cfg("atss_r50").tag == "mmdet_coco_1x"
-    assert dynamic_atss.list_models("atss*", pretrained=True) == ["atss_r101.mmdet_coco_1x", "atss_r50.mmdet_coco_1x"]
-    # the GFL family (convert/mmdet_gfl.py) makes mmdetection's GFL weights loadable, each with its constructor
-    gfl = dynamic_atss.list_models("gfl*", pretrained=True)
-    assert "gfl_r50.mmdet_coco_1x" in gfl and "gfl_x101_32x4d_dcn_c4.mmdet_coco_2x_ms" in gfl
-    assert all(name.partition(".")[0] in dynamic_atss.list_models("gfl*") for name in gfl)
+    loadable = {f"{e['model']}.{e['tag']}" for e in mmdet if f"mmdet_{e['family']}" in available_converters()}
+    assert dynamic_atss.list_models(pretrained=True) == sorted(loadable)  # the families this version has
+    assert {"atss_r101.mmdet_coco_1x", "atss_r50.mmdet_coco_1x"} <= loadable
 
 
-def test_family_not_available_yet_is_a_clear_error(torch_cache):
-    for name in ("vfnet_r50.mmdet_coco_1x", "vfnet_x101_64x4d_dcn.mmdet_coco_2x_ms", "vfnet_r101"):
+def without_family(monkeypatch, family: str) -> None:
+    """This version as if `family` had no mmdetection head mapping (every family in the index has one now)."""
+    from dynamic_atss.convert import mmdet
+
+    for marker in [k for k, (f, _) in mmdet.MMDET_HEADS.items() if f == family]:
+        monkeypatch.delitem(mmdet.MMDET_HEADS, marker)
+
+
+def test_family_not_available_yet_is_a_clear_error(torch_cache, monkeypatch):
+    without_family(monkeypatch, "gfl")
+    for name in ("gfl_r50.mmdet_coco_1x", "gfl_r101.mmdet_coco_2x_ms"):
         with pytest.raises(FamilyNotAvailableError, match=r"head family.*not available in this version.*atss_r50"):
             dynamic_atss.create(name, pretrained=True)
     assert cache_files(torch_cache) == []
 
 
 def test_pretrained_without_weights_explains_what_is_available(monkeypatch):
-    # ATSS weights only here (the GFL family's are loadable too; see the next test)
-    monkeypatch.setattr(registry, "_PRETRAINED", {k: v for k, v in registry._PRETRAINED.items() if v.family != "gfl"})
+    from dynamic_atss.convert import mmdet
+
+    # the ATSS weights only (other families' weights are listed too where they are nearer, e.g. VFNet R-101)
+    for marker in [k for k, (family, _) in mmdet.MMDET_HEADS.items() if family != "atss"]:
+        monkeypatch.delitem(mmdet.MMDET_HEADS, marker)
     with pytest.raises(NoPretrainedWeightsError) as caught:
         dynamic_atss.create("dynamic_atss_r101_dcn", pretrained=True)
     message = str(caught.value)
@@ -271,7 +282,7 @@ def test_pretrained_without_weights_explains_what_is_available(monkeypatch):
 
 
 @pytest.mark.xfail(strict=True, reason="registry._nearest_weights ranks by backbone only: for a Dynamic ATSS model it "
-                   "suggests GFL weights first and calls them 'plain ATSS' (registry.py, not the GFL family's file)")
+                   "suggests VFNet / GFL weights first and calls them 'plain ATSS' (registry.py, not a family's file)")
 def test_suggested_weights_for_an_atss_model_are_atss_weights_first():
     with pytest.raises(NoPretrainedWeightsError) as caught:
         dynamic_atss.create("dynamic_atss_r101_dcn", pretrained=True)
@@ -339,6 +350,7 @@ def test_convert_script_tag_is_the_manual_route(tmp_path, scratch_registry, caps
 def test_a_family_registering_its_mmdet_head_makes_its_tags_loadable(torch_cache, monkeypatch):
     from dynamic_atss.convert import mmdet
 
+    without_family(monkeypatch, "vfnet")
     assert "vfnet_r50.mmdet_coco_1x" not in dynamic_atss.list_models("vfnet*", pretrained=True)
     monkeypatch.setitem(mmdet.MMDET_HEADS, "bbox_head.vfnet_test_marker", ("vfnet", lambda remaining, take: {}))
     assert "vfnet_r50.mmdet_coco_1x" in dynamic_atss.list_models("vfnet*", pretrained=True)
@@ -346,4 +358,4 @@ def test_a_family_registering_its_mmdet_head_makes_its_tags_loadable(torch_cache
     with pytest.raises(WeightsDownloadError, match=r"vfnet_r50_fpn_1x_coco_20201027-38db6f58\.pth"):
         dynamic_atss.create("vfnet_r50.mmdet_coco_1x")  # now only the (offline) download stands in the way
     with pytest.raises(FamilyNotAvailableError):
-        dynamic_atss.create("vfnet_r50")  # random weights need a registered constructor
+        dynamic_atss.create("vfnet_x101_64x4d_dcn")  # random weights need a registered constructor

@@ -84,8 +84,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
 
 __all__ = [
-    "MMDET_HEADS", "convert_mmdet", "convert_mmdet_atss", "convert_mmdet_state_dict", "infer_mmdet_backbone",
-    "check_tower_head", "load_checkpoint_file", "register_mmdet_head", "tower_convs",
+    "MMDET_HEADS", "convert_gn_towers", "convert_mmdet", "convert_mmdet_atss", "convert_mmdet_state_dict",
+    "infer_mmdet_backbone",
+    "load_checkpoint_file", "register_mmdet_head", "tower_convs",
 ]
 
 # (block, layers, groups, base width) -> timm name, for the standard channel widths (64, 128, 256, 512)
@@ -287,36 +288,43 @@ def tower_convs(remaining: dict[str, Tensor], take: Callable[[str, "str | None"]
                 take(key, f"{target}.{3 * i + 1}.{rest[len('gn.'):]}")
 
 
-def check_tower_head(remaining: dict[str, Tensor], head: str, outputs: tuple[str, ...], extra: tuple[str, ...] = ()) -> int:
-    """Check the tensors of an mmdetection head with `cls_convs` / `reg_convs` towers (GN), the output convs
-    `bbox_head.{outputs}` (weight and bias), one `scales.{i}` per level and the keys in `extra`; returns the
-    number of convs per tower. Missing tensors are one error naming them all (`head`: the mmdetection class)."""
+def convert_gn_towers(remaining: dict[str, Tensor], take: Callable[[str, "str | None"], Tensor],
+                      head_class: str) -> dict[str, Any]:
+    """The two GN towers of mmdetection's dense heads (`bbox_head.cls_convs` / `reg_convs`: `stacked_convs` x
+    `ConvModule(conv, GN)`, DCNv2 in the last conv with `dcn_on_last_conv`) -> `head.cls_tower` / `head.box_tower`.
+
+    Checks them (errors name `head_class` and the missing tensors), takes their tensors and returns the
+    `HeadConfig` fields they determine: channels, num_convs, conv_bias (mmdetection drops the bias before GN),
+    dcn_last_conv."""
     keys = list(remaining)
     num_convs = len(_indices(keys, "bbox_head.cls_convs."))
     if num_convs == 0 or len(_indices(keys, "bbox_head.reg_convs.")) != num_convs:
-        raise MMDetConversionError(f"bbox_head: expected as many cls_convs as reg_convs ({head} stacked_convs)")
-    required = [f"bbox_head.{name}.{kind}" for name in outputs for kind in ("weight", "bias")]
-    required += [f"bbox_head.{tower}.{i}.{part}" for tower in ("cls_convs", "reg_convs") for i in range(num_convs)
-                 for part in ("conv.weight", "gn.weight", "gn.bias")]
-    required += [f"bbox_head.scales.{i}.scale" for i in range(_NUM_LEVELS)] + list(extra)
+        raise MMDetConversionError(f"bbox_head: expected as many cls_convs as reg_convs ({head_class} stacked_convs)")
+    required = [f"bbox_head.{tower}.{i}.{part}" for tower in ("cls_convs", "reg_convs") for i in range(num_convs)
+                for part in ("conv.weight", "gn.weight", "gn.bias")]
     missing = [key for key in required if key not in remaining]
     if missing:
-        raise MMDetConversionError(f"missing tensor(s) of an mmdetection {head}: {', '.join(missing)}")
-    return num_convs
+        raise MMDetConversionError(f"missing tensor(s) of an mmdetection {head_class}: {', '.join(missing)}")
+    offsets = [i for i in range(num_convs) if f"bbox_head.cls_convs.{i}.conv.conv_offset.weight" in remaining]
+    if offsets not in ([], [num_convs - 1]):
+        raise MMDetConversionError(f"bbox_head: DCN in tower convs {offsets}; supported: none or the last one")
+    fields = dict(channels=remaining["bbox_head.cls_convs.0.conv.weight"].shape[0], num_convs=num_convs,
+                  conv_bias="bbox_head.cls_convs.0.conv.bias" in remaining, dcn_last_conv=bool(offsets))
+    tower_convs(remaining, take, "bbox_head.cls_convs", "head.cls_tower", num_convs)
+    tower_convs(remaining, take, "bbox_head.reg_convs", "head.box_tower", num_convs)
+    return fields
 
 
 @register_mmdet_head("bbox_head.atss_centerness.weight", "atss")
 def _convert_atss_head(remaining: dict[str, Tensor], take: Callable[[str, "str | None"], Tensor]) -> dict[str, Any]:
     """mmdetection `ATSSHead` -> the "atss" family (plain ATSS: anchor IoUs only, focal loss, centerness)."""
-    num_convs = check_tower_head(remaining, "ATSSHead", ("atss_cls", "atss_reg", "atss_centerness"))
-    conv_bias = "bbox_head.cls_convs.0.conv.bias" in remaining
-    last = num_convs - 1
-    offsets = [i for i in range(num_convs) if f"bbox_head.cls_convs.{i}.conv.conv_offset.weight" in remaining]
-    if offsets not in ([], [last]):
-        raise MMDetConversionError(f"bbox_head: DCN in tower convs {offsets}; supported: none or the last one")
-    head_channels = remaining["bbox_head.cls_convs.0.conv.weight"].shape[0]
-    tower_convs(remaining, take, "bbox_head.cls_convs", "head.cls_tower", num_convs)
-    tower_convs(remaining, take, "bbox_head.reg_convs", "head.box_tower", num_convs)
+    towers = convert_gn_towers(remaining, take, "ATSSHead")
+    required = [f"bbox_head.{name}.{kind}" for name in ("atss_cls", "atss_reg", "atss_centerness")
+                for kind in ("weight", "bias")]
+    required += [f"bbox_head.scales.{i}.scale" for i in range(_NUM_LEVELS)]
+    missing = [key for key in required if key not in remaining]
+    if missing:
+        raise MMDetConversionError(f"missing tensor(s) of an mmdetection ATSSHead: {', '.join(missing)}")
     outputs = {}
     for name, target in (("atss_cls", "cls_logits"), ("atss_reg", "bbox_pred"), ("atss_centerness", "quality")):
         for kind in ("weight", "bias"):
@@ -328,13 +336,13 @@ def _convert_atss_head(remaining: dict[str, Tensor], take: Callable[[str, "str |
     num_classes = outputs["cls_logits.weight"].shape[0]
     return dict(
         num_classes=num_classes,
-        head=HeadConfig(kind="atss", channels=head_channels, num_convs=num_convs, num_groups=32, conv_bias=conv_bias,
-                        dcn_last_conv=bool(offsets), quality="centerness"),
+        head=HeadConfig(kind="atss", num_groups=32, quality="centerness", **towers),
         anchors=AnchorConfig(center_offset=0.0),
         conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
         assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
         loss=LossConfig(cls_loss="focal"),
     )
+
 
 def convert_mmdet_state_dict(
     checkpoint: dict[str, Any],

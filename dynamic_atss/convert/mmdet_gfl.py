@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig
-from .mmdet import MMDetConversionError, check_tower_head, convert_mmdet, register_mmdet_head, tower_convs
+from .mmdet import MMDetConversionError, convert_gn_towers, convert_mmdet, register_mmdet_head
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
@@ -48,14 +48,15 @@ _DGQP = "bbox_head.reg_conf"
 @register_mmdet_head("bbox_head.gfl_reg.weight", "gfl")
 def _convert_gfl_head(remaining: dict[str, Tensor], take: Callable[[str, "str | None"], Tensor]) -> dict[str, Any]:
     """mmdetection `GFLHead` / GFocalV2 `GFocalHead` -> the "gfl" family (GFLV2 when `reg_conf` is present)."""
+    towers = convert_gn_towers(remaining, take, "GFLHead")
     dgqp = f"{_DGQP}.0.weight" in remaining
-    extra = tuple(f"{_DGQP}.{i}.{kind}" for i in (0, 2) for kind in ("weight", "bias")) if dgqp else ()
-    num_convs = check_tower_head(remaining, "GFLHead", ("gfl_cls", "gfl_reg"), extra)
-    offsets = [i for i in range(num_convs) if f"bbox_head.cls_convs.{i}.conv.conv_offset.weight" in remaining]
-    if offsets:
-        raise MMDetConversionError(f"bbox_head: DCN in tower convs {offsets}; GFL heads have none (not supported)")
-    conv_bias = "bbox_head.cls_convs.0.conv.bias" in remaining
-    head_channels = remaining["bbox_head.cls_convs.0.conv.weight"].shape[0]
+    required = [f"bbox_head.{name}.{kind}" for name in ("gfl_cls", "gfl_reg") for kind in ("weight", "bias")]
+    required += [f"bbox_head.scales.{i}.scale" for i in range(_NUM_LEVELS)]
+    if dgqp:
+        required += [f"{_DGQP}.{i}.{kind}" for i in (0, 2) for kind in ("weight", "bias")]
+    missing = [key for key in required if key not in remaining]
+    if missing:
+        raise MMDetConversionError(f"missing tensor(s) of an mmdetection GFLHead: {', '.join(missing)}")
     reg_channels = remaining["bbox_head.gfl_reg.weight"].shape[0]
     if reg_channels % 4 or reg_channels // 4 < 2:
         raise MMDetConversionError(
@@ -71,8 +72,6 @@ def _convert_gfl_head(remaining: dict[str, Tensor], take: Callable[[str, "str | 
                 f"bbox_head.integral.project is {project.tolist()}, not 0..{reg_max}; this library integrates over "
                 "the bin values 0..reg_max (GFL's Integral)"
             )
-    tower_convs(remaining, take, "bbox_head.cls_convs", "head.cls_tower", num_convs)
-    tower_convs(remaining, take, "bbox_head.reg_convs", "head.box_tower", num_convs)
     num_classes = take("bbox_head.gfl_cls.weight", "head.cls_logits.weight").shape[0]
     take("bbox_head.gfl_cls.bias", "head.cls_logits.bias")
     for kind in ("weight", "bias"):
@@ -92,8 +91,7 @@ def _convert_gfl_head(remaining: dict[str, Tensor], take: Callable[[str, "str | 
         dgqp_fields.update(dgqp_topk=first.shape[1] // 4 - 1, dgqp_hidden=first.shape[0])
     return dict(
         num_classes=num_classes,
-        head=HeadConfig(kind="gfl", channels=head_channels, num_convs=num_convs, num_groups=32, conv_bias=conv_bias,
-                        reg_max=reg_max, **dgqp_fields),
+        head=HeadConfig(kind="gfl", num_groups=32, reg_max=reg_max, **towers, **dgqp_fields),
         anchors=AnchorConfig(center_offset=0.0),
         conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
         assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),

@@ -41,8 +41,13 @@ def generate_model_card(
     model_name: str | None = None,
     base_model: str | None = None,
     description: str | None = None,
+    head_description: str | None = None,
 ) -> str:
-    """The README.md model card: YAML front matter (Hub metadata, `model-index`) and a Markdown body."""
+    """The README.md model card: YAML front matter (Hub metadata, `model-index`) and a Markdown body.
+
+    `head_description`: the head family's own one-line description (`model.head.describe()`); without a model
+    at hand (a folder being pushed) the card names the family (`head.kind`).
+    """
     from huggingface_hub import EvalResult, ModelCardData  # noqa: PLC0415
 
     metrics = metrics or {}
@@ -67,7 +72,8 @@ def generate_model_card(
         for key in _COCO_METRICS
         if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)
     ]
-    all_tags = ["object-detection", "dynamic-atss", "atss", "pytorch", "timm", config.backbone.name]
+    family = config.head.kind
+    all_tags = ["object-detection", "dynamic-atss", family, "pytorch", "timm", config.backbone.name]
     if config.backbone.dcn:
         all_tags.append("dcn")
     all_tags += [t for t in (tags or []) if t not in all_tags]
@@ -93,8 +99,8 @@ def generate_model_card(
         classes = f"{config.num_classes} classes (unnamed)"
     rows = [
         ("Backbone", f"timm `{config.backbone.name}`" + (" with DCNv2 in stages 2-4" if config.backbone.dcn else "")),
-        ("Neck / head", f"FPN P3-P7 ({config.fpn_channels} ch), ATSS head {config.head.num_convs} x "
-                        f"{config.head.channels} ch GroupNorm, quality branch `{config.head.quality}`"
+        ("Neck / head", f"FPN P3-P7 ({config.fpn_channels} ch); {head_description or f'`{family}` head family'}; "
+                        f"towers {config.head.num_convs} x {config.head.channels} ch GroupNorm"
                         + (", DCN in the last tower conv" if config.head.dcn_last_conv else "")),
         ("Label assignment", assignment),
         ("Classification loss", f"`{config.loss.cls_loss}`"),
@@ -116,17 +122,23 @@ def generate_model_card(
         values = f"| {split or '?'} | " + " | ".join(str(metrics[k]) for k in shown_metrics) + " |"
         note = f"\nSource of these figures: {metrics['source']}.\n" if metrics.get("source") else ""
         result_lines = f"\n## Results (COCO box AP)\n\n{header}\n{sep}\n{values}\n{note}"
-    if config.assigner.pred_weight == 0:  # honest about plain ATSS weights (e.g. converted from mmdetection)
-        detector = ("A plain [ATSS](https://arxiv.org/abs/1912.02424) (not Dynamic ATSS: anchor IoUs only; fine-tune "
-                    "with `assigner.pred_weight=1` for [Dynamic ATSS](https://arxiv.org/abs/2201.09396))")
+    dynamic = "[combined-IoU label assignment](https://arxiv.org/abs/2201.09396)"
+    if config.assigner.pred_weight == 0 and family == "atss":  # honest about plain ATSS weights (e.g. mmdetection's)
+        detector = ("A plain [ATSS](https://arxiv.org/abs/1912.02424) object detector (not Dynamic ATSS: anchor IoUs "
+                    "only; fine-tune with `assigner.pred_weight=1` for [Dynamic ATSS](https://arxiv.org/abs/2201.09396))")
+    elif config.assigner.pred_weight == 0:
+        detector = (f"A plain `{family}` object detector with ATSS label assignment (anchor IoUs only; fine-tune with "
+                    f"`assigner.pred_weight=1` for the {dynamic})")
+    elif family == "atss":
+        detector = "A [Dynamic ATSS](https://arxiv.org/abs/2201.09396) object detector"
     else:
-        detector = "A [Dynamic ATSS](https://arxiv.org/abs/2201.09396)"
+        detector = f"A `{family}` object detector with the {dynamic} of Dynamic ATSS"
     body = f"""
 {CARD_MARKER}
 
 # {model_name}
 
-{detector} object detector for the
+{detector}, for the
 [`dynamic-atss`](https://pypi.org/project/dynamic-atss/) library.
 {(chr(10) + description + chr(10)) if description else ""}
 | | |

@@ -50,6 +50,8 @@ def save_model_dir(
     data = save(tensors, metadata={"format": "pt", "library": LIBRARY_NAME, "format_version": str(FORMAT_VERSION)})
     (directory / WEIGHTS_NAME).write_bytes(data)
     (directory / CONFIG_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    head = getattr(model, "head", None)
+    card_kwargs.setdefault("head_description", head.describe() if hasattr(head, "describe") else None)
     card = generate_model_card(
         model.config, repo_id=repo_id, recipe=document["recipe"], metrics=document["metrics"], **card_kwargs
     )

@@ -1,8 +1,10 @@
-"""Modulated deformable convolution (DCNv2) on `torchvision.ops.deform_conv2d`, and ResNet patching."""
+"""Deformable convolutions on `torchvision.ops.deform_conv2d`: modulated (DCNv2) with its own offsets, and ResNet
+patching; plain (DCNv1) with offsets given by the caller (VFNet's star-shaped representation)."""
 
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
@@ -80,3 +82,17 @@ def patch_resnet_dcn(trunk: nn.Module, stage_names: tuple[str, ...] = ("layer2",
                 block.conv2 = ModulatedDeformConv2d.from_conv(conv)
                 count += 1
     return count
+
+
+class DeformConv2d(torchvision.ops.DeformConv2d):
+    """torchvision's deformable convolution (DCNv1: offsets given by the caller, no mask), run in the dtype of
+    its weights.
+
+    `torchvision.ops.deform_conv2d` has no half-precision CPU kernel (and no CPU autocast rule), so under
+    autocast the input and offsets are cast to the weights' dtype (float32), as `ModulatedDeformConv2d` does.
+    Parameter names (`weight`, `bias`) are those of mmcv's `DeformConv2d` (VFNet's star-shaped convs).
+    """
+
+    def forward(self, x: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
+        dtype = self.weight.dtype
+        return super().forward(x.to(dtype), offset.to(dtype), None if mask is None else mask.to(dtype))

@@ -254,3 +254,96 @@ def dynamic_gflv2_x101_32x8d(pretrained: bool = False, **kwargs: Any) -> Dynamic
 def dynamic_gflv2_x101_64x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
     """GFLV2 with combined IoUs (Table V "+CIoUs"); ResNeXt-101 64x4d FPN."""
     return _build("dynamic_gflv2_x101_64x4d", _gfl_config("resnext101_64x4d", False, True, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- VFNet family
+# VarifocalNet (detection/heads/vfnet.py) with ATSS assignment: `vfnet_*` use anchor IoUs only (VFNet itself, Table V
+# "VFNet"), `dynamic_vfnet_*` the combined IoUs (Table V "+CIoUs"). Conventions follow VarifocalNet's mmdetection
+# configs: 3-conv towers without conv bias (GN follows), anchors centred at (x, y) * stride, P7 = conv(relu(P6)).
+def _vfnet_config(backbone: str, dcn: bool, pred_weight: float) -> ModelConfig:
+    return ModelConfig(
+        backbone=BackboneConfig(name=backbone, dcn=dcn),
+        head=HeadConfig(kind="vfnet", num_convs=3, conv_bias=False, dcn_last_conv=dcn),
+        anchors=AnchorConfig(center_offset=0.0),
+        conventions=ConventionConfig(relu_before_p7=True, score_sqrt=False, pre_nms_rank_by_joint=False),
+        assigner=AssignerConfig(pred_weight=pred_weight),
+        loss=LossConfig(cls_loss="vfl", vfl_alpha=0.75, focal_gamma=2.0, box_weight=2.0, box_init_weight=1.5),
+    )
+
+
+def _vfnet(variant: str, backbone: str, dcn: bool, pretrained: bool, kwargs: dict[str, Any]) -> DynamicATSS:
+    config = _vfnet_config(backbone, dcn, pred_weight=1.0 if variant.startswith("dynamic_") else 0.0)
+    return _build(variant, config, pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def vfnet_r50(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet, ResNet-50 FPN, ATSS assignment (paper, Table V: 41.3 AP on COCO val2017, 1x)."""
+    return _vfnet("vfnet_r50", "resnet50", False, pretrained, kwargs)
+
+
+@register_model
+def dynamic_vfnet_r50(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet + combined IoUs, ResNet-50 FPN (paper, Table V: 41.6 AP on COCO val2017, 1x)."""
+    return _vfnet("dynamic_vfnet_r50", "resnet50", False, pretrained, kwargs)
+
+
+@register_model
+def vfnet_r50_dcn(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet, ResNet-50-DCN FPN (DCNv2 in stages 2-4 and the last tower convs)."""
+    return _vfnet("vfnet_r50_dcn", "resnet50", True, pretrained, kwargs)
+
+
+@register_model
+def dynamic_vfnet_r50_dcn(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet + combined IoUs, ResNet-50-DCN FPN."""
+    return _vfnet("dynamic_vfnet_r50_dcn", "resnet50", True, pretrained, kwargs)
+
+
+@register_model
+def vfnet_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet, ResNet-101 FPN."""
+    return _vfnet("vfnet_r101", "resnet101", False, pretrained, kwargs)
+
+
+@register_model
+def dynamic_vfnet_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet + combined IoUs, ResNet-101 FPN."""
+    return _vfnet("dynamic_vfnet_r101", "resnet101", False, pretrained, kwargs)
+
+
+@register_model
+def vfnet_r101_dcn(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet, ResNet-101-DCN FPN."""
+    return _vfnet("vfnet_r101_dcn", "resnet101", True, pretrained, kwargs)
+
+
+@register_model
+def dynamic_vfnet_r101_dcn(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet + combined IoUs, ResNet-101-DCN FPN."""
+    return _vfnet("dynamic_vfnet_r101_dcn", "resnet101", True, pretrained, kwargs)
+
+
+@register_model
+def vfnet_x101_32x8d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet, ResNeXt-101 32x8d FPN."""
+    return _vfnet("vfnet_x101_32x8d", "resnext101_32x8d", False, pretrained, kwargs)
+
+
+@register_model
+def dynamic_vfnet_x101_32x8d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet + combined IoUs, ResNeXt-101 32x8d FPN."""
+    return _vfnet("dynamic_vfnet_x101_32x8d", "resnext101_32x8d", False, pretrained, kwargs)
+
+
+@register_model
+def vfnet_x101_64x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet, ResNeXt-101 64x4d FPN."""
+    return _vfnet("vfnet_x101_64x4d", "resnext101_64x4d", False, pretrained, kwargs)
+
+
+@register_model
+def dynamic_vfnet_x101_64x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """VFNet + combined IoUs, ResNeXt-101 64x4d FPN."""
+    return _vfnet("dynamic_vfnet_x101_64x4d", "resnext101_64x4d", False, pretrained, kwargs)
+# ------------------------------------------------------------------------------------------ end VFNet family
