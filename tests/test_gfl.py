@@ -27,6 +27,7 @@ from dynamic_atss.detection.heads.gfl import GFLHead
 from dynamic_atss.detection.losses import distribution_focal_loss, joint_quality_focal_loss
 from dynamic_atss.models.dcn import ModulatedDeformConv2d
 from hub_server import file_server  # noqa: F401  (pytest fixture)
+from test_url_weights import point_tag_at, scratch_registry, torch_cache  # noqa: F401  (pytest fixtures)
 from test_convert import (
     TINY, TINY_OVERRIDES, _import_mmdet, assert_all_landed, compare_with_mmdetection, expected_target,
     mmdet_atss_state_dict,
@@ -562,33 +563,18 @@ def test_fused_for_inference_gives_the_same_raw_outputs(tiny_kwargs):
             torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
 
 
-def test_indexed_gfl_weights_load_by_tag(tmp_path, monkeypatch, file_server):  # noqa: F811
+def test_indexed_gfl_weights_load_by_tag(tmp_path, file_server, torch_cache, scratch_registry):  # noqa: F811
     """`create("gfl_r50.mmdet_coco_1x")`: the indexed mmdetection URL, hash-checked and converted by this family's
     converter (a tiny checkpoint served from loopback stands in for the real file)."""
-    import dataclasses
     import hashlib
 
-    import huggingface_hub
-
-    from dynamic_atss import registry
-    from dynamic_atss.convert import MIRROR_ENV
-
-    monkeypatch.setattr(registry, "_PRETRAINED", dict(registry._PRETRAINED))
-    monkeypatch.setattr(registry, "_DEFAULT_TAG", dict(registry._DEFAULT_TAG))
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv(MIRROR_ENV, raising=False)
     source = mmdet_gfl_state_dict(**TINY, seed=8)
     source["bbox_head.gfl_cls.bias"].fill_(-1.0)
-    path = tmp_path / "gfl_tiny.pth"
-    torch.save({"state_dict": source, "meta": {"CLASSES": ("cat", "dog", "bird")}}, path)
-    data = path.read_bytes()
+    torch.save({"state_dict": source, "meta": {"CLASSES": ("cat", "dog", "bird")}}, tmp_path / "gfl_tiny.pth")
+    data = (tmp_path / "gfl_tiny.pth").read_bytes()
     prefix = hashlib.sha256(data).hexdigest()[:8]
     file_server.files[f"/gfl/gfl_tiny-{prefix}.pth"] = data
-    real = registry.get_pretrained_cfg("gfl_r50.mmdet_coco_1x")
-    registry.register_pretrained(dataclasses.replace(real, url=file_server.url(f"/gfl/gfl_tiny-{prefix}.pth"),
-                                                     hash_prefix=prefix), default=True)
+    point_tag_at(file_server.url(f"/gfl/gfl_tiny-{prefix}.pth"), prefix, "gfl_r50.mmdet_coco_1x")
     model = da.create("gfl_r50.mmdet_coco_1x", progress=False)
     assert model.config.head.kind == "gfl" and model.config.class_names == ["cat", "dog", "bird"]
     assert_gfl_landed(model, source)

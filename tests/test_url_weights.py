@@ -71,9 +71,9 @@ def serve_tiny(server, tmp_path: Path, seed: int = 0) -> tuple[str, bytes, str]:
     return server.url(path), data, prefix
 
 
-def point_tag_at(url: str, prefix: str) -> None:
+def point_tag_at(url: str, prefix: str, tag: str = TAG) -> None:
     """The test override: the real entry, with the loopback URL and that file's hash (scratch registry only)."""
-    real = registry.get_pretrained_cfg(TAG)
+    real = registry.get_pretrained_cfg(tag)
     registry.register_pretrained(dataclasses.replace(real, url=url, hash_prefix=prefix), default=True)
 
 
