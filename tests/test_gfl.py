@@ -437,6 +437,15 @@ def test_gfl_constructors_build_what_the_converter_builds(name, kwargs):
     assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
 
 
+def test_model_card_names_the_head_and_the_dcn_stages():
+    from dynamic_atss.hub.card import generate_model_card
+
+    with torch.device("meta"):
+        model = da.create("gfl_x101_32x4d_dcn_c4")
+    card = generate_model_card(model.config, head_description=model.head.describe())
+    assert "GFL head" in card and "DCNv2 in stages 3, 4" in card and "quality branch" not in card
+
+
 def test_dcn_v1_backbone_converts_exactly():
     """mmdetection's GFL dconv models use DCNv1 (18 offset channels): loaded into DCNv2 with a mask of exactly 1."""
     source = mmdet_gfl_state_dict(**TINY, dcn=True, seed=6)
