@@ -4,11 +4,10 @@
     model = convert_mmdet_gfl("gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth")
 
 Covers mmdetection's `GFLHead` configs (`gfl_r50_fpn_1x_coco`, `gfl_r50_fpn_ms-2x_coco`, `gfl_r101_fpn_ms-2x_coco`,
-`gfl_r101-dconv-c3-c5_fpn_ms-2x_coco`, `gfl_x101-32x4d_fpn_ms-2x_coco`) and the GFocalV2 repository's
-`GFocalHead` (GFLV2: the same keys plus the DGQP `reg_conf`). The backbone and neck are mapped by
-`convert/mmdet.py` (shared; DCNv1 backbones such as the dconv-c3-c5 one load exactly into this library's DCNv2
-layers, see there). `gfl_x101-32x4d-dconv-c4-c5` has DCN in stages 3-4 only, which this library's backbones
-do not build: it is refused with the reason.
+`gfl_r101-dconv-c3-c5_fpn_ms-2x_coco`, `gfl_x101-32x4d_fpn_ms-2x_coco`, `gfl_x101-32x4d-dconv-c4-c5_fpn_ms-2x_coco`)
+and the GFocalV2 repository's `GFocalHead` (GFLV2: the same keys plus the DGQP `reg_conf`). The backbone and neck
+are mapped by `convert/mmdet.py` (shared: the DCN stages become `backbone.dcn_stages`, e.g. (3, 4) for
+dconv-c4-c5, and DCNv1 layers load exactly into this library's DCNv2 layers, see there).
 
 | mmdetection                                   | dynamic-atss                                        |
 |-----------------------------------------------|-----------------------------------------------------|
