@@ -281,13 +281,21 @@ def test_pretrained_without_weights_explains_what_is_available(monkeypatch):
         dynamic_atss.create("r50", pretrained=True)
 
 
-@pytest.mark.xfail(strict=True, reason="registry._nearest_weights ranks by backbone only: for a Dynamic ATSS model it "
-                   "suggests VFNet / GFL weights first and calls them 'plain ATSS' (registry.py, not a family's file)")
 def test_suggested_weights_for_an_atss_model_are_atss_weights_first():
     with pytest.raises(NoPretrainedWeightsError) as caught:
         dynamic_atss.create("dynamic_atss_r101_dcn", pretrained=True)
     suggested = re.findall(r"create\('([^']+)'", str(caught.value))
     assert suggested[0].startswith("atss_"), suggested
+    assert "plain ATSS, not Dynamic ATSS" in str(caught.value)
+
+
+def test_suggested_weights_follow_the_head_family():
+    for model, family in (("dynamic_vfnet_r101", "vfnet_"), ("dynamic_gflv2_r50", "gfl_")):
+        with pytest.raises(NoPretrainedWeightsError) as caught:
+            dynamic_atss.create(model, pretrained=True)
+        suggested = re.findall(r"create\('([^']+)'", str(caught.value))
+        assert suggested[0].startswith(family), (model, suggested)
+        assert "plain ATSS" not in str(caught.value) and "not their combined-IoU versions" in str(caught.value)
 
 
 def test_atss_constructors_build_what_the_converter_builds():
