@@ -11,7 +11,9 @@ side 8*stride per location: 20267 anchors), CPU. Rows:
     python benchmarks/assigner.py [--repeats 7] [--threads 2] [--device cpu] [--json out.json] [--train-step]
 
 `--train-step` also times an R-50 training step (batch 2, 512x512, random weights) with combined vs
-anchor-only assignment, if `dynamic_atss.create("r50")` is available.
+anchor-only assignment for each head family in `--train-models` (default: ATSS `r50` and GFLV2 `gflv2_r50`),
+with the time per step spent in the assigner and in decoding the predicted boxes it uses
+(`head.assignment_boxes`: delta decoding for ATSS, the softmax integral of 4 x 17 bins for GFLV2).
 """
 
 from __future__ import annotations
@@ -151,13 +153,41 @@ class _TimedAssigner:
         return result
 
 
+class _TimedMethod:
+    """Accumulates the time spent in one bound method of an object (restored by `restore`)."""
+
+    def __init__(self, owner, name: str):
+        self.owner, self.name, self.inner = owner, name, getattr(owner, name)
+        self.total_ms = 0.0
+        setattr(owner, name, self)
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        result = self.inner(*args, **kwargs)
+        self.total_ms += (time.perf_counter() - start) * 1000
+        return result
+
+    def restore(self) -> None:
+        delattr(self.owner, self.name)
+
+
 def bench_train_step(args, device: torch.device) -> list[dict] | None:
+    results = []
+    for model_name in args.train_models.split(","):
+        rows = _bench_train_step_model(args, device, model_name)
+        if rows is None:
+            return None
+        results += rows
+    return results
+
+
+def _bench_train_step_model(args, device: torch.device, model_name: str) -> list[dict] | None:
     try:
         import dynamic_atss  # noqa: PLC0415
 
-        model = dynamic_atss.create("r50", min_size=512, max_size=512)
+        model = dynamic_atss.create(model_name, min_size=512, max_size=512)
     except Exception as error:  # the model is written by someone else; do not fail the assigner benchmark
-        print(f"--train-step skipped: dynamic_atss.create('r50') is not available ({type(error).__name__}: "
+        print(f"--train-step skipped: dynamic_atss.create({model_name!r}) is not available ({type(error).__name__}: "
               f"{error})", file=sys.stderr)
         return None
     model.to(device).train()
@@ -172,9 +202,10 @@ def bench_train_step(args, device: torch.device) -> list[dict] | None:
     params = [p for p in model.parameters() if p.requires_grad]
     timed = _TimedAssigner(model.assigner)
     model.assigner = timed
+    decode = _TimedMethod(model.head, "assignment_boxes")
     results = []
-    for name, pred_weight in (("train step R-50 2x512x512, combined", 1.0),
-                              ("train step R-50 2x512x512, anchor-only", 0.0)):
+    for name, pred_weight in ((f"train step {model_name} 2x512x512, combined", 1.0),
+                              (f"train step {model_name} 2x512x512, anchor-only", 0.0)):
         timed.inner.pred_weight = pred_weight  # the loss holds its own assigner built from the config
 
         def step():
@@ -183,13 +214,16 @@ def bench_train_step(args, device: torch.device) -> list[dict] | None:
             for p in params:
                 p.grad = None
 
-        timed.total_ms = 0.0
+        timed.total_ms = decode.total_ms = 0.0
         times = timeit(step, args.train_repeats, device)
         assigner_ms = timed.total_ms / (args.train_repeats + 1)
+        decode_ms = decode.total_ms / (args.train_repeats + 1)
         results.append({"name": name, "median_ms": statistics.median(times), "min_ms": min(times),
-                        "times_ms": times, "assigner_ms_per_step": assigner_ms})
-        print(f"  {name}: median {results[-1]['median_ms']:.0f} ms (assigner {assigner_ms:.1f} ms)", file=sys.stderr)
+                        "times_ms": times, "assigner_ms_per_step": assigner_ms, "decode_ms_per_step": decode_ms})
+        print(f"  {name}: median {results[-1]['median_ms']:.0f} ms (assigner {assigner_ms:.1f} ms, decode "
+              f"{decode_ms:.1f} ms)", file=sys.stderr)
     model.assigner = timed.inner
+    decode.restore()
     return results
 
 
@@ -205,6 +239,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--train-step", action="store_true", help="also time an R-50 training step")
     parser.add_argument("--train-repeats", type=int, default=3)
+    parser.add_argument("--train-models", default="r50,gflv2_r50",
+                        help="comma-separated models whose training step --train-step times (one per head family)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -226,10 +262,11 @@ def main() -> None:
         print(f"| {r['name']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {loop['median_ms'] / r['median_ms']:.2f}x |")
     if train:
         print(f"\nTraining step (R-50, batch 2, 512x512, forward + backward, median of {args.train_repeats})\n")
-        print("| assignment | step median ms | step min ms | assigner ms / step |")
-        print("|---|---:|---:|---:|")
+        print("| assignment | step median ms | step min ms | assigner ms / step | predicted-box decode ms / step |")
+        print("|---|---:|---:|---:|---:|")
         for r in train:
-            print(f"| {r['name']} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {r['assigner_ms_per_step']:.1f} |")
+            print(f"| {r['name']} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {r['assigner_ms_per_step']:.1f} | "
+                  f"{r['decode_ms_per_step']:.1f} |")
     if args.json:
         payload = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                    "torch": torch.__version__, "threads": torch.get_num_threads(),

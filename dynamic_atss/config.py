@@ -23,6 +23,7 @@ class BackboneConfig:
     name: str = "resnet50"
     out_indices: tuple[int, ...] = (2, 3, 4)
     dcn: bool = False  # DCNv2 in the 3x3 conv of every bottleneck of stages 2-4 (ResNet family only)
+    dcn_stages: tuple[int, ...] = (2, 3, 4)  # with dcn: the ResNet stages (layer2-4) that get it
     frozen_stages: int = 1  # -1: nothing, 0: stem, 1: stem + stage 1, ... (timm feature_info order)
     norm: Literal["frozen_bn", "bn"] = "frozen_bn"
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra kwargs for timm.create_model

@@ -2,7 +2,8 @@
 evaluate COCO AP on held-out generated images, save the model, draw predictions, plot the losses.
 
 With `--compare`, also trains plain ATSS (anchor IoUs only, everything else equal) and plots both
-regression losses, as in the paper's Figure 2. The demo replaces what an earlier demo left in its output folder.
+regression losses, as in the paper's Figure 2. `--head gflv2` does the same for GFLV2 vs GFLV2 + CIoUs (Figure 3).
+The demo replaces what an earlier demo left in its output folder.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ DEMO_CONFIG = TrainConfig(
 )
 
 
+# --head: (model, None = the recipe's own; label with combined IoUs, label of the anchor-IoU baseline, plotted
+# losses); the demo's model_overrides (sizes) apply to every head.
+HEADS = {
+    "atss": (None, "Dynamic ATSS (combined IoUs)", "ATSS (anchor IoUs only)", ("loss_box", "loss_cls", "loss_quality")),
+    "gfl": ("dynamic_gfl_r50", "GFL + CIoUs (combined IoUs)", "GFL (anchor IoUs only)", ("loss_box", "loss_dfl", "loss_cls")),
+    "gflv2": ("dynamic_gflv2_r50", "GFLV2 + CIoUs (combined IoUs)", "GFLV2 (anchor IoUs only)",
+              ("loss_box", "loss_dfl", "loss_cls")),
+}
+
+
 def draw_predictions(model_dir: Path, config: TrainConfig, out_path: Path, count: int = 8) -> None:
     from .data import SyntheticShapes  # noqa: PLC0415
     from .registry import create  # noqa: PLC0415
@@ -63,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="a YAML recipe instead of the embedded default")
     parser.add_argument("--out", help="output folder (default outputs/demo)")
     parser.add_argument("--iters", type=int, help="training iterations (default 600)")
-    parser.add_argument("--compare", action="store_true", help="also train plain ATSS and plot both (Figure 2)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also train the anchor-IoU baseline (assigner.pred_weight=0) and plot both (Figures 2, 3)")
+    parser.add_argument("--head", choices=sorted(HEADS), default="atss",
+                        help="head family of the embedded demo: atss (default), gfl, gflv2 (Figure 3 with --compare)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.lr=0.001")
     args = parser.parse_args(argv)
 
@@ -76,30 +90,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.iters:
         config.optim = dataclasses.replace(config.optim, max_iters=args.iters,
                                            steps=tuple(int(s * args.iters / config.optim.max_iters) for s in config.optim.steps))
+    model_name, main_label, baseline_label, plotted_losses = HEADS[args.head]
+    if model_name:
+        config.model = model_name
     from .engine.trainer import final_report, train  # noqa: PLC0415  (imports accelerate; keep `--help` fast)
 
     out = Path(config.output_dir)
     start = time.perf_counter()
-    runs = {"Dynamic ATSS (combined IoUs)": config}
+    runs = {main_label: config}
     if args.compare:
         baseline = dataclasses.replace(
-            config, output_dir=str(out / "atss_baseline"),
+            config, output_dir=str(out / f"{args.head}_baseline"),
             model_overrides={**config.model_overrides, "assigner.pred_weight": 0.0},
         )
-        runs["ATSS (anchor IoUs only)"] = baseline
+        runs[baseline_label] = baseline
     summaries = {}
     for label, run_config in runs.items():
         print(f"\n=== training {label}: {run_config.optim.max_iters} iterations -> {run_config.output_dir}")
         summaries[label] = train(run_config, overwrite=True)
     wall = time.perf_counter() - start
 
-    main_summary = summaries["Dynamic ATSS (combined IoUs)"]
-    print("\n" + final_report(main_summary, "COCO AP on held-out generated images (Dynamic ATSS)", per_class=True))
+    main_summary = summaries[main_label]
+    print("\n" + final_report(main_summary, f"COCO AP on held-out generated images ({main_label})", per_class=True))
     for label, summary in summaries.items():
-        if label != "Dynamic ATSS (combined IoUs)":
+        if label != main_label:
             print(f"\n{label}:\n{format_table(summary['metrics'])}")
     draw_predictions(Path(main_summary["model_dir"]), config, out / "predictions.png")
-    plotted = plot_losses({label: s["log"] for label, s in summaries.items()}, out / "losses.png")
+    plotted = plot_losses({label: s["log"] for label, s in summaries.items()}, out / "losses.png", plotted_losses)
     report = {
         "wall_seconds": round(wall, 1),
         "train_seconds": {label: round(s["train_seconds"], 1) for label, s in summaries.items()},

@@ -148,7 +148,12 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     model, tag = split_name(name)
     tag = tag or _DEFAULT_TAG.get(model)
     key = f"{model}.{tag}"
-    if tag is None or key not in _PRETRAINED:
+    if tag is None:  # a model nobody has published weights of (no entry at all)
+        raise NoPretrainedWeightsError(
+            f"{model} has no published weights yet: no checkpoint of it has been trained and published.\n"
+            + _what_is_available(model)
+        )
+    if key not in _PRETRAINED:
         known = sorted(k for k in _PRETRAINED if k.startswith(model + "."))
         raise ValueError(
             f"no pretrained tag {key if tag else model!r}; tags for {model}: {known or 'none'}.\n"
@@ -179,20 +184,28 @@ _BACKBONE_TOKEN = re.compile(r"^(r\d+|x\d+(_\d+x\d+d)?)$")
 def _backbone_tokens(model: str) -> tuple[str, bool]:
     """'dynamic_atss_r101_dcn' -> ('r101', True); 'atss_x101_32x8d' -> ('x101_32x8d', False)."""
     rest = model.removeprefix(_PREFIX)
-    rest = re.sub(r"^(atss|gfl|vfnet)_", "", rest)
+    rest = re.sub(r"^(dynamic_)?(atss|gflv2|gfl|vfnet)_", "", rest)
     dcn = rest.endswith("_dcn")
     return rest.removesuffix("_dcn"), dcn
 
 
+def _family_of(model: str) -> str:
+    """The head family a registered model name belongs to (its `head.kind`), from the name alone: building the
+    model to read its config would be far slower than this error path deserves."""
+    match = re.search(r"(?:^|_)(atss|gflv2|gfl|vfnet)_", model)
+    return {"gflv2": "gfl"}.get(match.group(1), match.group(1)) if match else "atss"
+
+
 def _nearest_weights(model: str, limit: int = 4) -> list[PretrainedCfg]:
-    """Loadable weights closest to `model`: same backbone first, then DCN alike, then higher AP."""
+    """Loadable weights closest to `model`: same head family first, then same backbone, DCN alike, higher AP."""
     trunk, dcn = _backbone_tokens(model)
     depth = trunk.split("_")[0]
+    family = _family_of(model)
 
     def rank(cfg: PretrainedCfg) -> tuple[float, ...]:
         other_trunk, other_dcn = _backbone_tokens(cfg.model)
-        return (-(other_trunk == trunk), -(other_trunk.split("_")[0] == depth), -(other_dcn == dcn),
-                -float(cfg.metrics.get("AP") or 0))
+        return (-(cfg.family == family), -(other_trunk == trunk), -(other_trunk.split("_")[0] == depth),
+                -(other_dcn == dcn), -float(cfg.metrics.get("AP") or 0))
 
     return sorted((cfg for cfg in _PRETRAINED.values() if _loadable(cfg)), key=rank)[:limit]
 
@@ -211,8 +224,10 @@ def _what_is_available(model: str, recipe: str | None = None) -> str:
         calls = [f"create({c.name!r}, pretrained=True)" for c in nearest]
         width = max(len(call) for call in calls)
         lines += [f"    {call:<{width}}  # {_describe(c)}" for call, c in zip(calls, nearest)]
+        plain = "plain ATSS, not Dynamic ATSS" if _family_of(model) == "atss" else (
+            "plain detectors (anchor IoUs only), not their combined-IoU versions")
         lines.append(
-            "Those are plain ATSS, not Dynamic ATSS. To get Dynamic ATSS weights, fine-tune one with the combined-IoU "
+            f"Those are {plain}. To get combined-IoU weights, fine-tune one with the combined-IoU "
             f"assigner (one GPU, short schedule):\n    accelerate launch train.py --config {FINETUNE_RECIPE} "
             "--push-to-hub org/name\n(its `init_from:` names the converted tag; set `init_from` and `model` for "
             "another backbone). `--push-to-hub` shares the result; `python hub/push.py --model OUT/model --repo "

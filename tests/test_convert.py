@@ -322,12 +322,50 @@ def _import_mmdet():
     return MODELS
 
 
+def compare_with_mmdetection(mm, model, height: int = 256, width: int = 320):
+    """One random image through mmdetection's model `mm` and the converted `model`: asserts that the detections
+    (mmdetection's own `predict_by_feat`, with torchvision's NMS for mmcv's compiled one) are the same, and returns
+    both raw head outputs (theirs, ours) for the caller's tolerance."""
+    import mmdet.models.dense_heads.base_dense_head as base_dense_head
+    import torchvision
+
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    x = ((image - mean) / std)[None]
+    with torch.no_grad():
+        theirs = mm.bbox_head(mm.extract_feat(x))
+        ours = model.forward_raw(x)
+
+    def batched_nms(boxes, scores, idxs, nms_cfg, class_agnostic=False):  # mmcv.ops needs compiled ops
+        keep = torchvision.ops.batched_nms(boxes, scores, idxs, nms_cfg["iou_threshold"])
+        return torch.cat([boxes[keep], scores[keep, None]], -1), keep
+
+    original = base_dense_head.batched_nms
+    base_dense_head.batched_nms = batched_nms
+    try:
+        meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width), scale_factor=(1.0, 1.0))
+        with torch.no_grad():
+            expected = mm.bbox_head.predict_by_feat(*theirs, batch_img_metas=[meta], rescale=False, with_nms=True)[0]
+    finally:
+        base_dense_head.batched_nms = original
+    model.config.min_size, model.config.max_size = height, width  # no resize: the same input as mmdetection's
+    with torch.no_grad():
+        detections = model([image])[0]
+    assert len(detections["boxes"]) == len(expected.bboxes) > 10
+    print(f"detections: {len(expected.bboxes)}, max abs difference of boxes "
+          f"{(detections['boxes'] - expected.bboxes).abs().max().item():.3g} px, of scores "
+          f"{(detections['scores'] - expected.scores).abs().max().item():.3g}")
+    assert torch.equal(detections["labels"], expected.labels)
+    assert torch.allclose(detections["scores"], expected.scores, atol=1e-4)
+    assert torch.allclose(detections["boxes"], expected.bboxes, atol=1e-2)
+    return theirs, ours
+
+
 @pytest.mark.slow
 def test_matches_real_mmdetection_atss_r50():
     """Gold standard: mmdetection's own ATSS R-50 (random weights) vs the converted model, raw and detections."""
     MODELS = _import_mmdet()
-    import mmdet.models.dense_heads.base_dense_head as base_dense_head
-    import torchvision
     from mmengine.config import ConfigDict
 
     config = ConfigDict(dict(
@@ -358,40 +396,10 @@ def test_matches_real_mmdetection_atss_r50():
     mm.load_state_dict(source, strict=True)  # our synthetic layout is exactly mmdetection's
     model = convert_mmdet_atss({"state_dict": mm.state_dict(), "meta": {}})
 
-    height, width = 256, 320
-    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    x = ((image - mean) / std)[None]
-    with torch.no_grad():
-        theirs = mm.bbox_head(mm.extract_feat(x))
-        ours = model.forward_raw(x)
+    theirs, ours = compare_with_mmdetection(mm, model)
     diff = max((a - b).abs().max().item() for la, lb in zip(theirs, ours) for a, b in zip(la, lb))
     print(f"max abs difference of raw head outputs: {diff:.3g}")
     assert diff < 1e-3
-
-    def batched_nms(boxes, scores, idxs, nms_cfg, class_agnostic=False):  # mmcv.ops needs compiled ops
-        keep = torchvision.ops.batched_nms(boxes, scores, idxs, nms_cfg["iou_threshold"])
-        return torch.cat([boxes[keep], scores[keep, None]], -1), keep
-
-    original = base_dense_head.batched_nms
-    base_dense_head.batched_nms = batched_nms
-    try:
-        meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width), scale_factor=(1.0, 1.0))
-        with torch.no_grad():
-            expected = mm.bbox_head.predict_by_feat(*theirs, batch_img_metas=[meta], rescale=False, with_nms=True)[0]
-    finally:
-        base_dense_head.batched_nms = original
-    model.config.min_size, model.config.max_size = height, width  # no resize: the same input as mmdetection's
-    with torch.no_grad():
-        detections = model([image])[0]
-    assert len(detections["boxes"]) == len(expected.bboxes) > 10
-    print(f"detections: {len(expected.bboxes)}, max abs difference of boxes "
-          f"{(detections['boxes'] - expected.bboxes).abs().max().item():.3g} px, of scores "
-          f"{(detections['scores'] - expected.scores).abs().max().item():.3g}")
-    assert torch.equal(detections["labels"], expected.labels)
-    assert torch.allclose(detections["scores"], expected.scores, atol=1e-4)
-    assert torch.allclose(detections["boxes"], expected.bboxes, atol=1e-2)
 
 
 def test_convert_script_writes_and_pushes(tmp_path, hub_server):  # noqa: F811

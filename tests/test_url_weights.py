@@ -71,9 +71,9 @@ def serve_tiny(server, tmp_path: Path, seed: int = 0) -> tuple[str, bytes, str]:
     return server.url(path), data, prefix
 
 
-def point_tag_at(url: str, prefix: str) -> None:
+def point_tag_at(url: str, prefix: str, tag: str = TAG) -> None:
     """The test override: the real entry, with the loopback URL and that file's hash (scratch registry only)."""
-    real = registry.get_pretrained_cfg(TAG)
+    real = registry.get_pretrained_cfg(tag)
     registry.register_pretrained(dataclasses.replace(real, url=url, hash_prefix=prefix), default=True)
 
 
@@ -247,8 +247,17 @@ def test_index_entries_are_honest():
     assert {"atss_r101.mmdet_coco_1x", "atss_r50.mmdet_coco_1x"} <= loadable
 
 
-def test_family_not_available_yet_is_a_clear_error(torch_cache):
-    for name in ("gfl_r50.mmdet_coco_1x", "gfl_r101"):
+def without_family(monkeypatch, family: str) -> None:
+    """This version as if `family` had no mmdetection head mapping (every family in the index has one now)."""
+    from dynamic_atss.convert import mmdet
+
+    for marker in [k for k, (f, _) in mmdet.MMDET_HEADS.items() if f == family]:
+        monkeypatch.delitem(mmdet.MMDET_HEADS, marker)
+
+
+def test_family_not_available_yet_is_a_clear_error(torch_cache, monkeypatch):
+    without_family(monkeypatch, "gfl")
+    for name in ("gfl_r50.mmdet_coco_1x", "gfl_r101.mmdet_coco_2x_ms"):
         with pytest.raises(FamilyNotAvailableError, match=r"head family.*not available in this version.*atss_r50"):
             dynamic_atss.create(name, pretrained=True)
     assert cache_files(torch_cache) == []
@@ -270,6 +279,23 @@ def test_pretrained_without_weights_explains_what_is_available(monkeypatch):
     assert Path(registry.FINETUNE_RECIPE).name in os.listdir(Path(__file__).resolve().parents[1] / "configs")
     with pytest.raises(NoPretrainedWeightsError, match="no published weights"):
         dynamic_atss.create("r50", pretrained=True)
+
+
+def test_suggested_weights_for_an_atss_model_are_atss_weights_first():
+    with pytest.raises(NoPretrainedWeightsError) as caught:
+        dynamic_atss.create("dynamic_atss_r101_dcn", pretrained=True)
+    suggested = re.findall(r"create\('([^']+)'", str(caught.value))
+    assert suggested[0].startswith("atss_"), suggested
+    assert "plain ATSS, not Dynamic ATSS" in str(caught.value)
+
+
+def test_suggested_weights_follow_the_head_family():
+    for model, family in (("dynamic_vfnet_r101", "vfnet_"), ("dynamic_gflv2_r50", "gfl_")):
+        with pytest.raises(NoPretrainedWeightsError) as caught:
+            dynamic_atss.create(model, pretrained=True)
+        suggested = re.findall(r"create\('([^']+)'", str(caught.value))
+        assert suggested[0].startswith(family), (model, suggested)
+        assert "plain ATSS" not in str(caught.value) and "not their combined-IoU versions" in str(caught.value)
 
 
 def test_atss_constructors_build_what_the_converter_builds():
@@ -332,10 +358,12 @@ def test_convert_script_tag_is_the_manual_route(tmp_path, scratch_registry, caps
 def test_a_family_registering_its_mmdet_head_makes_its_tags_loadable(torch_cache, monkeypatch):
     from dynamic_atss.convert import mmdet
 
-    monkeypatch.setitem(mmdet.MMDET_HEADS, "bbox_head.gfl_test_marker", ("gfl", lambda remaining, take: {}))
-    assert "gfl_r50.mmdet_coco_1x" in dynamic_atss.list_models("gfl*", pretrained=True)
+    without_family(monkeypatch, "vfnet")
+    assert "vfnet_r50.mmdet_coco_1x" not in dynamic_atss.list_models("vfnet*", pretrained=True)
+    monkeypatch.setitem(mmdet.MMDET_HEADS, "bbox_head.vfnet_test_marker", ("vfnet", lambda remaining, take: {}))
+    assert "vfnet_r50.mmdet_coco_1x" in dynamic_atss.list_models("vfnet*", pretrained=True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsDownloadError, match=r"gfl_r50_fpn_1x_coco_20200629_121244-25944287\.pth"):
-        dynamic_atss.create("gfl_r50.mmdet_coco_1x")  # now only the (offline) download stands in the way
+    with pytest.raises(WeightsDownloadError, match=r"vfnet_r50_fpn_1x_coco_20201027-38db6f58\.pth"):
+        dynamic_atss.create("vfnet_r50.mmdet_coco_1x")  # now only the (offline) download stands in the way
     with pytest.raises(FamilyNotAvailableError):
-        dynamic_atss.create("gfl_r50")  # random weights need a registered constructor
+        dynamic_atss.create("vfnet_x101_64x4d_dcn")  # random weights need a registered constructor

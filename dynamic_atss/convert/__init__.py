@@ -1,7 +1,7 @@
 """Checkpoint converters from public code bases into this library's format, and URL weights built on them.
 
-mmdetection: `convert_mmdet` (any supported head family, recognised from the keys), `convert_mmdet_atss` and
-`convert_mmdet_vfnet` (convert/mmdet_vfnet.py).
+mmdetection: `convert_mmdet` (any supported head family, recognised from the keys), `convert_mmdet_atss`,
+`convert_mmdet_gfl` (convert/mmdet_gfl.py), `convert_mmdet_vfnet` (convert/mmdet_vfnet.py).
 A head family adds its mmdetection head mapping in `convert/mmdet_<family>.py` with `@register_mmdet_head`,
 imported here; its public checkpoints in `model_index.json` (converter `mmdet_<family>`) then load by URL
 (`convert/url.py`).
@@ -17,6 +17,7 @@ from .mmdet import (  # noqa: F401
     load_checkpoint_file,
     register_mmdet_head,
 )
+from .mmdet_gfl import convert_mmdet_gfl  # noqa: F401  (registers the mmdetection GFL head mapping)
 from .mmdet_vfnet import convert_mmdet_vfnet  # noqa: F401  (registers the VFNet head mapping)
 from .url import (  # noqa: F401
     MIRROR_ENV,

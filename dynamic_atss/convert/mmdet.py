@@ -30,7 +30,9 @@ Key mapping (mmdetection `ATSS` with `ResNet` + `FPN(start_level=1, add_extra_co
 Every source tensor must be used (leftovers are an error naming them) and every tensor of the model must be
 filled (strict load). The backbone (depth, bottleneck or basic block, ResNeXt groups, DCN stages) is inferred
 from the keys: layer3 with 6 bottlenecks is `resnet50`, with 23 `resnet101`; DCN from `conv_offset` keys
-(mmdetection's `stage_with_dcn=(False, True, True, True)`, the pattern our DCN backbones use).
+(any of mmdetection's `stage_with_dcn` patterns -> `backbone.dcn_stages`, e.g. (2, 3, 4) for `dconv_c3-c5`, (3, 4)
+for `dconv_c4-c5`); DCNv1 layers
+(18 offset channels) load into our DCNv2 layers with a constant mask of exactly 1 (`_deform_v1_as_modulated`).
 
 Conventions: where mmdetection and the authors' code (this library's default) differ, the converted config
 takes mmdetection's, so that the converted model computes what it computed in mmdetection:
@@ -196,11 +198,6 @@ def infer_mmdet_backbone(state_dict: dict[str, Tensor]) -> tuple[BackboneConfig,
             width = conv2.shape[0]
             groups = width // conv2.shape[1]
             base_width = width // groups * 64 // planes[0]
-    if dcn_stages[0] or (any(dcn_stages) and not all(dcn_stages[1:])):
-        raise MMDetConversionError(
-            f"DCN in stages {[i + 1 for i, d in enumerate(dcn_stages) if d]}; supported: none, or stages 2-4 "
-            "(mmdetection stage_with_dcn=(False, True, True, True))"
-        )
     stem_width = state_dict["backbone.conv1.weight"].shape[0]
     if stem_width != 64 or tuple(state_dict["backbone.conv1.weight"].shape[1:]) != (3, 7, 7):
         raise MMDetConversionError(
@@ -220,11 +217,33 @@ def infer_mmdet_backbone(state_dict: dict[str, Tensor]) -> tuple[BackboneConfig,
         if bottleneck:
             timm_kwargs.update(cardinality=groups, base_width=base_width)
     info["name"] = name
-    return BackboneConfig(name=name, dcn=any(dcn_stages), frozen_stages=1, norm="frozen_bn",
+    stages_with_dcn = tuple(i + 1 for i, with_dcn in enumerate(dcn_stages) if with_dcn)
+    return BackboneConfig(name=name, dcn=any(dcn_stages), dcn_stages=stages_with_dcn or (2, 3, 4), frozen_stages=1,
+                          norm="frozen_bn",
                           timm_kwargs=timm_kwargs), info
 
 
 # ---------------------------------------------------------------------------------------------- conversion
+
+# A mask logit whose sigmoid is exactly 1.0 in float32 (1 + exp(-30) rounds to 1).
+_MASK_ONE_LOGIT = 30.0
+
+
+def _deform_v1_as_modulated(converted: dict[str, Tensor]) -> None:
+    """DCNv1 layers (mmcv `DCN`, e.g. mmdetection's GFL dconv models: `conv_offset` predicts 2*k*k offsets) ->
+    this library's DCNv2 layers (2*k*k offsets, then k*k mask logits; mmcv's DCNv2 offsets are the same first
+    2*k*k channels): zero mask weights and a mask bias of 30, so the mask is sigmoid(30) = 1.0 exactly in float32
+    and the layer computes what the DCNv1 layer did. (Fine-tuning such a layer barely moves its mask: the sigmoid
+    is saturated.)"""
+    for key in [k for k in converted if k.endswith("conv_offset.weight")]:
+        weight = converted[key]
+        points = weight.shape[-1] * weight.shape[-2]
+        if weight.shape[0] != 2 * points:
+            continue  # already DCNv2 (3*k*k)
+        bias_key = key[: -len("weight")] + "bias"
+        converted[key] = torch.cat([weight, weight.new_zeros(points, *weight.shape[1:])])
+        converted[bias_key] = torch.cat([converted[bias_key], converted[bias_key].new_full((points,), _MASK_ONE_LOGIT)])
+
 
 # ---------------------------------------------------------------------------------------------- heads
 HeadConverter = Callable[[dict[str, Tensor], Callable[[str, "str | None"], Tensor]], dict[str, Any]]
@@ -365,6 +384,7 @@ def convert_mmdet_state_dict(
         )
     for key in [k for k in remaining if k.startswith("backbone.")]:
         take(key, None if key.endswith("num_batches_tracked") else "backbone.trunk." + key[len("backbone."):])
+    _deform_v1_as_modulated(converted)
 
     # ---- neck
     keys = list(remaining)

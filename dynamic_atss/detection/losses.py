@@ -1,5 +1,6 @@
-"""Loss primitives shared by the head families: focal / QFL / VFL classification losses, centerness targets,
-and the cross-process normaliser `reduce_mean`. Which family uses which, with which targets, is said in the
+"""Loss primitives shared by the head families: focal / QFL / VFL classification losses (QFL also on GFLV2's
+joint score), the distribution focal loss (DFL), centerness targets, and the cross-process normaliser
+`reduce_mean`. Which family uses which, with which targets, is said in the
 family's module (`detection/heads/`).
 
 All losses are computed in float32 from logits (`binary_cross_entropy_with_logits`, never the log of a
@@ -46,6 +47,39 @@ def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float = 2.0) -> Te
     prob = logits.sigmoid()
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     return ((targets - prob).abs().pow(beta) * bce).sum()
+
+
+def joint_quality_focal_loss(cls_logits: Tensor, quality_logits: Tensor, targets: Tensor, beta: float = 2.0) -> Tensor:
+    """Summed QFL on GFLV2's joint score p = sigmoid(cls) * sigmoid(quality), in float32.
+
+    cls_logits (..., C); quality_logits broadcasting to it (e.g. (..., 1)); targets (..., C) soft scores in [0, 1].
+    Entry-wise `|t - p|^beta * BCE(p, t)`, with BCE written from the logits rather than from p (which would need
+    the log of a product of sigmoids, clamped where it underflows): log p = logsig(x) + logsig(z), and since
+    1 - p = sigmoid(-x) + sigmoid(x) * sigmoid(-z), log(1 - p) = logaddexp(logsig(-x), logsig(x) + logsig(-z)).
+    Hand-written because no library loss takes a product of sigmoids; exact and finite for any logits.
+    """
+    x, z, t = cls_logits.float(), quality_logits.float(), targets.float()
+    log_sig_x = F.logsigmoid(x)
+    log_p = log_sig_x + F.logsigmoid(z)
+    log_not_p = torch.logaddexp(F.logsigmoid(-x), log_sig_x + F.logsigmoid(-z))
+    bce = -(t * log_p + (1 - t) * log_not_p)
+    return ((t - log_p.exp()).abs().pow(beta) * bce).sum()
+
+
+def distribution_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Distribution Focal Loss (GFL), per distribution, in float32: (M, n + 1) logits over the values 0..n and
+    (M,) targets y in [0, n) -> (M,) `-((y_r - y) * log S(y_l) + (y - y_l) * log S(y_r))`, where
+    y_l = floor(y), y_r = y_l + 1 and S is the softmax. The caller clamps y below n (GFL: n - 0.01).
+    """
+    logits, targets = logits.float(), targets.float()
+    if targets.numel() and not bool(((targets >= 0) & (targets < logits.shape[-1] - 1)).all()):
+        raise ValueError(f"DFL targets must lie in [0, {logits.shape[-1] - 1}); clamp them first")
+    left = targets.floor().long()
+    log_prob = logits.log_softmax(dim=-1)
+    log_left = log_prob.gather(-1, left[:, None]).squeeze(-1)
+    log_right = log_prob.gather(-1, (left + 1)[:, None]).squeeze(-1)
+    weight_right = targets - left.float()
+    return -((1 - weight_right) * log_left + weight_right * log_right)
 
 
 def varifocal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.75, gamma: float = 2.0) -> Tensor:

@@ -98,7 +98,7 @@ def generate_model_card(
     else:
         classes = f"{config.num_classes} classes (unnamed)"
     rows = [
-        ("Backbone", f"timm `{config.backbone.name}`" + (" with DCNv2 in stages 2-4" if config.backbone.dcn else "")),
+        ("Backbone", f"timm `{config.backbone.name}`" + (f" with DCNv2 in stages {', '.join(map(str, config.backbone.dcn_stages))}" if config.backbone.dcn else "")),
         ("Neck / head", f"FPN P3-P7 ({config.fpn_channels} ch); {head_description or f'`{family}` head family'}; "
                         f"towers {config.head.num_convs} x {config.head.channels} ch GroupNorm"
                         + (", DCN in the last tower conv" if config.head.dcn_last_conv else "")),

@@ -90,7 +90,10 @@ class TimmBackbone(nn.Module):
                 ) from error
             raise
         if config.dcn:
-            patch_resnet_dcn(self.trunk)
+            bad = [stage for stage in config.dcn_stages if stage not in (1, 2, 3, 4)]
+            if bad or not config.dcn_stages:
+                raise ValueError(f"backbone.dcn_stages={config.dcn_stages}: ResNet stages are 1-4 (layer1-layer4)")
+            patch_resnet_dcn(self.trunk, tuple(f"layer{stage}" for stage in config.dcn_stages))
         if config.norm == "frozen_bn":
             freeze_batch_norm(self.trunk)
             fold_frozen_batch_norms(self.trunk)  # free BatchNorms whenever no gradient is needed (models/fold.py)

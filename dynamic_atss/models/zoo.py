@@ -106,6 +106,156 @@ def atss_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
     return _build("atss_r101", _mmdet_atss_config("resnet101"), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
 
 
+# ==================================================================================================== GFL family
+# GFL / GFLV2 (detection/heads/gfl.py, whose docstring states these defaults): mmdetection's GFL settings
+# (= the GFL / GFLV2 authors'): no tower conv bias, anchors centred at (x, y) * stride, no ReLU before P7.
+# `gfl_*` / `gflv2_*` assign with anchor IoUs only (pred_weight 0); `dynamic_*` with combined IoUs.
+
+
+def _gfl_config(backbone: str, dcn: bool, dgqp: bool, combined_ious: bool, dcn_stages=(2, 3, 4)) -> ModelConfig:
+    # score_sqrt / pre_nms_rank_by_joint are ATSS-family conventions (no effect here), set as the converter sets them.
+    return ModelConfig(
+        backbone=BackboneConfig(name=backbone, dcn=dcn, dcn_stages=dcn_stages),
+        head=HeadConfig(kind="gfl", conv_bias=False, reg_max=16, dgqp=dgqp, dgqp_topk=4, dgqp_hidden=64),
+        anchors=AnchorConfig(center_offset=0.0),
+        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+        assigner=AssignerConfig(pred_weight=1.0 if combined_ious else 0.0, anchor_weight=1.0),
+        loss=LossConfig(cls_loss="qfl", box_weight=2.0, dfl_weight=0.25),
+    )
+
+
+@register_model
+def gfl_r50(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1), anchor IoUs only; ResNet-50 FPN."""
+    return _build("gfl_r50", _gfl_config("resnet50", False, False, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gfl_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1), anchor IoUs only; ResNet-101 FPN."""
+    return _build("gfl_r101", _gfl_config("resnet101", False, False, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gfl_r101_dcn(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1), anchor IoUs only; ResNet-101-DCN FPN."""
+    return _build("gfl_r101_dcn", _gfl_config("resnet101", True, False, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gfl_x101_32x8d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1), anchor IoUs only; ResNeXt-101 32x8d FPN."""
+    return _build("gfl_x101_32x8d", _gfl_config("resnext101_32x8d", False, False, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gfl_x101_64x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1), anchor IoUs only; ResNeXt-101 64x4d FPN."""
+    return _build("gfl_x101_64x4d", _gfl_config("resnext101_64x4d", False, False, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gfl_x101_32x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1), anchor IoUs only; ResNeXt-101 32x4d FPN (mmdetection's GFL X-101, `.mmdet_coco_2x_ms`: 45.9 AP)."""
+    return _build("gfl_x101_32x4d", _gfl_config("resnext101_32x4d", False, False, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gfl_x101_32x4d_dcn_c4(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1), anchor IoUs only; ResNeXt-101 32x4d FPN, DCN in stages 3-4 only (mmdetection's dconv-c4-c5)."""
+    return _build("gfl_x101_32x4d_dcn_c4", _gfl_config("resnext101_32x4d", True, False, False, (3, 4)), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gfl_r50(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1) with combined IoUs; ResNet-50 FPN."""
+    return _build("dynamic_gfl_r50", _gfl_config("resnet50", False, False, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gfl_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1) with combined IoUs; ResNet-101 FPN."""
+    return _build("dynamic_gfl_r101", _gfl_config("resnet101", False, False, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gfl_r101_dcn(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1) with combined IoUs; ResNet-101-DCN FPN."""
+    return _build("dynamic_gfl_r101_dcn", _gfl_config("resnet101", True, False, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gfl_x101_32x8d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1) with combined IoUs; ResNeXt-101 32x8d FPN."""
+    return _build("dynamic_gfl_x101_32x8d", _gfl_config("resnext101_32x8d", False, False, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gfl_x101_64x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFL (v1) with combined IoUs; ResNeXt-101 64x4d FPN."""
+    return _build("dynamic_gfl_x101_64x4d", _gfl_config("resnext101_64x4d", False, False, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gflv2_r50(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2, anchor IoUs only (Table V baseline); ResNet-50 FPN (paper: 40.6 AP val2017, 1x)."""
+    return _build("gflv2_r50", _gfl_config("resnet50", False, True, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gflv2_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2, anchor IoUs only (Table V baseline); ResNet-101 FPN."""
+    return _build("gflv2_r101", _gfl_config("resnet101", False, True, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gflv2_r101_dcn(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2, anchor IoUs only (Table V baseline); ResNet-101-DCN FPN."""
+    return _build("gflv2_r101_dcn", _gfl_config("resnet101", True, True, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gflv2_x101_32x8d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2, anchor IoUs only (Table V baseline); ResNeXt-101 32x8d FPN."""
+    return _build("gflv2_x101_32x8d", _gfl_config("resnext101_32x8d", False, True, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def gflv2_x101_64x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2, anchor IoUs only (Table V baseline); ResNeXt-101 64x4d FPN."""
+    return _build("gflv2_x101_64x4d", _gfl_config("resnext101_64x4d", False, True, False), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gflv2_r50(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2 with combined IoUs (Table V "+CIoUs"); ResNet-50 FPN (paper: 41.1 AP val2017, 1x)."""
+    return _build("dynamic_gflv2_r50", _gfl_config("resnet50", False, True, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gflv2_r101(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2 with combined IoUs (Table V "+CIoUs"); ResNet-101 FPN."""
+    return _build("dynamic_gflv2_r101", _gfl_config("resnet101", False, True, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gflv2_r101_dcn(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2 with combined IoUs (Table V "+CIoUs"); ResNet-101-DCN FPN."""
+    return _build("dynamic_gflv2_r101_dcn", _gfl_config("resnet101", True, True, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gflv2_x101_32x8d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2 with combined IoUs (Table V "+CIoUs"); ResNeXt-101 32x8d FPN."""
+    return _build("dynamic_gflv2_x101_32x8d", _gfl_config("resnext101_32x8d", False, True, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
+@register_model
+def dynamic_gflv2_x101_64x4d(pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
+    """GFLV2 with combined IoUs (Table V "+CIoUs"); ResNeXt-101 64x4d FPN."""
+    return _build("dynamic_gflv2_x101_64x4d", _gfl_config("resnext101_64x4d", False, True, True), pretrained, kwargs.pop("pretrained_tag", None), **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------- VFNet family
 # VarifocalNet (detection/heads/vfnet.py) with ATSS assignment: `vfnet_*` use anchor IoUs only (VFNet itself, Table V
 # "VFNet"), `dynamic_vfnet_*` the combined IoUs (Table V "+CIoUs"). Conventions follow VarifocalNet's mmdetection
