@@ -559,17 +559,17 @@ def test_losses_match_real_mmdetection_gfl():
         assert ours[key].item() == pytest.approx(value.item(), rel=1e-4), key
 
 
-def test_fused_for_inference_gives_the_same_raw_outputs(tiny_kwargs):
-    from dynamic_atss.models.fuse import fuse_for_inference
-
+def test_default_inference_path_gives_the_same_raw_outputs(tiny_kwargs):
+    """Inference folds the frozen BatchNorms into their convs (models/fold.py): same outputs as with gradients on.
+    (The ONNX Runtime fast path is checked for every family in test_export.py.)"""
     model = da.create("gflv2_r50", num_classes=3, **tiny_kwargs).eval()
     x = torch.randn(1, 3, 128, 128)
+    reference = model.forward_raw(x)  # gradients enabled: the trainable stages run conv + BN unfolded
     with torch.no_grad():
-        reference = model.forward_raw(x)
-        fused = fuse_for_inference(model, inplace=False, example_input=x).forward_raw(x)
-    for a, b in zip(reference, fused):
+        folded = model.forward_raw(x)
+    for a, b in zip(reference, folded):
         for u, v in zip(a, b):
-            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(v, u.detach(), rtol=1e-4, atol=1e-4)
 
 
 def test_indexed_gfl_weights_load_by_tag(tmp_path, file_server, torch_cache, scratch_registry):  # noqa: F811
