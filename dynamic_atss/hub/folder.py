@@ -34,12 +34,6 @@ def save_model_dir(
     """
     from safetensors.torch import save  # noqa: PLC0415
 
-    if getattr(model, "fused_for_inference", False):
-        raise ValueError(
-            "this model was fused for inference (BatchNorm folded into the convs, so its state dict no longer "
-            "matches the architecture); save the model before calling fuse_for_inference"
-        )
-
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     document = config_to_json(model.config, recipe, metrics)
