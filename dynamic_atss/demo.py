@@ -2,7 +2,8 @@
 evaluate COCO AP on held-out generated images, save the model, draw predictions, plot the losses.
 
 With `--compare`, also trains plain ATSS (anchor IoUs only, everything else equal) and plots both
-regression losses, as in the paper's Figure 2. `--head gflv2` does the same for GFLV2 vs GFLV2 + CIoUs (Figure 3).
+regression losses, as in the paper's Figure 2. `--head gflv2` does the same for GFLV2 vs GFLV2 + CIoUs (Figure 3),
+`--head vfnet` for VFNet (Figure 4).
 The demo replaces what an earlier demo left in its output folder.
 """
 
@@ -54,6 +55,8 @@ HEADS = {
     "gfl": ("dynamic_gfl_r50", "GFL + CIoUs (combined IoUs)", "GFL (anchor IoUs only)", ("loss_box", "loss_dfl", "loss_cls")),
     "gflv2": ("dynamic_gflv2_r50", "GFLV2 + CIoUs (combined IoUs)", "GFLV2 (anchor IoUs only)",
               ("loss_box", "loss_dfl", "loss_cls")),
+    "vfnet": ("dynamic_vfnet_r50", "VFNet + CIoUs (combined IoUs)", "VFNet (anchor IoUs only)",
+              ("loss_box", "loss_box_init", "loss_cls")),
 }
 
 
@@ -75,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default outputs/demo)")
     parser.add_argument("--iters", type=int, help="training iterations (default 600)")
     parser.add_argument("--compare", action="store_true",
-                        help="also train the anchor-IoU baseline (assigner.pred_weight=0) and plot both (Figures 2, 3)")
+                        help="also train the anchor-IoU baseline (assigner.pred_weight=0) and plot both (Figures 2-4)")
     parser.add_argument("--head", choices=sorted(HEADS), default="atss",
-                        help="head family of the embedded demo: atss (default), gfl, gflv2 (Figure 3 with --compare)")
+                        help="head family of the demo: atss (default), gfl, gflv2 (Figure 3 with --compare), vfnet (Figure 4)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.lr=0.001")
     args = parser.parse_args(argv)
 
