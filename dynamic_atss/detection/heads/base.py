@@ -67,7 +67,7 @@ class DenseHead(nn.Module):
     """
 
     kind: ClassVar[str] = ""
-    output_names: ClassVar[tuple[str, ...]] = ()
+    output_names: tuple[str, ...] = ()  # per class, or per instance where the config adds an output (GFLV2)
     box_outputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig) -> None:
