@@ -61,6 +61,21 @@ class Repo:
         return self.commits.get(revision)
 
 
+def _serve(handler: type[BaseHTTPRequestHandler], name: str) -> tuple[ThreadingHTTPServer, str]:
+    """Serve `handler` on 127.0.0.1 (a free port) from a daemon thread; returns the server and its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def _shutdown(server: ThreadingHTTPServer | None) -> None:
+    """Stop a server started by `_serve` (no-op for None); returns None for the caller's attribute."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
 class FakeHub:
     """State of the fake Hub; `endpoint` is its base URL once started."""
 
@@ -72,7 +87,6 @@ class FakeHub:
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.endpoint = ""
 
     # -------------------------------------------------------------- state changes
@@ -100,18 +114,11 @@ class FakeHub:
         class Handler(_Handler):
             state = hub
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-hub", daemon=True)
-        self._thread.start()
+        self._server, self.endpoint = _serve(Handler, "fake-hub")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server = _shutdown(self._server)
         with self.lock:  # close kept-alive client connections too, so a stopped hub really is unreachable
             for connection in list(self.connections):
                 try:
@@ -374,17 +381,11 @@ class FileServer:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, name="file-server", daemon=True).start()
+        self._server, self.base_url = _serve(Handler, "file-server")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server = _shutdown(self._server)
 
 
 @pytest.fixture
