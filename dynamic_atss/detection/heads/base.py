@@ -203,11 +203,10 @@ def conv_gn_tower(config: HeadConfig, in_channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def init_head_weights(head: nn.Module, prior_prob: float, skip: tuple[nn.Module, ...] = ()) -> None:
+def init_head_weights(head: nn.Module, prior_prob: float) -> None:
     """N(0, 0.01) weights and zero biases for every conv except DCN offset/mask convs (zero: a DCN starts as
-    a plain conv) and the modules in `skip`; the prior bias -log((1 - p) / p) on `head.cls_logits`."""
+    a plain conv); the prior bias -log((1 - p) / p) on `head.cls_logits`."""
     offset_convs = {id(m.conv_offset) for m in head.modules() if isinstance(m, ModulatedDeformConv2d)}
-    offset_convs |= {id(m) for m in skip}
     for module in head.modules():
         if isinstance(module, (nn.Conv2d, ModulatedDeformConv2d)) and id(module) not in offset_convs:
             nn.init.normal_(module.weight, std=0.01)
