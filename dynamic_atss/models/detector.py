@@ -22,6 +22,7 @@ from ..detection.postprocess import postprocess
 from ..hub import HubMixin
 from .backbone import TimmBackbone
 from .fpn import FPN
+from .winograd import enable_winograd
 
 
 class DynamicATSS(HubMixin, nn.Module):
@@ -47,6 +48,9 @@ class DynamicATSS(HubMixin, nn.Module):
         self.head = build_head(config)
         self.anchor_generator = AnchorGenerator(config.anchors)
         self.assigner = CombinedIoUAssigner.from_config(config.assigner)
+        # CPU fp32 3x3 convolutions by Winograd (models/winograd.py: ~2x faster, equal up to float32 rounding);
+        # disable_winograd(model) goes back to oneDNN's direct convolutions
+        enable_winograd(self)
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(-1, 1, 1), persistent=False)
         self.train_progress = 0.0  # iter / max_iter, set by the training loop; drives "up"/"down" weights
@@ -110,7 +114,7 @@ class DynamicATSS(HubMixin, nn.Module):
 
     def preprocess(self, images: list[Tensor] | Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         """Resize, normalise and pad. Returns the batch (B, 3, H', W'), the resized sizes (B, 2) as
-        (height, width), and the original sizes."""
+        (height, width) (int64, on the CPU), and the original sizes."""
         images = self._check_images(images)
         original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         resized = []
@@ -126,7 +130,8 @@ class DynamicATSS(HubMixin, nn.Module):
         batch = resized[0].new_zeros(len(resized), 3, pad_h, pad_w)
         for slot, image in zip(batch, resized):
             slot[:, : image.shape[1], : image.shape[2]].copy_(image)
-        sizes = torch.tensor([img.shape[1:] for img in resized], device=batch.device)
+        # on the CPU: the sizes are host data (reading them back from a GPU would wait for the GPU's queue)
+        sizes = torch.tensor([img.shape[1:] for img in resized])
         return batch, sizes, original_sizes
 
     # ------------------------------------------------------------------ forward
