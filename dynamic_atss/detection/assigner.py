@@ -91,34 +91,42 @@ def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / union
 
 
-def nearest_k(dist: Tensor, k: int) -> Tensor:
-    """Indices of the k smallest entries along the last dim, ties broken by the lowest index.
-
-    Returned in (distance, index) order. `torch.topk` leaves the order of equal values unspecified, so we
-    take a window of 2k with topk (fast) and order it exactly with two sorts; if a group of equal
-    distances straddles the window's edge (rare), the window grows to the whole dim.
-    """
+def _windowed_nearest_k(dist: Tensor, k: int, window: int) -> tuple[Tensor, Tensor]:
+    """The k smallest entries among the `window` smallest (`torch.topk`), in (distance, index) order, and a 0-dim
+    bool tensor: True when that is exact, i.e. no group of equal distances straddles the window's edge (`topk`
+    leaves the order of equal values unspecified). No host synchronisation."""
     n = dist.shape[-1]
-    window = min(n, 2 * k)
-    while True:
-        vals, idx = dist.topk(window, dim=-1, largest=False)
-        if window == n or not bool((vals[..., -1] == vals[..., k - 1]).any()):
-            break
-        window = n
+    window = min(n, window)
+    vals, idx = dist.topk(window, dim=-1, largest=False)
+    if window == n:
+        exact = torch.ones((), dtype=torch.bool, device=dist.device)
+    else:
+        exact = (vals[..., -1] != vals[..., k - 1]).all()
     idx, order = idx.sort(dim=-1)  # by index ...
     vals = vals.gather(-1, order)
     _, order = vals.sort(dim=-1, stable=True)  # ... then stably by distance
-    return idx.gather(-1, order)[..., :k]
+    return idx.gather(-1, order)[..., :k], exact
 
 
-def grid_nearest_k(ctr: Tensor, grid: tuple[int, int], query: Tensor, k: int) -> Tensor | None:
+def nearest_k(dist: Tensor, k: int) -> Tensor:
+    """Indices of the k smallest entries along the last dim, ties broken by the lowest index.
+
+    Returned in (distance, index) order: a window of 2k by `torch.topk` (fast), ordered exactly with two sorts;
+    if a group of equal distances straddles the window's edge (rare), the whole dim."""
+    chosen, exact = _windowed_nearest_k(dist, k, 2 * k)
+    return chosen if bool(exact) else _windowed_nearest_k(dist, k, dist.shape[-1])[0]
+
+
+def grid_nearest_k(ctr: Tensor, grid: tuple[int, int], query: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     """`nearest_k` for anchor centres on a row-major (H, W) grid, looking only at a window around each query.
 
     ctr: (H*W, 2) centres, rows and columns evenly spaced; query: (..., 2) points. Each query gets a window of
     `k + 2` rows x `k + 2` columns around its nearest grid cell (clamped into the grid), so the work is
-    O(k^2) per query instead of O(H*W). Exact: returns None (the caller then searches the whole level)
-    unless, for every query, the k-th window distance is smaller than the distance to any anchor outside
-    its window. Window positions are in anchor-index order, so ties still go to the lowest anchor index.
+    O(k^2) per query instead of O(H*W). Returns the indices and a 0-dim bool tensor, True when they are exact:
+    for every query the k-th window distance is smaller than the distance to any anchor outside its window, and
+    no tie straddles the k-th place (the caller checks it, with other levels' flags in one host synchronisation,
+    and otherwise searches the whole level). None when the grid is too small for a window to help. Window
+    positions are in anchor-index order, so ties still go to the lowest anchor index.
     """
     height, width = grid
     side = k + 2
@@ -147,14 +155,12 @@ def grid_nearest_k(ctr: Tensor, grid: tuple[int, int], query: Tensor, k: int) ->
     window = ctr[index]
     dist = (window[..., 0] - query[..., 0, None]).square_()
     dist += (window[..., 1] - query[..., 1, None]).square_()
-    chosen = nearest_k(dist, k)
+    chosen, ties_ok = _windowed_nearest_k(dist, k, 2 * k)
     kth = dist.gather(-1, chosen[..., -1:]).squeeze(-1)
     # An anchor outside the window is outside its rows (or columns) and at least as far as the grid's
     # extent along the other axis.
     outside = torch.minimum(row_gap.square() + col_extent.square(), col_gap.square() + row_extent.square())
-    if not bool((kth < outside).all()):
-        return None
-    return index.gather(-1, chosen)
+    return index.gather(-1, chosen), ties_ok & (kth < outside).all()
 
 
 class CombinedIoUAssigner:
@@ -231,20 +237,28 @@ class CombinedIoUAssigner:
         # 1. Candidates: per level the k anchors nearest to each GT centre -> (B, G, K) anchor indices.
         anchor_ctr = (anchors[:, :2] + anchors[:, 2:]) / 2
         gt_ctr = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
-        cand_per_level = []
-        start = 0
+        starts = [sum(num_anchors_per_level[:level]) for level in range(len(num_anchors_per_level))]
+
+        def level_distances(level: int) -> Tensor:
+            ctr = anchor_ctr[starts[level]:starts[level] + num_anchors_per_level[level]]
+            # squared distance (B, G, n) = dx^2 + dy^2, in place: these are the largest tensors here
+            dist = (ctr[:, 0] - gt_ctr[..., 0, None]).square_()
+            return dist.add_((ctr[:, 1] - gt_ctr[..., 1, None]).square_())
+
+        cand_per_level, exact_per_level = [], []
         for level, n_level in enumerate(num_anchors_per_level):
-            ctr = anchor_ctr[start:start + n_level]
             k = min(self.topk, n_level)
-            chosen = grid_nearest_k(ctr, level_shapes[level], gt_ctr, k) if level_shapes else None
-            if chosen is None:
-                # squared distance (B, G, n) = dx^2 + dy^2, in place: these are the largest tensors here
-                dist = (ctr[:, 0] - gt_ctr[..., 0, None]).square_()
-                dist += (ctr[:, 1] - gt_ctr[..., 1, None]).square_()
-                chosen = nearest_k(dist, k)
-            cand_per_level.append(chosen + start)
-            start += n_level
-        cand = torch.cat(cand_per_level, dim=-1)  # (B, G, K)
+            ctr = anchor_ctr[starts[level]:starts[level] + n_level]
+            found = grid_nearest_k(ctr, level_shapes[level], gt_ctr, k) if level_shapes else None
+            chosen, exact = found if found is not None else _windowed_nearest_k(level_distances(level), k, 2 * k)
+            cand_per_level.append(chosen)
+            exact_per_level.append(exact)
+        # One host synchronisation for every level's exactness; an inexact level (rare) searches all its anchors.
+        exact_levels = torch.stack(exact_per_level).tolist()
+        for level, exact in enumerate(exact_levels):
+            if not exact:
+                cand_per_level[level] = nearest_k(level_distances(level), min(self.topk, num_anchors_per_level[level]))
+        cand = torch.cat([c + start for c, start in zip(cand_per_level, starts)], dim=-1)  # (B, G, K)
         num_cand = cand.shape[-1]
 
         # 2. IoUs of the candidates' anchors / predicted boxes with their GT: (B, G, K).

@@ -66,13 +66,14 @@ def joint_quality_focal_loss(cls_logits: Tensor, quality_logits: Tensor, targets
     return ((t - log_p.exp()).abs().pow(beta) * bce).sum()
 
 
-def distribution_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
+def distribution_focal_loss(logits: Tensor, targets: Tensor, check: bool = True) -> Tensor:
     """Distribution Focal Loss (GFL), per distribution, in float32: (M, n + 1) logits over the values 0..n and
     (M,) targets y in [0, n) -> (M,) `-((y_r - y) * log S(y_l) + (y - y_l) * log S(y_r))`, where
     y_l = floor(y), y_r = y_l + 1 and S is the softmax. The caller clamps y below n (GFL: n - 0.01).
+    `check=False` skips the range check (a host-device synchronisation) for targets clamped just before.
     """
     logits, targets = logits.float(), targets.float()
-    if targets.numel() and not bool(((targets >= 0) & (targets < logits.shape[-1] - 1)).all()):
+    if check and targets.numel() and not bool(((targets >= 0) & (targets < logits.shape[-1] - 1)).all()):
         raise ValueError(f"DFL targets must lie in [0, {logits.shape[-1] - 1}); clamp them first")
     left = targets.floor().long()
     log_prob = logits.log_softmax(dim=-1)

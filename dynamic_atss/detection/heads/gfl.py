@@ -190,7 +190,8 @@ class GFLHead(DenseHead):
         centres = (pos_anchors[:, :2] + pos_anchors[:, 2:]) / 2
         side_targets = torch.cat([centres - gt_boxes[:, :2], gt_boxes[:, 2:] - centres], dim=-1) / pos_strides[:, None]
         side_targets = side_targets.clamp(min=0, max=self.reg_max - _TARGET_EPS)
-        dfl = distribution_focal_loss(pos_logits.reshape(-1, self.reg_max + 1), side_targets.reshape(-1))
+        # clamped into range just above: no need for the loss's range check (a host-device synchronisation)
+        dfl = distribution_focal_loss(pos_logits.reshape(-1, self.reg_max + 1), side_targets.reshape(-1), check=False)
         loss_dfl = (dfl.view(-1, 4).mean(dim=-1) * weights).sum() / weight_sum * self.loss_cfg.dfl_weight
 
         outputs = (box_dist_logits,) if quality_logits is None else (box_dist_logits, quality_logits)
