@@ -67,6 +67,17 @@ def test_throughput_without_peers_and_only_raw(tmp_path):
     assert report["ratios"] == [] and report["results"][0]["peak_mem_mb"] is None
 
 
+def test_throughput_direct_variant_trains_on_its_own_model(tmp_path):
+    """'+direct' is the same weights without Winograd: inference and training rows of its own."""
+    path = tmp_path / "speed.json"
+    args = ["--quick", "--no-peers", "--models", "r50", "r50+direct", "--modes", "inference", "train", "--iters",
+            "1", "--warmup", "0", "--no-memory", "--model-args", json.dumps({"fpn_channels": 128, "head.channels": 128}),
+            "--json", str(path), "-q"]
+    assert throughput.main(args) == 0
+    rows = {(r["model"], r["mode"]) for r in json.loads(path.read_text())["results"]}
+    assert rows == {(m, mode) for m in ("r50", "r50+direct") for mode in ("inference", "train")}
+
+
 def test_parse_size_and_bad_options():
     assert throughput.parse_size("800x1216") == (800, 1216)
     assert throughput.parse_size("512") == (512, 512)

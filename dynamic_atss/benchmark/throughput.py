@@ -17,8 +17,9 @@ Fairness: the peers are built as their users run them from ImageNet weights (``F
 frozen, ``trainable_backbone_layers=3``; see `build_peer`), with random weights and ``score_thresh=0.05``; every
 model gets ``min_size`` / ``max_size`` equal to the input's sides, so the same input is processed at the same size
 by all. ``--amp`` / ``--channels-last`` / ``--compile`` apply to every model (options their users have too);
-a ``+onnx`` model suffix (``r50+onnx``, the fast path: the network in ONNX Runtime, `dynamic_atss.inference`) and
-``+bf16`` (CPU bfloat16 / CUDA autocast) only to ours. Calls of the different models
+a ``+onnx`` model suffix (``r50+onnx``: the network in ONNX Runtime, `dynamic_atss.inference`), ``+bf16`` (CPU
+bfloat16 / CUDA autocast) and ``+direct`` (the same model with oneDNN's direct convolutions instead of the default
+CPU Winograd ones, `models/winograd.py`) only to ours. Calls of the different models
 are interleaved round-robin, so slow drifts of a shared machine's load hit all of them alike.
 
 Random weights produce almost no detections above the threshold, so post-processing is cheap for every model;
@@ -75,7 +76,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-SUFFIXES = ("onnx", "bf16")
+SUFFIXES = ("onnx", "bf16", "direct")
+INFERENCE_ONLY = ("onnx", "bf16")  # variants whose training step is their base model's
 
 
 def _split_spec(spec: str) -> tuple[str, set[str]]:
@@ -83,8 +85,8 @@ def _split_spec(spec: str) -> tuple[str, set[str]]:
     name, *options = spec.split("+")
     unknown = set(options) - set(SUFFIXES)
     if unknown or not name or set(SUFFIXES) <= set(options):
-        raise ValueError(f"model {spec!r}: the suffixes are '+onnx' (ONNX Runtime) or '+bf16' (bfloat16 autocast), "
-                         f"one at a time; got {options}")
+        raise ValueError(f"model {spec!r}: the suffixes are '+onnx' (ONNX Runtime), '+bf16' (bfloat16 autocast) or "
+                         f"'+direct' (oneDNN's direct convolutions instead of Winograd), one at a time; got {options}")
     return name, set(options)
 
 
@@ -554,6 +556,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             start = time.perf_counter()
             model = onnx_runtime(copy.deepcopy(base).eval(), threads=torch.get_num_threads())
             log(f"  exported and checked in {time.perf_counter() - start:.1f} s")
+        if variant == "direct":  # the same weights without Winograd: its own inference and training rows
+            from ..models.winograd import disable_winograd  # noqa: PLC0415
+
+            model = copy.deepcopy(base)
+            disable_winograd(model)
+            contestants.append(Contestant(spec, "ours", model, model, variant))
+            continue
         contestants.append(Contestant(spec, "ours", model, base, variant))
     for peer in args.peers:
         log(f"building torchvision {peer} ({args.peer_backbone}) ...")
@@ -572,7 +581,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         # The training step of an inference variant (+onnx, +bf16) is its base's: measure it once, under the base name.
         group: list[Contestant] = []
         for c in contestants:
-            if mode == "train" and c.variant:
+            if mode == "train" and c.variant in INFERENCE_ONLY:
                 c = dataclasses.replace(c, name=c.name.split("+")[0], variant="")
             if all(o.name != c.name for o in group):
                 group.append(c)
@@ -636,8 +645,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--models", nargs="+", default=None,
                         help="our models: registered names (r50, r101_dcn, ...), local-dir:/path or hf-hub:org/name; "
-                             "a '+onnx' suffix (r50+onnx) runs that model's network in ONNX Runtime (CPU, the fast "
-                             "path; needs onnxruntime), '+bf16' under bfloat16 autocast (inference rows only)")
+                             "a '+onnx' suffix (r50+onnx) runs that model's network in ONNX Runtime (CPU; needs "
+                             "onnxruntime), '+bf16' under bfloat16 autocast (inference rows only), '+direct' "
+                             "with oneDNN's direct convolutions instead of Winograd (inference and training rows)")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS,
                         help="torchvision models measured in the same run (none: --peers with no value, or --no-peers)")
     parser.add_argument("--no-peers", action="store_true", help="measure only our models")
@@ -677,8 +687,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.no_peers:
         args.peers = []
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if args.models is None:  # eager, and on CPU the fast path (ONNX Runtime) next to it when installed
-        args.models = ["r50"] + (["r50+onnx"] if not cuda and not args.quick and _onnx_available() else [])
+    if args.models is None:  # the default path, and on CPU the direct convolutions and ONNX Runtime next to it
+        args.models = ["r50"] + (["r50+direct"] if not cuda and not args.quick else []) + (
+            ["r50+onnx"] if not cuda and not args.quick and _onnx_available() else [])
     if args.quick:
         args.sizes = args.sizes or [(128, 128)]
         args.train_sizes = args.train_sizes or [(128, 128)]
