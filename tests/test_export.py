@@ -1,4 +1,4 @@
-"""Export and the fast path: ONNX (raw and with NMS in the graph, dynamic batch and size, DCN through DeformConv),
+"""Export: ONNX (raw and with NMS in the graph, dynamic batch and size, DCN through DeformConv),
 ONNX Runtime detections equal to eager PyTorch, torch.export of forward_raw for every head family, the CLI."""
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def onnx_deps():
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
-def test_onnx_runtime_fast_path_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path, kind):
-    """The documented fast path gives the default path's detections (same labels, boxes within 1e-3 relative)
+def test_onnx_runtime_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path, kind):
+    """ONNX Runtime gives the default path's detections (same labels, boxes within 1e-3 relative)
     on real-sized images of different sizes in one batch, and the raw outputs at another batch / size."""
     from dynamic_atss.inference import onnx_runtime
 

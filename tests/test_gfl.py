@@ -561,7 +561,7 @@ def test_losses_match_real_mmdetection_gfl():
 
 def test_default_inference_path_gives_the_same_raw_outputs(tiny_kwargs):
     """Inference folds the frozen BatchNorms into their convs (models/fold.py): same outputs as with gradients on.
-    (The ONNX Runtime fast path is checked for every family in test_export.py.)"""
+    (ONNX Runtime is checked for every family in test_export.py.)"""
     model = da.create("gflv2_r50", num_classes=3, **tiny_kwargs).eval()
     x = torch.randn(1, 3, 128, 128)
     reference = model.forward_raw(x)  # gradients enabled: the trainable stages run conv + BN unfolded

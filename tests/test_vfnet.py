@@ -288,7 +288,7 @@ def test_save_pretrained_round_trip(tiny_kwargs, tmp_path):
 
 def test_default_inference_path_keeps_the_outputs(tiny_kwargs):
     """Inference folds the frozen BatchNorms into their convs (models/fold.py): same outputs as with gradients on.
-    (The ONNX Runtime fast path is checked for every family in test_export.py.)"""
+    (ONNX Runtime is checked for every family in test_export.py.)"""
     model = tiny_vfnet(tiny_kwargs).eval()
     x = torch.randn(1, 3, 128, 160)
     reference = model.forward_raw(x)  # gradients enabled: the trainable stages run conv + BN unfolded

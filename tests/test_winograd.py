@@ -146,7 +146,7 @@ def test_enable_switches_only_eligible_convs_and_keeps_state_dicts():
 def test_cached_transform_follows_in_place_weight_updates():
     conv = nn.Conv2d(8, 8, 3, 1, 1)
     enable_winograd(conv, min_in_channels=8, min_out_channels=8)
-    x = torch.randn(1, 8, 12, 12)
+    x = torch.randn(1, 8, 16, 20)
     with torch.inference_mode():
         conv(x)
     with torch.no_grad():
@@ -162,7 +162,7 @@ def test_folding_conv_with_winograd_equals_conv_and_frozen_batch_norm():
             getattr(bn, name).copy_(torch.randn(8))
         bn.running_var.copy_(torch.rand(8) + 0.5)
     reference = nn.Sequential(conv, bn)
-    x = torch.randn(1, 8, 10, 14)
+    x = torch.randn(1, 8, 18, 14)
     with torch.no_grad():
         expected = reference(x)
     folded = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, bias=False), FrozenBatchNorm2d(8))
@@ -175,20 +175,21 @@ def test_folding_conv_with_winograd_equals_conv_and_frozen_batch_norm():
 
 
 def test_falls_back_to_the_direct_convolution_where_it_must(monkeypatch):
-    """bf16 autocast, float64 and export use the direct convolution (the Winograd kernel is never called)."""
+    """bf16 autocast, float64, small maps and export use the direct convolution (the Winograd kernel is never called)."""
     import dynamic_atss.models.winograd as winograd
 
     conv = nn.Conv2d(8, 8, 3, 1, 1)
     enable_winograd(conv, min_in_channels=8, min_out_channels=8)
     calls = []
     monkeypatch.setattr(winograd, "_convolve", lambda *a: calls.append(1) or F.conv2d(a[0], conv.weight, a[2], padding=1))
-    x = torch.randn(1, 8, 12, 12)
+    x = torch.randn(1, 8, 16, 20)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv(x).dtype == torch.bfloat16
     with torch.no_grad():
         conv.double()(x.double())
         conv.float()
         program = torch.export.export(conv, (x,))
+        conv(torch.randn(1, 8, 15, 16))  # a small map: fewer than MIN_PIXELS pixels
     assert calls == []
     assert "aten.conv2d" in str(program.graph) and "as_strided" not in str(program.graph)
     with torch.no_grad():

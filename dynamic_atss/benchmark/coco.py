@@ -280,7 +280,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
     parser.add_argument("--amp", action="store_true", help="CUDA autocast (float16)")
     parser.add_argument("--onnx", action="store_true",
-                        help="the fast CPU path: the network in ONNX Runtime (dynamic_atss.inference.onnx_runtime)")
+                        help="run the network in ONNX Runtime (CPU; dynamic_atss.inference.onnx_runtime)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only (not with test-dev)")
     parser.add_argument("--out", default=None, help="output folder (default outputs/coco/<model name>)")
     parser.add_argument("--name", default=None, help="model name in the output file names")

@@ -1,4 +1,4 @@
-"""Inference beyond eager PyTorch: ONNX / `torch.export` export and the ONNX Runtime fast path."""
+"""Inference beyond eager PyTorch: ONNX / `torch.export` export and the ONNX Runtime runner."""
 
 from .export import (
     DetectionGraph, RawGraph, check_exportable, export_onnx, export_program, has_dcn, raw_output_names,

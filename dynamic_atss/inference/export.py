@@ -7,7 +7,7 @@ largest stride (256 px for P7: `torch.export` specialises dimensions of size 1).
   the model's ``size_divisible`` (what `DynamicATSS.preprocess` returns); outputs ``<name>_p<level>`` for every
   entry of `head.output_names` and every FPN level (e.g. ``cls_logits_p3`` ... ``quality_logits_p7``), each
   (B, k, H_l, W_l). This is `model.forward_raw`; `OnnxRuntimeDetector` wraps it with the model's own pre- and
-  post-processing (the documented fast CPU path).
+  post-processing.
 - **detections** (`with_postprocess=True`): inputs ``images`` (B, 3, H, W) in [0, 1] (already resized; any
   padding; H and W multiples of ``size_divisible``) and ``image_sizes`` (B, 2) int64 (height, width of each
   image inside the batch); the graph normalises, zeroes the padding as `preprocess` does, runs the network,

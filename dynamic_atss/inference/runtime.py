@@ -1,4 +1,5 @@
-"""The fast CPU path: the network in ONNX Runtime, pre- and post-processing from the PyTorch model.
+"""The network in ONNX Runtime, pre- and post-processing from the PyTorch model (deployment where ONNX is the
+contract, and a check of the exported graph).
 
     from dynamic_atss import create
     from dynamic_atss.inference import onnx_runtime
@@ -7,8 +8,9 @@
     fast = onnx_runtime(model)          # exports forward_raw once (seconds), checks it against PyTorch
     detections = fast(images)           # same call and output as model(images)
 
-ONNX Runtime fuses BatchNorm / activations into its convolutions and picks blocked (NCHWc) layouts; on 2 CPU
-cores it runs the R-50 network ~1.3-1.7x faster than eager PyTorch (README, "Predict, evaluate, benchmark").
+ONNX Runtime fuses BatchNorm / activations into its convolutions and picks blocked (NCHWc) layouts, but its
+convolutions are direct ones: on a 2-core AVX-512 CPU it is slower than the default eager path, whose 3x3
+convolutions run by Winograd (`models/winograd.py`; README, "Predict, evaluate, benchmark").
 The detections equal the eager model's up to float rounding of the network (tests: boxes within 1e-3 px
 relative, same labels), because resizing, anchors, decoding and NMS are the model's own code.
 """

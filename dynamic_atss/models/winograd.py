@@ -19,8 +19,8 @@ OS on every call: a page fault per 4 KiB).
 `enable_winograd(model)` switches every eligible convolution (3x3, stride 1, padding 1, dilation 1, one group,
 enough channels to gain) to this path; a module keeps its class's other behaviour (`FoldingConv2d` still folds
 its BatchNorm first), its parameters and its state-dict keys. A call falls back to the direct convolution when the
-input is not a float32 CPU tensor, under autocast, or while tracing / exporting (exporters see a plain
-convolution). `disable_winograd(model)` switches back. The detector enables it by default (`DynamicATSS`).
+input is not a float32 CPU tensor, is a map of fewer than `MIN_PIXELS` pixels, under autocast, or while tracing /
+exporting (exporters see a plain convolution). `disable_winograd(model)` switches back. The detector enables it by default (`DynamicATSS`).
 """
 
 from __future__ import annotations
@@ -231,8 +231,10 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
 
 # Measured on a 2-core AVX-512 CPU (benchmarks/winograd.py): 256 -> 256 channels 2.0x faster than oneDNN's direct
 # convolution, 512 -> 512 1.8x, 128 -> 128 1.4x, 256 -> 80 (a classifier) 1.2x, 64 -> 64 2x slower.
+# On small maps the tile transforms cost more than they save (256 -> 256 at 13 x 19: even; at 7 x 10: 2x slower).
 MIN_IN_CHANNELS = 128
 MIN_OUT_CHANNELS = 64
+MIN_PIXELS = 256
 
 
 def is_eligible(conv: nn.Module, min_in_channels: int = MIN_IN_CHANNELS,
@@ -273,7 +275,8 @@ class WinogradConv2d(nn.Conv2d):
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if (input.device.type != "cpu" or input.dtype != torch.float32 or weight.dtype != torch.float32
-                or input.dim() != 4 or torch.is_autocast_enabled("cpu") or _tracing()):
+                or input.dim() != 4 or input.shape[-2] * input.shape[-1] < MIN_PIXELS
+                or torch.is_autocast_enabled("cpu") or _tracing()):
             return super()._conv_forward(input, weight, bias)
         return winograd_conv3x3(input, weight, bias, transformed_weight=self._transformed(weight))
 
