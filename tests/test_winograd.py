@@ -69,7 +69,8 @@ def test_forward_equals_conv2d(shape, channels_last):
     assert _relative(expected - bias.double().view(1, -1, 1, 1), cached.double()) < 1e-5
 
 
-@pytest.mark.parametrize("shape", SHAPES[:4])
+# the last one has too few tiles for its channels: its filter gradient is the direct one
+@pytest.mark.parametrize("shape", SHAPES[:4] + [(1, 64, 64, 8, 8)])
 def test_backward_equals_conv2d(shape):
     n, c, k, h, w = shape
     x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3), torch.randn(k)

@@ -20,7 +20,8 @@ OS on every call: a page fault per 4 KiB).
 enough channels to gain) to this path; a module keeps its class's other behaviour (`FoldingConv2d` still folds
 its BatchNorm first), its parameters and its state-dict keys. A call falls back to the direct convolution when the
 input is not a float32 CPU tensor, is a map of fewer than `MIN_PIXELS` pixels, under autocast, or while tracing /
-exporting (exporters see a plain convolution). `disable_winograd(model)` switches back. The detector enables it by default (`DynamicATSS`).
+exporting (exporters see a plain convolution). `disable_winograd(model)` switches back. The detector enables it
+by default (`DynamicATSS`).
 """
 
 from __future__ import annotations
@@ -191,6 +192,13 @@ def _weight_gradient(x: Tensor, grad_out: Tensor) -> Tensor:
     return grad_weight.view(3, 3, geometry.channels, out_channels).permute(3, 2, 0, 1).contiguous()
 
 
+def _winograd_pays_for_filter_gradient(x: Tensor, weight: Tensor) -> bool:
+    """The filter gradient accumulates 36 x C x K values however few the tiles: with fewer tiles than C * K / 512
+    (e.g. 512 channels at 25 x 38) the direct one is faster (benchmarks/winograd.py)."""
+    tiles = x.shape[0] * -(-x.shape[2] // TILE) * -(-x.shape[3] // TILE)
+    return tiles * 512 >= weight.shape[0] * weight.shape[1]
+
+
 class _WinogradConv3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # noqa: ANN001
@@ -206,7 +214,8 @@ class _WinogradConv3x3(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # the same convolution with the flipped, transposed filters
             grad_x = _convolve(grad_out, winograd_weight(weight.flip(2, 3).transpose(0, 1)), None)
         if ctx.needs_input_grad[1]:
-            grad_weight = _weight_gradient(x, grad_out)
+            grad_weight = _weight_gradient(x, grad_out) if _winograd_pays_for_filter_gradient(x, weight) else \
+                torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, padding=1)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias
@@ -229,11 +238,12 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
         return _convolve(x, winograd_weight(weight) if transformed_weight is None else transformed_weight, bias)
 
 
-# Measured on a 2-core AVX-512 CPU (benchmarks/winograd.py): 256 -> 256 channels 2.0x faster than oneDNN's direct
-# convolution, 512 -> 512 1.8x, 128 -> 128 1.4x, 256 -> 80 (a classifier) 1.2x, 64 -> 64 2x slower.
-# On small maps the tile transforms cost more than they save (256 -> 256 at 13 x 19: even; at 7 x 10: 2x slower).
+# Measured on a 2-core AVX-512 CPU (benchmarks/winograd.py), quiet machine: 256 -> 256 channels 2.0x faster than
+# oneDNN's direct convolution, 512 -> 512 1.8x, 128 -> 128 1.4x, 256 -> 80 (a classifier) 1.2x, 64 -> 64 2x slower;
+# when other jobs share the CPU caches, 1.3-1.5x, 1.5x, 0.8x, 0.6x and 0.45x. On small maps the tile transforms
+# cost more than they save (256 -> 256 at 13 x 19: even; at 7 x 10: 2x slower).
 MIN_IN_CHANNELS = 128
-MIN_OUT_CHANNELS = 64
+MIN_OUT_CHANNELS = 128
 MIN_PIXELS = 256
 
 
