@@ -254,3 +254,32 @@ def test_training_step_with_winograd_equals_direct(tiny_kwargs):
     assert grads.keys() == expected_grads.keys()
     for name, expected in expected_grads.items():
         assert _relative(expected, grads[name]) < 1e-3, f"gradient of {name} differs"
+
+
+@pytest.mark.parametrize("counter", ["torch", "unavailable"])
+def test_weight_caches_follow_in_place_updates_with_or_without_a_version_counter(monkeypatch, counter):
+    """`Tensor._version` (not a documented API) keys the folded-weight and transformed-weight caches; without it
+    (`tensor_version` -> None) nothing is cached and the results are still right."""
+    import dynamic_atss.models.fold as fold
+    import dynamic_atss.models.winograd as winograd
+
+    if counter == "unavailable":
+        monkeypatch.setattr(fold, "tensor_version", lambda tensor: None)
+        monkeypatch.setattr(winograd, "tensor_version", lambda tensor: None)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, bias=False), FrozenBatchNorm2d(8))
+    fold_frozen_batch_norms(model)
+    enable_winograd(model, min_in_channels=8, min_out_channels=8)
+    x = torch.randn(1, 8, 16, 20)
+
+    def expected():
+        return F.batch_norm(F.conv2d(x, model[0].weight, padding=1), model[1].running_mean, model[1].running_var,
+                            model[1].weight, model[1].bias, False, 0.0, model[1].eps)
+
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected(), rtol=1e-4, atol=1e-5)
+        cached = model[0]._winograd_cache[1]
+        model(x)
+        assert (model[0]._winograd_cache[1] is cached) == (counter == "torch")  # reused only with a counter
+        model[0].weight.mul_(-2)
+        model[1].running_var.mul_(3)
+        torch.testing.assert_close(model(x), expected(), rtol=1e-4, atol=1e-5)

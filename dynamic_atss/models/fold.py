@@ -28,7 +28,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["FoldableFrozenBatchNorm2d", "FoldingConv2d", "fold_frozen_batch_norms"]
+__all__ = ["FoldableFrozenBatchNorm2d", "FoldingConv2d", "fold_frozen_batch_norms", "tensor_version"]
+
+
+def tensor_version(tensor: Tensor) -> int | None:
+    """The tensor's in-place modification counter, or None where it is unavailable (then caches keyed on it
+    never hit). `Tensor._version` is not a documented API: this is the one place that reads it."""
+    if tensor.is_inference():
+        return -1  # inference tensors cannot be modified in place outside inference mode and have no counter
+    version = getattr(tensor, "_version", None)
+    return version if isinstance(version, int) else None
 
 
 def _tracing() -> bool:
@@ -76,8 +85,8 @@ class FoldingConv2d(nn.Conv2d):
         channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         tensors = (weight, self.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        key = tuple((t.data_ptr(), t._version) for t in tensors if t is not None) + (weight.dtype, memory_format)
-        if self._folded is None or self._folded[0] != key:
+        key = tuple((t.data_ptr(), tensor_version(t)) for t in tensors if t is not None) + (weight.dtype, memory_format)
+        if self._folded is None or self._folded[0] != key or None in (v for _, v in key[:-2]):
             with torch.no_grad():
                 scale, shift = bn.scale_shift()
                 folded_weight = (weight.double() * scale.view(-1, 1, 1, 1)).to(weight.dtype)

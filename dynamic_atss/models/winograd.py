@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .fold import FoldingConv2d
+from .fold import FoldingConv2d, tensor_version
 
 __all__ = ["WinogradConv2d", "WinogradFoldingConv2d", "disable_winograd", "enable_winograd", "is_eligible",
            "release_workspace", "winograd_conv3x3", "winograd_matrices", "winograd_weight"]
@@ -274,11 +274,10 @@ class WinogradConv2d(nn.Conv2d):
             self._winograd_cache = None  # training this conv: its weight changes every step
             return None
         # the same tensor object (a dead weak reference never matches: a new tensor at a freed address is
-        # another weight), unchanged in place (inference tensors, e.g. a weight folded under inference_mode,
-        # cannot change in place and have no version counter)
-        version = -1 if weight.is_inference() else weight._version
+        # another weight), unchanged in place
+        version = tensor_version(weight)
         cache = self._winograd_cache
-        if cache is None or cache[0][0]() is not weight or cache[0][1] != version:
+        if cache is None or cache[0][0]() is not weight or cache[0][1] != version or version is None:
             with torch.no_grad():
                 self._winograd_cache = ((weakref.ref(weight), version), winograd_weight(weight).contiguous())
         return self._winograd_cache[1]
