@@ -86,7 +86,7 @@ def test_train_mode_needs_targets(tiny_kwargs):
 ALLOWED_SYNCS = {
     ("detector.py", "_prepare_targets", "__bool__"): 1,  # bad boxes / labels: one check for the whole batch
     ("detector.py", "forward", "tolist"): 1,  # resized image sizes: a CPU tensor, no device involved
-    ("assigner.py", "__call__", "tolist"): 1,  # exactness of every level's windowed candidate search at once
+    ("assigner.py", "__call__", "tolist"): 1,  # CPU only: exactness of every level's window search at once
     ("base.py", "gather_positive", "nonzero"): 1,  # indices of the positives: their number sets the loss shapes
 }
 SYNCING = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy"}

@@ -91,30 +91,15 @@ def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / union
 
 
-def _windowed_nearest_k(dist: Tensor, k: int, window: int) -> tuple[Tensor, Tensor]:
-    """The k smallest entries among the `window` smallest (`torch.topk`), in (distance, index) order, and a 0-dim
-    bool tensor: True when that is exact, i.e. no group of equal distances straddles the window's edge (`topk`
-    leaves the order of equal values unspecified). No host synchronisation."""
-    n = dist.shape[-1]
-    window = min(n, window)
-    vals, idx = dist.topk(window, dim=-1, largest=False)
-    if window == n:
-        exact = torch.ones((), dtype=torch.bool, device=dist.device)
-    else:
-        exact = (vals[..., -1] != vals[..., k - 1]).all()
-    idx, order = idx.sort(dim=-1)  # by index ...
-    vals = vals.gather(-1, order)
-    _, order = vals.sort(dim=-1, stable=True)  # ... then stably by distance
-    return idx.gather(-1, order)[..., :k], exact
-
-
 def nearest_k(dist: Tensor, k: int) -> Tensor:
-    """Indices of the k smallest entries along the last dim, ties broken by the lowest index.
-
-    Returned in (distance, index) order: a window of 2k by `torch.topk` (fast), ordered exactly with two sorts;
-    if a group of equal distances straddles the window's edge (rare), the whole dim."""
-    chosen, exact = _windowed_nearest_k(dist, k, 2 * k)
-    return chosen if bool(exact) else _windowed_nearest_k(dist, k, dist.shape[-1])[0]
+    """Indices of the k smallest entries of `dist` (non-negative) along the last dim, ties broken by the lowest
+    index, in (distance, index) order. Exact and without host synchronisation: `torch.topk` leaves the order of
+    equal values unspecified, so it runs on int64 keys (the float32 distance's bits, which order like the
+    distance for non-negative values, then the index), which are all different."""
+    n = dist.shape[-1]
+    bits = dist.float().contiguous().view(torch.int32).to(torch.int64)
+    keys = bits * n + torch.arange(n, device=dist.device)  # bits < 2^31 and n < 2^32: no overflow
+    return keys.topk(k, dim=-1, largest=False).indices
 
 
 def grid_nearest_k(ctr: Tensor, grid: tuple[int, int], query: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
@@ -123,10 +108,10 @@ def grid_nearest_k(ctr: Tensor, grid: tuple[int, int], query: Tensor, k: int) ->
     ctr: (H*W, 2) centres, rows and columns evenly spaced; query: (..., 2) points. Each query gets a window of
     `k + 2` rows x `k + 2` columns around its nearest grid cell (clamped into the grid), so the work is
     O(k^2) per query instead of O(H*W). Returns the indices and a 0-dim bool tensor, True when they are exact:
-    for every query the k-th window distance is smaller than the distance to any anchor outside its window, and
-    no tie straddles the k-th place (the caller checks it, with other levels' flags in one host synchronisation,
-    and otherwise searches the whole level). None when the grid is too small for a window to help. Window
-    positions are in anchor-index order, so ties still go to the lowest anchor index.
+    for every query the k-th window distance is smaller than the distance to any anchor outside its window (the
+    caller checks it, with other levels' flags in one host synchronisation, and otherwise searches the whole
+    level). None when the grid is too small for a window to help. Window positions are in anchor-index order, so
+    ties still go to the lowest anchor index.
     """
     height, width = grid
     side = k + 2
@@ -155,12 +140,12 @@ def grid_nearest_k(ctr: Tensor, grid: tuple[int, int], query: Tensor, k: int) ->
     window = ctr[index]
     dist = (window[..., 0] - query[..., 0, None]).square_()
     dist += (window[..., 1] - query[..., 1, None]).square_()
-    chosen, ties_ok = _windowed_nearest_k(dist, k, 2 * k)
+    chosen = nearest_k(dist, k)
     kth = dist.gather(-1, chosen[..., -1:]).squeeze(-1)
     # An anchor outside the window is outside its rows (or columns) and at least as far as the grid's
     # extent along the other axis.
     outside = torch.minimum(row_gap.square() + col_extent.square(), col_gap.square() + row_extent.square())
-    return index.gather(-1, chosen), ties_ok & (kth < outside).all()
+    return index.gather(-1, chosen), (kth < outside).all()
 
 
 class CombinedIoUAssigner:
@@ -174,6 +159,8 @@ class CombinedIoUAssigner:
         resolve_weight(pred_weight, 0.0)  # validate early
         resolve_weight(anchor_weight, 0.0)
         self.topk = topk
+        # search candidates in a window of each level's grid: None = on CPU only (see __call__)
+        self.window_search: bool | None = None
         self.pred_weight = pred_weight
         self.anchor_weight = anchor_weight
         self.center_margin = center_margin
@@ -245,19 +232,25 @@ class CombinedIoUAssigner:
             dist = (ctr[:, 0] - gt_ctr[..., 0, None]).square_()
             return dist.add_((ctr[:, 1] - gt_ctr[..., 1, None]).square_())
 
-        cand_per_level, exact_per_level = [], []
+        # On a CPU the window search (O(k^2) per GT instead of O(anchors)) pays for its one host synchronisation,
+        # which costs nothing there; on an accelerator every level is searched whole, with no synchronisation.
+        windowed = level_shapes is not None and (self.window_search if self.window_search is not None
+                                                 else device.type == "cpu")
+        cand_per_level, windowed_levels = [], []
         for level, n_level in enumerate(num_anchors_per_level):
             k = min(self.topk, n_level)
             ctr = anchor_ctr[starts[level]:starts[level] + n_level]
-            found = grid_nearest_k(ctr, level_shapes[level], gt_ctr, k) if level_shapes else None
-            chosen, exact = found if found is not None else _windowed_nearest_k(level_distances(level), k, 2 * k)
-            cand_per_level.append(chosen)
-            exact_per_level.append(exact)
-        # One host synchronisation for every level's exactness; an inexact level (rare) searches all its anchors.
-        exact_levels = torch.stack(exact_per_level).tolist()
-        for level, exact in enumerate(exact_levels):
-            if not exact:
-                cand_per_level[level] = nearest_k(level_distances(level), min(self.topk, num_anchors_per_level[level]))
+            found = grid_nearest_k(ctr, level_shapes[level], gt_ctr, k) if windowed else None
+            if found is None:
+                cand_per_level.append(nearest_k(level_distances(level), k))
+            else:
+                cand_per_level.append(found[0])
+                windowed_levels.append((level, found[1]))
+        if windowed_levels:  # one host synchronisation for every level's exactness; an inexact level searches whole
+            exact = torch.stack([flag for _, flag in windowed_levels]).tolist()
+            for (level, _), ok in zip(windowed_levels, exact):
+                if not ok:
+                    cand_per_level[level] = nearest_k(level_distances(level), min(self.topk, num_anchors_per_level[level]))
         cand = torch.cat([c + start for c, start in zip(cand_per_level, starts)], dim=-1)  # (B, G, K)
         num_cand = cand.shape[-1]
 
