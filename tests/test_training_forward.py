@@ -84,7 +84,8 @@ def test_train_mode_needs_targets(tiny_kwargs):
 # Every host-device synchronisation of a training step (forward + backward), by the function it is in. On a GPU
 # each one waits for the queued kernels, so the list is kept short and each entry is justified:
 ALLOWED_SYNCS = {
-    ("detector.py", "_prepare_targets", "__bool__"): 1,  # bad boxes / labels: one check for the whole batch
+    ("detector.py", "_prepare_targets", "__bool__"): 1,  # bad boxes / labels, one check per batch, on the host
+    # where the targets are (the trainer keeps them there: no device involved)
     ("detector.py", "forward", "tolist"): 1,  # resized image sizes: a CPU tensor, no device involved
     ("assigner.py", "__call__", "tolist"): 1,  # CPU only: exactness of every level's window search at once
     ("base.py", "gather_positive", "nonzero"): 1,  # indices of the positives: their number sets the loss shapes

@@ -260,9 +260,18 @@ def _all_processes(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
     return bool(accelerator.reduce(value, reduction="sum").item() >= accelerator.num_processes)
 
 
-def _finite_inputs(images: list[torch.Tensor], targets: list[dict[str, Any]]) -> torch.Tensor:
-    checks = [torch.isfinite(image).all() for image in images] + [torch.isfinite(t["boxes"]).all() for t in targets]
-    return torch.stack(checks).all() if checks else torch.tensor(True)
+def _finite_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """A 0-dim bool tensor on the images' device (no host synchronisation)."""
+    return torch.stack([torch.isfinite(image).all() for image in images]).all()
+
+
+def _finite_targets(targets: list[dict[str, Any]]) -> bool:
+    """Whether every box is finite; the targets are host tensors (the loader does not move them)."""
+    return all(bool(torch.isfinite(torch.as_tensor(t["boxes"])).all()) for t in targets)
+
+
+def _without_boxes(target: dict[str, Any]) -> dict[str, Any]:
+    return {**target, "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
 
 
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -320,8 +329,10 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
         seeded_train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate_fn, drop_last=True,
         num_workers=config.data.num_workers,
     )
-    # The scheduler is not prepared: Accelerate would step it once per process per step.
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # The scheduler is not prepared: Accelerate would step it once per process per step. The loader's batches stay
+    # on the host: the images go to the device below, the targets are checked on the host by the model (no
+    # host-device synchronisation) and copied to the device by it.
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader, device_placement=[True, True, False])
     raw_model = accelerator.unwrap_model(model)
     grad_accum = accelerator.gradient_accumulation_steps
 
@@ -351,17 +362,28 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
         for images, targets in epoch_loader:
             raw_model.train_progress = step / max_steps
             with accelerator.accumulate(model):
-                # Checked before the forward: a NaN image would already poison the BatchNorm statistics.
-                problem = None if _all_processes(accelerator, _finite_inputs(images, targets)) else "non-finite input values"
-                if problem is None:
-                    norm_stats = [buffer.clone() for buffer in _norm_buffers(raw_model)]
-                    losses = model(images, targets)
-                    loss = sum(losses.values())  # the model returns the parts (torchvision convention)
-                    if not _all_processes(accelerator, torch.isfinite(loss.detach())):
+                # Non-finite boxes would make the model refuse the batch: it runs without them (every process
+                # runs its forward, so the processes stay in step) and the batch is skipped below.
+                targets_finite = _finite_targets(targets)
+                if not targets_finite:
+                    targets = [_without_boxes(target) for target in targets]
+                images = [image.to(accelerator.device, non_blocking=True) for image in images]
+                norm_stats = [buffer.clone() for buffer in _norm_buffers(raw_model)]
+                losses = model(images, targets)
+                loss = sum(losses.values())  # the model returns the parts (torchvision convention)
+                inputs_finite = _finite_images(images) & targets_finite
+                problem = None
+                # the step's one host-device synchronisation: an all-reduce, so every process decides alike
+                if not _all_processes(accelerator, inputs_finite & torch.isfinite(loss.detach())):
+                    if not bool(inputs_finite):
+                        problem = "non-finite input values"
+                    elif not bool(torch.isfinite(loss.detach())):
                         problem = f"non-finite loss {loss.item()}"
-                        with torch.no_grad():  # undo what the forward did to the running statistics
-                            for buffer, saved in zip(_norm_buffers(raw_model), norm_stats):
-                                buffer.copy_(saved)
+                    else:
+                        problem = "non-finite input values or loss on another process"
+                    with torch.no_grad():  # undo what the forward did to the running statistics (a NaN image too)
+                        for buffer, saved in zip(_norm_buffers(raw_model), norm_stats):
+                            buffer.copy_(saved)
                 if problem is not None:
                     bad_steps += 1
                     optimizer.zero_grad(set_to_none=True)

@@ -177,23 +177,28 @@ class DynamicATSS(HubMixin, nn.Module):
     def _prepare_targets(
         self, targets: list[dict[str, Tensor]], scales: list[tuple[float, float]], device: torch.device
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Validate, rescale to the resized images and pad: boxes (B, G, 4), labels (B, G), mask (B, G)."""
+        """Validate, rescale to the resized images and pad: boxes (B, G, 4), labels (B, G), mask (B, G) on `device`.
+
+        The work happens where the targets are (the trainer keeps them on the host, where the checks need no
+        host-device synchronisation); the padded results are then copied to `device` without waiting for it."""
         if len(targets) != len(scales):
             raise ValueError(f"got {len(scales)} images but {len(targets)} targets")
         max_gt = max((len(t["boxes"]) for t in targets), default=0)
-        gt_boxes = torch.zeros(len(targets), max_gt, 4, device=device)
-        gt_labels = torch.zeros(len(targets), max_gt, dtype=torch.int64, device=device)
-        gt_mask = torch.zeros(len(targets), max_gt, dtype=torch.bool, device=device)
+        home = next((t["boxes"].device for t in targets if isinstance(t["boxes"], Tensor)), torch.device("cpu"))
+        gt_boxes = torch.zeros(len(targets), max_gt, 4, device=home)
+        gt_labels = torch.zeros(len(targets), max_gt, dtype=torch.int64, device=home)
+        gt_mask = torch.zeros(len(targets), max_gt, dtype=torch.bool, device=home)
         checked = []
         for index, target in enumerate(targets):
-            boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
-            labels = torch.as_tensor(target["labels"], device=device).reshape(-1)
+            boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=home).reshape(-1, 4)
+            labels = torch.as_tensor(target["labels"], device=home).reshape(-1)
             if len(labels) != len(boxes):
                 raise ValueError(f"image {index}: {len(boxes)} boxes but {len(labels)} labels")
             if labels.is_floating_point():
                 raise ValueError(f"image {index}: labels must be integers (int64), got {labels.dtype}")
             checked.append((boxes, labels))
-        # One host-device synchronisation for the whole batch's checks; the loop below only names the culprit.
+        # One check for the whole batch (a host-device synchronisation only for targets on a device); the loop
+        # below only names the culprit.
         flags = [self._bad_boxes(b).any() | self._bad_labels(l).any() for b, l in checked if len(b)]
         if flags and bool(torch.stack(flags).any()):
             for index, (boxes, labels) in enumerate(checked):
@@ -216,7 +221,7 @@ class DynamicATSS(HubMixin, nn.Module):
             gt_boxes[index, :n] = boxes * boxes.new_tensor([scale_w, scale_h, scale_w, scale_h])
             gt_labels[index, :n] = labels
             gt_mask[index, :n] = True
-        return gt_boxes, gt_labels, gt_mask
+        return tuple(t.to(device, non_blocking=True) for t in (gt_boxes, gt_labels, gt_mask))
 
     @staticmethod
     def _bad_boxes(boxes: Tensor) -> Tensor:
