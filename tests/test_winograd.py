@@ -283,3 +283,19 @@ def test_weight_caches_follow_in_place_updates_with_or_without_a_version_counter
         model[0].weight.mul_(-2)
         model[1].running_var.mul_(3)
         torch.testing.assert_close(model(x), expected(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(16, 20), (13, 18)])
+def test_output_may_be_modified_in_place_in_training(size):
+    """The output is not a view (an in-place ReLU right after the convolution, as in timm's blocks once the
+    BatchNorm is folded, must work and give the right gradients)."""
+    x = torch.randn(2, 8, *size)
+    weight = torch.randn(8, 8, 3, 3)
+    leaves = [t.clone().requires_grad_() for t in (x, weight)]
+    out = winograd_conv3x3(*leaves)
+    assert out._base is None
+    got = torch.autograd.grad(torch.relu_(out).square().sum(), leaves)
+    leaves = [t.clone().requires_grad_() for t in (x, weight)]
+    expected = torch.autograd.grad(torch.relu_(F.conv2d(*leaves, padding=1)).square().sum(), leaves)
+    for e, g in zip(expected, got):
+        assert _relative(e, g) < 1e-4

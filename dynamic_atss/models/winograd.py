@@ -148,7 +148,11 @@ def _convolve(x: Tensor, transformed_weight: Tensor, bias: Tensor | None) -> Ten
     geometry = _Geometry(x)
     out_channels = transformed_weight.shape[2]
     input_t, _, output_t = _matrices(x)
-    out = x.new_empty(geometry.batch, TILE * geometry.tiles_h, TILE * geometry.tiles_w, out_channels)
+    # (N, K, H', W') channels_last, written through its (N, H', W', K) view; what is returned is never a view
+    # (the autograd Function's output may then be modified in place, e.g. by an in-place ReLU)
+    result = torch.empty(geometry.batch, out_channels, TILE * geometry.tiles_h, TILE * geometry.tiles_w,
+                         dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out = result.permute(0, 2, 3, 1)
     for row, rows, count in geometry.bands():
         transformed = geometry.transformed_input(row, rows, count, input_t)
         products = torch.bmm(transformed, transformed_weight, out=_WORKSPACE.get("b", (N * N, count, out_channels), x))
@@ -163,8 +167,8 @@ def _convolve(x: Tensor, transformed_weight: Tensor, bias: Tensor | None) -> Ten
         else:
             torch.add(tiles, bias, out=destination)
     if out.shape[1:3] != (geometry.height, geometry.width):
-        out = out[:, :geometry.height, :geometry.width].contiguous()
-    return out.permute(0, 3, 1, 2)
+        return result[:, :, :geometry.height, :geometry.width].contiguous(memory_format=torch.channels_last)
+    return result
 
 
 def _weight_gradient(x: Tensor, grad_out: Tensor) -> Tensor:
