@@ -389,3 +389,30 @@ def test_init_from_a_name_without_weights_refuses_instead_of_training_random_wei
 
     with pytest.raises(NoPretrainedWeightsError, match="has no published weights"):
         build_model(TrainConfig(init_from="dynamic_atss_r50"), 3, ["a", "b", "c"])
+
+
+def test_one_all_reduce_per_micro_batch_and_targets_stay_on_the_host(tmp_path, monkeypatch):
+    """The training step's one host-device synchronisation: a single all-reduce + read per micro-batch (inputs and
+    loss finite together); the model receives the targets on the host (checked there, no device involved)."""
+    decisions, target_devices = [], set()
+    original_all_processes = trainer._all_processes
+
+    def counting(accelerator, flag):
+        decisions.append(1)
+        return original_all_processes(accelerator, flag)
+
+    monkeypatch.setattr(trainer, "_all_processes", counting)
+    original_build_model = trainer.build_model
+
+    def build_model_recording_targets(*args, **kwargs):
+        model = original_build_model(*args, **kwargs)
+        model.register_forward_pre_hook(
+            lambda module, args: target_devices.update(t["boxes"].device.type for t in args[1]) if len(args) > 1 else None)
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", build_model_recording_targets)
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0, log_every=100,
+                          optim={**TINY_RECIPE["optim"], "max_iters": 3}, data=NO_VAL_DATA)
+    train(load_config(recipe))
+    assert len(decisions) == 3  # 3 micro-batches (no accumulation)
+    assert target_devices == {"cpu"}
