@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["FoldableFrozenBatchNorm2d", "FoldingConv2d", "fold_frozen_batch_norms", "tensor_version"]
+__all__ = ["FoldableFrozenBatchNorm2d", "FoldingConv2d", "fold_frozen_batch_norms", "is_tracing", "tensor_version"]
 
 
 def tensor_version(tensor: Tensor) -> int | None:
@@ -40,8 +40,11 @@ def tensor_version(tensor: Tensor) -> int | None:
     return version if isinstance(version, int) else None
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+def is_tracing() -> bool:
+    """Whether a tracer (`torch.compile`, `torch.export`, TorchScript) is running: cached tensors and in-place
+    shortcuts must not leak into its graph."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()  # torch >= 2.5
+    return exporting or torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 class FoldableFrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -61,7 +64,7 @@ class FoldableFrozenBatchNorm2d(FrozenBatchNorm2d):
         folded, self._folded_output = self._folded_output, None
         if folded is not None and folded() is x:
             return x
-        if _tracing():
+        if is_tracing():
             return super().forward(x)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
@@ -99,7 +102,7 @@ class FoldingConv2d(nn.Conv2d):
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
         )
-        if self._bn is None or needs_grad or _tracing():
+        if self._bn is None or needs_grad or is_tracing():
             if needs_grad:
                 self._folded = None  # training this conv: its weight changes every step, free the cache
             return super().forward(x)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .fold import FoldingConv2d, tensor_version
+from .fold import FoldingConv2d, is_tracing, tensor_version
 
 __all__ = ["WinogradConv2d", "WinogradFoldingConv2d", "disable_winograd", "enable_winograd", "is_eligible",
            "release_workspace", "winograd_conv3x3", "winograd_matrices", "winograd_weight"]
@@ -262,11 +262,6 @@ def is_eligible(conv: nn.Module, min_in_channels: int = MIN_IN_CHANNELS,
     )
 
 
-def _tracing() -> bool:
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return exporting or torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
-
-
 class WinogradConv2d(nn.Conv2d):
     """`nn.Conv2d` whose convolution (`_conv_forward`, the step `nn.Conv2d` and `FoldingConv2d` both go through)
     runs by Winograd on CPU float32 inputs; same parameters and state dict. `enable_winograd` switches to it."""
@@ -289,7 +284,7 @@ class WinogradConv2d(nn.Conv2d):
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if (input.device.type != "cpu" or input.dtype != torch.float32 or weight.dtype != torch.float32
                 or input.dim() != 4 or input.shape[-2] * input.shape[-1] < MIN_PIXELS
-                or torch.is_autocast_enabled("cpu") or _tracing()):
+                or torch.is_autocast_enabled("cpu") or is_tracing()):
             return super()._conv_forward(input, weight, bias)
         return winograd_conv3x3(input, weight, bias, transformed_weight=self._transformed(weight))
 
