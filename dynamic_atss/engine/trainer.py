@@ -372,12 +372,13 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
                 losses = model(images, targets)
                 loss = sum(losses.values())  # the model returns the parts (torchvision convention)
                 inputs_finite = _finite_images(images) & targets_finite
+                loss_finite = torch.isfinite(loss.detach())
                 problem = None
                 # the step's one host-device synchronisation: an all-reduce, so every process decides alike
-                if not _all_processes(accelerator, inputs_finite & torch.isfinite(loss.detach())):
+                if not _all_processes(accelerator, inputs_finite & loss_finite):
                     if not bool(inputs_finite):
                         problem = "non-finite input values"
-                    elif not bool(torch.isfinite(loss.detach())):
+                    elif not bool(loss_finite):
                         problem = f"non-finite loss {loss.item()}"
                     else:
                         problem = "non-finite input values or loss on another process"
