@@ -226,11 +226,14 @@ class CombinedIoUAssigner:
         gt_ctr = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
         starts = [sum(num_anchors_per_level[:level]) for level in range(len(num_anchors_per_level))]
 
-        def level_distances(level: int) -> Tensor:
-            ctr = anchor_ctr[starts[level]:starts[level] + num_anchors_per_level[level]]
+        def level_centres(level: int) -> Tensor:
+            return anchor_ctr[starts[level]:starts[level] + num_anchors_per_level[level]]
+
+        def whole_level_search(level: int, k: int) -> Tensor:
+            ctr = level_centres(level)
             # squared distance (B, G, n) = dx^2 + dy^2, in place: these are the largest tensors here
             dist = (ctr[:, 0] - gt_ctr[..., 0, None]).square_()
-            return dist.add_((ctr[:, 1] - gt_ctr[..., 1, None]).square_())
+            return nearest_k(dist.add_((ctr[:, 1] - gt_ctr[..., 1, None]).square_()), k)
 
         # On a CPU the window search (O(k^2) per GT instead of O(anchors)) pays for its one host synchronisation,
         # which costs nothing there; on an accelerator every level is searched whole, with no synchronisation.
@@ -239,18 +242,17 @@ class CombinedIoUAssigner:
         cand_per_level, windowed_levels = [], []
         for level, n_level in enumerate(num_anchors_per_level):
             k = min(self.topk, n_level)
-            ctr = anchor_ctr[starts[level]:starts[level] + n_level]
-            found = grid_nearest_k(ctr, level_shapes[level], gt_ctr, k) if windowed else None
+            found = grid_nearest_k(level_centres(level), level_shapes[level], gt_ctr, k) if windowed else None
             if found is None:
-                cand_per_level.append(nearest_k(level_distances(level), k))
+                cand_per_level.append(whole_level_search(level, k))
             else:
                 cand_per_level.append(found[0])
-                windowed_levels.append((level, found[1]))
+                windowed_levels.append((level, k, found[1]))
         if windowed_levels:  # one host synchronisation for every level's exactness; an inexact level searches whole
-            exact = torch.stack([flag for _, flag in windowed_levels]).tolist()
-            for (level, _), ok in zip(windowed_levels, exact):
+            exact = torch.stack([flag for _, _, flag in windowed_levels]).tolist()
+            for (level, k, _), ok in zip(windowed_levels, exact):
                 if not ok:
-                    cand_per_level[level] = nearest_k(level_distances(level), min(self.topk, num_anchors_per_level[level]))
+                    cand_per_level[level] = whole_level_search(level, k)
         cand = torch.cat([c + start for c, start in zip(cand_per_level, starts)], dim=-1)  # (B, G, K)
         num_cand = cand.shape[-1]
 
