@@ -1,5 +1,9 @@
+import collections
+import sys
+
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 # Tiny models keep the suite fast on 2 CPU cores: timm's test_resnet trunk, 32-channel FPN/head.
 TINY = {
@@ -35,3 +39,57 @@ def refuse(monkeypatch):
         monkeypatch.setattr(module, name, refused)
 
     return install
+
+
+@pytest.fixture
+def train_batch():
+    """Two 128x160 images and their targets (one and two boxes) for one training step."""
+    images = [torch.rand(3, 128, 160), torch.rand(3, 128, 160)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[30.0, 5.0, 140.0, 70.0], [0.0, 0.0, 40.0, 40.0]]),
+                "labels": torch.tensor([0, 3])}]
+    return images, targets
+
+
+class HostSyncs(TorchFunctionMode):
+    """Within `with HostSyncs() as syncs:`, counts the tensor calls that read a value back to the host (on a GPU
+    each waits for the queued kernels) in `syncs.seen`, keyed by (file, function) of the innermost dynamic_atss
+    frame and the call's name."""
+
+    CALLS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.CALLS:
+            frame = sys._getframe(1)
+            while frame is not None and "dynamic_atss" not in frame.f_code.co_filename:
+                frame = frame.f_back
+            where = (frame.f_code.co_filename.rsplit("/", 1)[-1], frame.f_code.co_name) if frame else ("?", "?")
+            self.seen[(*where, name)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def host_syncs():
+    return HostSyncs
+
+
+def _assert_same_detections(expected, got, rtol=1e-3):
+    """Same labels and count per image; boxes within `rtol` relative to the image's box scale (1e-3 px / px);
+    scores within 1e-4."""
+    assert len(expected) == len(got)
+    for index, (e, g) in enumerate(zip(expected, got)):
+        assert len(e["boxes"]) > 10, f"image {index}: too few detections to compare"
+        assert torch.equal(e["labels"], g["labels"].to(e["labels"])), f"image {index}: labels differ"
+        scale = e["boxes"].abs().max()
+        assert float((e["boxes"] - g["boxes"]).abs().max() / scale) <= rtol, f"image {index}: boxes differ"
+        torch.testing.assert_close(g["scores"], e["scores"], rtol=0, atol=1e-4)
+
+
+@pytest.fixture
+def assert_same_detections():
+    return _assert_same_detections

@@ -26,17 +26,6 @@ def _tiny(tiny_kwargs, kind="atss", **overrides):
 FAMILIES = sorted(HEAD_FAMILIES)
 
 
-def _assert_same_detections(expected, got, rtol=1e-3):
-    """Same labels and count per image; boxes within `rtol` relative to the image's box scale (1e-3 px / px)."""
-    assert len(expected) == len(got)
-    for index, (e, g) in enumerate(zip(expected, got)):
-        assert len(e["boxes"]) > 10, f"image {index}: too few detections to compare"
-        assert torch.equal(e["labels"], g["labels"].to(e["labels"])), f"image {index}: labels differ"
-        scale = e["boxes"].abs().max().clamp(min=1.0)
-        assert float((e["boxes"] - g["boxes"]).abs().max() / scale) <= rtol, f"image {index}: boxes differ"
-        assert torch.allclose(e["scores"], g["scores"], atol=1e-4), f"image {index}: scores differ"
-
-
 # ----------------------------------------------------------------------------------------------- torch.export
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_torch_export_of_forward_raw_matches_eager_for_every_family(tiny_kwargs, kind):
@@ -73,7 +62,7 @@ def onnx_deps():
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
-def test_onnx_runtime_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path, kind):
+def test_onnx_runtime_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path, kind, assert_same_detections):
     """ONNX Runtime gives the default path's detections (same labels, boxes within 1e-3 relative)
     on real-sized images of different sizes in one batch, and the raw outputs at another batch / size."""
     from dynamic_atss.inference import onnx_runtime
@@ -83,7 +72,7 @@ def test_onnx_runtime_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path, 
     images = [torch.rand(3, 480, 640), torch.rand(3, 375, 500)]
     with torch.no_grad():
         expected = model(images)
-    _assert_same_detections(expected, fast(images))
+    assert_same_detections(expected, fast(images))
     x = torch.randn(3, 3, 256, 288)
     with torch.no_grad():
         raw = model.forward_raw(x)
@@ -93,7 +82,8 @@ def test_onnx_runtime_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path, 
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
-def test_onnx_with_postprocess_from_the_cli_matches_eager(onnx_deps, tiny_kwargs, tmp_path, capsys, kind):
+def test_onnx_with_postprocess_from_the_cli_matches_eager(onnx_deps, tiny_kwargs, tmp_path, capsys, kind,
+                                                          assert_same_detections):
     """`python -m dynamic_atss export --with-postprocess` on a saved model folder: NMS in the graph, dynamic
     batch and size; ONNX Runtime's detections equal eager PyTorch's."""
     from dynamic_atss.__main__ import main
@@ -114,7 +104,7 @@ def test_onnx_with_postprocess_from_the_cli_matches_eager(onnx_deps, tiny_kwargs
         expected = model(images)
     got = runner(images)
     assert all(len(d["boxes"]) == 30 for d in expected)
-    _assert_same_detections(expected, got)
+    assert_same_detections(expected, got)
 
 
 def test_onnx_dcn_model_exports_through_deformconv(onnx_deps, tiny_kwargs, tmp_path):

@@ -214,7 +214,7 @@ def test_the_detector_enables_winograd_by_default(tiny_kwargs):
 
 
 @pytest.mark.parametrize("kind", ["atss", "gfl"])
-def test_default_path_equals_the_direct_convolutions(tiny_kwargs, kind):
+def test_default_path_equals_the_direct_convolutions(tiny_kwargs, kind, assert_same_detections):
     """Winograd (the default on CPU) gives the direct convolutions' detections: same labels, boxes within 1e-3
     relative, on images of different sizes in one batch."""
     model = _wide_model(tiny_kwargs, kind).eval()
@@ -223,21 +223,13 @@ def test_default_path_equals_the_direct_convolutions(tiny_kwargs, kind):
         fast = model(images)
         disable_winograd(model)
         direct = model(images)
-    for index, (e, g) in enumerate(zip(direct, fast)):
-        assert len(e["boxes"]) > 10, f"image {index}: too few detections to compare"
-        assert torch.equal(e["labels"], g["labels"]), f"image {index}: labels differ"
-        scale = e["boxes"].abs().max()
-        assert float((e["boxes"] - g["boxes"]).abs().max() / scale) <= 1e-3, f"image {index}: boxes differ"
-        torch.testing.assert_close(g["scores"], e["scores"], rtol=0, atol=1e-4)
+    assert_same_detections(direct, fast)
 
 
-def test_training_step_with_winograd_equals_direct(tiny_kwargs):
+def test_training_step_with_winograd_equals_direct(tiny_kwargs, train_batch):
     """Same losses and gradients (the combined-IoU assigner sees the same predicted boxes)."""
     model = _wide_model(tiny_kwargs).train()
-    images = [torch.rand(3, 128, 160), torch.rand(3, 128, 160)]
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[30.0, 5.0, 140.0, 70.0], [0.0, 0.0, 40.0, 40.0]]),
-                "labels": torch.tensor([0, 3])}]
+    images, targets = train_batch
 
     def step():
         model.zero_grad()
