@@ -93,6 +93,19 @@ def test_backward_with_only_some_inputs_needing_gradients():
         assert _relative(expected, got) < 1e-4
 
 
+def test_transforms_made_in_inference_mode_serve_training():
+    """The per-(device, dtype) transform matrices are made once; made first under inference_mode, they must still
+    be usable where autograd records (a differentiable filter transform)."""
+    import dynamic_atss.models.winograd as winograd
+
+    winograd._transforms.cache_clear()
+    with torch.inference_mode():
+        winograd_conv3x3(torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3))
+    weight = torch.randn(4, 4, 3, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(winograd_weight(weight).sum(), [weight])
+    assert torch.isfinite(grad).all()
+
+
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="weight"):
         winograd_conv3x3(torch.randn(1, 4, 8, 8), torch.randn(4, 5, 3, 3))

@@ -72,14 +72,17 @@ def winograd_matrices() -> tuple[Tensor, Tensor, Tensor]:
                  for rows in (input_t, filter_t, output_t))
 
 
+@cache
+def _transforms(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(B^T, G (x) G, A^T) in `dtype` on `device`, made once per (device, dtype) (every layer call uses them; never
+    written to). G (x) G is 36 x 9: row a * 6 + b, column i * 3 + j holds G[a, i] G[b, j]."""
+    with torch.inference_mode(False):  # normal tensors, usable by autograd even when first made in inference mode
+        input_t, filter_t, output_t = (m.to(device, dtype) for m in winograd_matrices())
+        return input_t, torch.kron(filter_t, filter_t), output_t
+
+
 def _matrices(like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(m.to(like.device, like.dtype) for m in winograd_matrices())
-
-
-def _filter_kron(like: Tensor) -> Tensor:
-    """G (x) G (36 x 9): row a * 6 + b, column i * 3 + j holds G[a, i] G[b, j]."""
-    g = _matrices(like)[1]
-    return torch.kron(g, g)
+    return _transforms(like.device, like.dtype)
 
 
 def winograd_weight(weight: Tensor) -> Tensor:
@@ -90,7 +93,7 @@ def winograd_weight(weight: Tensor) -> Tensor:
     out_channels, channels = weight.shape[:2]
     # one (36 x 9) @ (9 x C * K) product lands directly in the (36, C, K) layout the channel products want
     flat = weight.permute(2, 3, 1, 0).reshape(9, channels * out_channels)
-    return (_filter_kron(weight) @ flat).view(N * N, channels, out_channels)
+    return (_matrices(weight)[1] @ flat).view(N * N, channels, out_channels)
 
 
 class _Workspace(threading.local):
@@ -192,7 +195,7 @@ def _weight_gradient(x: Tensor, grad_out: Tensor) -> Tensor:
         grad_products = torch.matmul(output, half.view(N, TILE, -1), out=_WORKSPACE.get("c", (N, N, count * out_channels), x))
         transformed_grad_weight.baddbmm_(transformed.transpose(1, 2), grad_products.view(N * N, count, out_channels))
     # dw[k, c, i, j] = sum_ab G[a, i] G[b, j] dU[a, b, c, k]
-    grad_weight = _filter_kron(x).T @ transformed_grad_weight.view(N * N, -1)  # (9, C * K)
+    grad_weight = _matrices(x)[1].T @ transformed_grad_weight.view(N * N, -1)  # (9, C * K)
     return grad_weight.view(3, 3, geometry.channels, out_channels).permute(3, 2, 0, 1).contiguous()
 
 
