@@ -62,6 +62,7 @@ from .models.zoo import (  # VFNet family
     vfnet_x101_64x4d,
 )
 from .hub import load_pretrained
+from .inference.optimize import optimize_for_inference
 from .registry import create, get_pretrained_cfg, list_models, register_pretrained
 
 __version__ = "0.1.0"
@@ -71,7 +72,7 @@ __all__ = [
     "LossConfig", "ModelConfig", "TestConfig", "create", "dynamic_atss_r50", "dynamic_atss_r50_dcn",
     "dynamic_atss_r101", "dynamic_atss_r101_dcn", "dynamic_atss_x101_32x8d", "dynamic_atss_x101_32x8d_dcn",
     "dynamic_atss_x101_64x4d", "dynamic_atss_x101_64x4d_dcn", "get_pretrained_cfg", "list_models", "load_pretrained",
-    "register_pretrained",
+    "optimize_for_inference", "register_pretrained",
 ]
 __all__ += [  # GFL family
     "gfl_r50",
