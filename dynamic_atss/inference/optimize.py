@@ -13,8 +13,8 @@ that owns a prepared copy of the weights, made once:
   `nn.Sequential` chains) is fused into that convolution with torch's `fuse_conv_bn_weights` (computed in
   float64) and replaced by `nn.Identity` (frozen BatchNorms always; trainable `nn.BatchNorm2d` with their running
   statistics, as in eval mode);
-- parameters are channels_last (CPU convolutions get channels_last inputs from `forward_raw`, so oneDNN does not
-  reorder the filters at each call), `requires_grad=False`, eval mode;
+- parameters are channels_last (CPU convolutions get channels_last inputs from `forward_raw`; filters in the
+  same layout are not converted at each call), `requires_grad=False`, eval mode;
 - with `dtype=torch.bfloat16` the network (backbone, FPN, head) runs in bfloat16: the normalised input is cast
   inside, the raw outputs come back as float32, and resizing, anchors, decoding and NMS stay in float32.
   Deformable convolutions (torchvision's kernels have no bfloat16 CPU version) stay float32, each wrapped in
