@@ -247,6 +247,13 @@ def test_snapshot_hooks(x):
         assert_close(raw(snapshot, x), raw(model, x))
         for handle in handles:
             handle.remove()
+    # a pre-hook on a fused conv acts as one on the source's conv
+    handles = [m.register_forward_pre_hook(_doubled_input) for m in (fused_conv, model.backbone.trunk.layer1[0].conv1)]
+    doubled = raw(snapshot, x)
+    assert_close(doubled, raw(model, x))
+    for handle in handles:
+        handle.remove()
+    assert not same(raw(snapshot, x), doubled)
 
 
 # ------------------------------------------------------------------------------------------------ trace, autograd
