@@ -178,8 +178,12 @@ def test_load_time_overrides(tmp_path):
                                                                                  "assigner.pred_weight": "up"})
     assert loaded.config.min_size == 80 and loaded.config.test.score_thresh == 0.3
     assert loaded.config.assigner.pred_weight == "up"
-    with pytest.raises(ValueError, match=r"cannot override \['head.channels'\]"):
+    with pytest.raises(ValueError, match=r"cannot override \['head.channels: checkpoint 32, requested 64'\]"):
         dynamic_atss.create(f"local-dir:{tmp_path / 'm'}", **{"head.channels": 64})
+    # fields that restate the checkpoint's values are accepted (a recipe written for this architecture)
+    same = dynamic_atss.create(f"local-dir:{tmp_path / 'm'}", backbone="test_resnet", **{"head.channels": 32,
+                                                                                         "fpn_channels": "32"})
+    assert same.config.head.channels == 32
     with pytest.raises(FileNotFoundError, match="no such folder"):
         dynamic_atss.create(f"local-dir:{tmp_path / 'missing'}")
 

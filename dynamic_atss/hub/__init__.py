@@ -34,6 +34,7 @@ from .serialization import (
     LOAD_TIME_OVERRIDES,
     WEIGHTS_NAME,
     ConfigFormatError,
+    FixedFieldMismatchError,
     StateDictMismatchError,
     build_model_from_state_dict,
     check_state_dict,
@@ -46,7 +47,7 @@ from .serialization import (
 
 __all__ = [
     "ARCHITECTURE", "CARD_MARKER", "CARD_NAME", "CITATION", "CLASSIFIER_PREFIX", "CONFIG_NAME", "FORMAT_VERSION",
-    "LIBRARY_NAME", "LOAD_TIME_OVERRIDES", "WEIGHTS_NAME", "ConfigFormatError", "HubFilesMissingError", "HubMixin",
+    "LIBRARY_NAME", "LOAD_TIME_OVERRIDES", "WEIGHTS_NAME", "ConfigFormatError", "FixedFieldMismatchError", "HubFilesMissingError", "HubMixin",
     "HubUnreachableError", "StateDictMismatchError", "build_model_from_state_dict", "check_state_dict",
     "config_to_json", "generate_model_card", "is_model_folder", "load_model_dir", "load_pretrained",
     "offline_requested", "parse_config", "push_model_dir", "read_config", "register_model_class",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ..config import ModelConfig, apply_overrides
+from ..typed import ConfigError, convert_dotted
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
@@ -135,17 +136,43 @@ def read_config(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     return parse_config(data, str(path))
 
 
-def _check_overrides(overrides: dict[str, Any]) -> None:
-    bad = [
-        key for key in overrides
-        if not any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in LOAD_TIME_OVERRIDES)
-    ]
-    if bad:
-        raise ValueError(
-            f"cannot override {bad} when loading saved weights: these fields shape the network and are fixed by "
-            f"the checkpoint's config.json. Allowed at load time: num_classes=, and {list(LOAD_TIME_OVERRIDES)} "
-            "(a trailing '.' means any key of that section, e.g. 'test.score_thresh')"
+class FixedFieldMismatchError(ConfigError):
+    """A load-time override of a field fixed by the checkpoint (it shapes the network) with another value."""
+
+
+def _is_load_time_field(key: str) -> bool:
+    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in LOAD_TIME_OVERRIDES)
+
+
+def _check_overrides(config: ModelConfig, overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """`overrides` less the fixed fields that only restate the checkpoint's value.
+
+    A recipe written for one architecture may be used with `init_from` as long as it agrees with the checkpoint:
+    a fixed field (one that shapes the network) given the checkpoint's own value is accepted and dropped; one
+    with another value raises `FixedFieldMismatchError` naming the field, the checkpoint's value and the one asked.
+    """
+    kept: dict[str, Any] = {}
+    differing = []
+    for key, value in overrides.items():
+        if _is_load_time_field(key):
+            kept[key] = value
+            continue
+        field_key = "backbone.name" if key == "backbone" and isinstance(value, str) else key
+        requested = convert_dotted(ModelConfig, field_key, value, where="model override")
+        saved = config.to_dict()
+        for part in field_key.split("."):
+            saved = saved[part]
+        saved = convert_dotted(ModelConfig, field_key, saved, where="config.json")
+        if requested != saved:
+            differing.append(f"{field_key}: checkpoint {saved!r}, requested {requested!r}")
+    if differing:
+        raise FixedFieldMismatchError(
+            f"cannot override {differing} when loading saved weights from {source}: these fields shape the network "
+            "and are fixed by the checkpoint's config.json (leave them out, or give the checkpoint's value). "
+            f"Allowed at load time: num_classes=, and {list(LOAD_TIME_OVERRIDES)} (a trailing '.' means any key of "
+            "that section, e.g. 'test.score_thresh')"
         )
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------- state dicts
@@ -221,7 +248,7 @@ def build_model_from_state_dict(
         if num_classes is not None and overrides["num_classes"] != num_classes:
             raise ValueError("num_classes given twice with different values")
         num_classes = overrides.pop("num_classes")
-    _check_overrides(overrides)
+    overrides = _check_overrides(config, overrides, source)
     checkpoint_classes = config.num_classes
     reset_classifier = num_classes is not None and int(num_classes) != checkpoint_classes
     if reset_classifier:
