@@ -170,7 +170,17 @@ model = dynamic_atss.create("{load_name}", num_classes=20)
 Offline: `HF_HUB_OFFLINE=1` uses the local Hugging Face cache; a downloaded folder loads with
 `dynamic_atss.create("local-dir:/path/to/folder")`.
 
-Files: `model.safetensors` (weights), `config.json` (architecture, `ModelConfig`, recipe, metrics).
+From `transformers` (`pip install "dynamic-atss[transformers]"`; importing the integration registers the model type):
+
+```python
+import dynamic_atss.integrations.transformers  # noqa: F401
+from transformers import pipeline
+
+detector = pipeline("object-detection", model="{repo_id or '<org>/<name>'}")
+```
+
+Files: `model.safetensors` (weights), `config.json` (architecture, `ModelConfig`, recipe, metrics; `model_type`
+and `id2label` for transformers), `preprocessor_config.json` (transformers' image processor).
 
 ## Citation
 
