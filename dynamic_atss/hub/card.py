@@ -128,8 +128,9 @@ def generate_model_card(
         values = f"| {split or 'not recorded'} | " + " | ".join(str(metrics[k]) for k in shown_metrics) + " |"
         note = f"\nSource of these figures: {metrics['source']}.\n" if metrics.get("source") else ""
         where = _dataset_text(dataset, hub_dataset if dataset == trained_on else None) if dataset else "a dataset not recorded"
-        result_lines = (f"\n## Results\n\nBox AP (mean AP over IoU thresholds 0.50:0.95) on {where}, "
-                        f"{f'split `{split}`' if split else 'split not recorded'}:\n\n{header}\n{sep}\n{values}\n{note}")
+        measured = f"split `{split}`" if split else "split not recorded"
+        result_lines = (f"\n## Results\n\nBox AP (AP: mean over IoU thresholds 0.50:0.95; AP50 / AP75: at IoU 0.5 / "
+                        f"0.75) on {where}, {measured}:\n\n{header}\n{sep}\n{values}\n{note}")
     dynamic = "[combined-IoU label assignment](https://arxiv.org/abs/2201.09396)"
     if config.assigner.pred_weight == 0 and family == "atss":  # honest about plain ATSS weights (e.g. mmdetection's)
         detector = ("A plain [ATSS](https://arxiv.org/abs/1912.02424) object detector (not Dynamic ATSS: anchor IoUs "
@@ -236,7 +237,7 @@ def _recipe_summary(recipe: dict[str, Any]) -> str:
         value: Any = recipe
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        if value is None:
+        if value is None or (key == "model" and recipe.get("init_from")):  # with init_from the checkpoint decides
             continue
         if key == "init_from" and _looks_local(str(value).removeprefix("local-dir:")):
             value = "a local saved model"
