@@ -117,3 +117,18 @@ def test_older_folders_and_hugging_face_keys_still_load(tmp_path):
     path.write_text(json.dumps({**document, "id2label": {"0": "tree"}}))
     with pytest.raises(ValueError, match="id2label must map each of the model's 2 class indices"):
         read_config(path)
+
+
+def test_from_pretrained_refuses_options_it_would_ignore(tmp_path):
+    from dynamic_atss.integrations.transformers import DynamicATSSForObjectDetection  # noqa: PLC0415
+
+    dynamic_atss.create("r50", num_classes=2, **TINY).save_pretrained(tmp_path / "m")
+    loaded = DynamicATSSForObjectDetection.from_pretrained(tmp_path / "m", dtype="auto", subfolder="")
+    assert loaded.config.id2label == {0: "LABEL_0", 1: "LABEL_1"} and not loaded.training
+    with pytest.raises(TypeError, match="does not support {'dtype': torch.bfloat16}"):
+        DynamicATSSForObjectDetection.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    loaded.save_pretrained(tmp_path / "again")
+    assert torch.equal(dynamic_atss.create(f"local-dir:{tmp_path / 'again'}").head.cls_logits.weight,
+                       loaded.model.head.cls_logits.weight)
+    with pytest.raises(TypeError, match="push_to_hub"):
+        loaded.save_pretrained(tmp_path / "x", push_to_hub=True)

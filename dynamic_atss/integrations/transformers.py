@@ -108,9 +108,15 @@ class DynamicATSSForObjectDetection(PreTrainedModel):
                         cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
                         local_files_only: bool = False, force_download: bool = False, **kwargs: Any
                         ) -> DynamicATSSForObjectDetection:
-        """A Hub repo id or a folder written by dynamic-atss, loaded by `dynamic_atss.create` (strict)."""
+        """A Hub repo id or a folder written by dynamic-atss, loaded by `dynamic_atss.create` (strict).
+
+        The architecture and classes come from the checkpoint's config.json (a `config` passed by the Auto
+        classes is that same file). Options of transformers' loader that do nothing here are accepted at their
+        neutral values (`dtype="auto"`, `subfolder=""`, ...); any other value is refused by name.
+        """
         from ..registry import create  # noqa: PLC0415
 
+        _refuse_unsupported(model_args, kwargs)
         path = os.fspath(pretrained_model_name_or_path)
         name = f"local-dir:{path}" if os.path.isdir(path) else f"hf-hub:{path}"
         detector = create(name, revision=revision, cache_dir=cache_dir, token=token,
@@ -121,8 +127,14 @@ class DynamicATSSForObjectDetection(PreTrainedModel):
         model = cls(loaded_config, detector=detector)
         return model.eval()
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """The package's folder format (config.json, model.safetensors, README.md, preprocessor_config.json)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """The package's folder format (config.json, model.safetensors, README.md, preprocessor_config.json);
+        push it with `self.model.push_to_hub(repo_id)`."""
+        neutral = {"safe_serialization": True, "push_to_hub": False, "is_main_process": True}
+        refused = {key: value for key, value in kwargs.items() if neutral.get(key, object()) != value}
+        if refused:
+            raise TypeError(f"save_pretrained does not support {refused}; it writes the dynamic-atss folder format "
+                            "(push with model.model.push_to_hub(repo_id))")
         self.model.save_pretrained(save_directory)
 
     def forward(self, pixel_values: Tensor, image_sizes: Tensor | None = None, **kwargs: Any
@@ -142,6 +154,27 @@ class DynamicATSSForObjectDetection(PreTrainedModel):
             scores[i, :n], labels[i, :n], boxes[i, :n] = d["scores"], d["labels"], d["boxes"]
         return DynamicATSSObjectDetectionOutput(scores=scores, labels=labels, pred_boxes=boxes,
                                                 image_sizes=image_sizes.to(pixel_values.device))
+
+
+# transformers' loader options that the Auto classes and `pipeline` pass, with the values that change nothing here.
+_NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {
+    "_from_auto": (True, False), "_from_pipeline": (), "trust_remote_code": (True, False, None),
+    "adapter_kwargs": (None, {}), "proxies": (None,), "subfolder": ("", None), "dtype": ("auto", None, torch.float32),
+    "torch_dtype": ("auto", None, torch.float32), "device_map": (None,), "code_revision": (None,),
+}
+
+
+def _refuse_unsupported(model_args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if model_args:
+        raise TypeError(f"DynamicATSSForObjectDetection.from_pretrained takes no positional model arguments, got "
+                        f"{model_args!r}")
+    refused = {key: value for key, value in kwargs.items()
+               if key != "_from_pipeline" and (key not in _NEUTRAL_OPTIONS or value not in _NEUTRAL_OPTIONS[key])}
+    if refused:
+        raise TypeError(
+            f"DynamicATSSForObjectDetection.from_pretrained does not support {refused}: the model is loaded in float32 "
+            "on the CPU by dynamic_atss.create (move it with .to(device); use torch.autocast for lower precision)"
+        )
 
 
 class DynamicATSSImageProcessor(BaseImageProcessor):
