@@ -221,3 +221,20 @@ def test_card_of_a_hub_dataset_fine_tune_links_the_dataset_and_labels_the_split(
     # COCO-trained metrics are still labelled COCO
     coco = generate_model_card(dynamic_atss.ModelConfig(), metrics={"dataset": "coco", "split": "val2017", "AP": 40.3})
     assert ModelCard(coco).data.to_dict()["datasets"] == ["coco"] and "COCO 2017" in coco
+
+
+def test_card_links_the_repository_only_when_the_package_metadata_names_one(monkeypatch):
+    import importlib.metadata  # noqa: PLC0415
+    from email.message import Message  # noqa: PLC0415
+
+    def metadata_with(urls: list[str]):
+        message = Message()
+        for url in urls:
+            message["Project-URL"] = url
+        return lambda name: message
+
+    monkeypatch.setattr(importlib.metadata, "metadata", metadata_with(["Paper, https://arxiv.org/abs/2201.09396"]))
+    card = generate_model_card(dynamic_atss.ModelConfig())
+    assert "for the `dynamic-atss` library" in card
+    monkeypatch.setattr(importlib.metadata, "metadata", metadata_with(["Repository, https://example.org/dynamic-atss"]))
+    assert "[`dynamic-atss`](https://example.org/dynamic-atss)" in generate_model_card(dynamic_atss.ModelConfig())
