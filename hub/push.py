@@ -6,8 +6,8 @@
         --update-index dynamic_atss_r50.coco_1x          # writes hf_hub_id + the new commit sha into the index
 
 The folder is what `model.save_pretrained(dir, recipe=..., metrics=...)` (and `train.py`) writes:
-config.json, model.safetensors, README.md. It is rebuilt (strictly) before anything is uploaded; one commit
-holds the three files. The commit sha printed at the end is what `model_index.json` pins as `revision`.
+config.json, model.safetensors, README.md, preprocessor_config.json. It is rebuilt (strictly) before anything is
+uploaded; one commit holds the four files. The commit sha printed at the end is what `model_index.json` pins as `revision`.
 Authentication: `hf auth login`, HF_TOKEN, or --token.
 """
 
