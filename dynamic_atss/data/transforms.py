@@ -25,6 +25,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..errors import UserInputError
+
 __all__ = [
     "DegenerateBoxWarning",
     "ResizeShortestSide",
@@ -41,6 +43,21 @@ try:  # public since torchvision 0.17
     _query_size = v2.query_size
 except AttributeError:  # pragma: no cover
     from torchvision.transforms.v2._utils import query_size as _query_size
+
+
+class DatasetError(UserInputError, ValueError):
+    """The dataset's files or annotations cannot be used as given; the message names the file, row or id."""
+
+
+class DatasetFileNotFoundError(UserInputError, FileNotFoundError):
+    """An annotation file, image file or dataset path that does not exist."""
+
+
+class DatasetSplitError(UserInputError, KeyError):
+    """A split the dataset does not have; the message lists the available ones."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
 
 
 class DegenerateBoxWarning(UserWarning):
