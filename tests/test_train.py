@@ -479,3 +479,75 @@ def test_a_bad_sample_is_skipped_once_and_the_run_goes_on_and_resumes_exactly(tm
     assert sorted(resumed) == [5, 6]
     for step in resumed:
         assert resumed[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-5, abs=1e-6), step
+
+
+# ---------------------------------------------------------------------------------------------- issue 18: the Hub push
+from hub_server import hub_server  # noqa: E402,F401  (pytest fixture)
+
+
+def test_push_to_hub_is_checked_before_training(tmp_path, monkeypatch, capsys, refuse):
+    """Issue 18, item 3: an unreachable Hub, a missing token or a bad repo id stop the run before anything is
+    trained or claimed (exit 2, one line)."""
+    import huggingface_hub
+
+    refuse(trainer, "build_datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")  # nobody listens
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"))
+    for repo, message in (("org/name", "the Hub at http://127.0.0.1:"), ("bad name!", "is not a Hub repo id"),
+                          ("name", "give the owner too, as org/name")):
+        assert train_script.main(["--config", str(recipe), "--push-to-hub", repo], prog="train.py") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("train.py: error: --push-to-hub") and message in err and "Traceback" not in err
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
+    assert train_script.main(["--config", str(recipe), "--push-to-hub", "org/name"]) == 2
+    assert "no Hugging Face token" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_push_that_fails_after_training_keeps_the_model_and_says_how_to_push_it(tmp_path, monkeypatch, capsys,
+                                                                                   hub_server):  # noqa: F811
+    """Issue 18, item 3: the Hub answers before training, then goes away: the model stays saved, the final report
+    is printed with the command that pushes it later, and the exit status is 1."""
+    import huggingface_hub
+
+    from dynamic_atss.hub import push
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    original = push.push_model_dir
+
+    def hub_gone(*args, **kwargs):
+        hub_server.stop()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(push, "push_model_dir", hub_gone)
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0,
+                          optim={**TINY_RECIPE["optim"], "max_iters": 2})
+    assert train_script.main(["--config", str(recipe), "--push-to-hub", "org/tiny"]) == 1
+    out = capsys.readouterr().out
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "model.safetensors").is_file()
+    assert "| AP | AP50 |" in out and "pushing to org/tiny failed" in out
+    assert f"push it later with:\n  python hub/push.py --model {model_dir} --repo org/tiny" in out
+
+
+def test_resume_without_a_checkpoint_is_one_clear_line(tmp_path, capsys):
+    """Issue 18, item 15: `--resume latest` with no checkpoint, `--resume /bad/path`: exit 2, one line, no claim."""
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"))
+    for resume, message in (("latest", "--resume latest: no complete checkpoint in"),
+                            (str(tmp_path / "bad" / "path"), "not a complete checkpoint folder")):
+        assert train_script.main(["--config", str(recipe), "--resume", resume]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "run" / "train_config.json").exists()
+
+
+def test_an_unwritable_output_folder_is_one_clear_line(tmp_path, capsys):
+    """Issue 18, item 17 (train): an output_dir that cannot be made is refused before any work."""
+    (tmp_path / "a_file").write_text("")
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "a_file" / "run"))
+    assert train_script.main(["--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to the output folder" in err and "Traceback" not in err

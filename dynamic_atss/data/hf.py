@@ -73,11 +73,44 @@ def _load_source(source: Any, split: str, load_kwargs: dict[str, Any]) -> tuple[
     if os.path.isfile(path) and path.endswith(".parquet"):
         return datasets.load_dataset("parquet", data_files={split: path}, split=split, **load_kwargs), desc
     if os.path.exists(path) or not os.path.isabs(path):
+        if not os.path.exists(path):
+            _check_hub_dataset(path)
         try:
             return datasets.load_dataset(path, split=split, **load_kwargs), desc
         except ValueError as e:  # unknown split and the like: name the source
             raise DatasetError(f"cannot load {desc} with datasets.load_dataset: {e}") from e
+        except (ConnectionError, FileNotFoundError) as e:  # offline and not cached, or not on the Hub after all
+            raise DatasetError(f"cannot load {desc}: {e}") from None
     raise DatasetFileNotFoundError(f"dataset path not found: {path}")
+
+
+def _check_hub_dataset(name: str) -> None:
+    """One quick question to the Hub before `datasets.load_dataset(name)`, which retries an unreachable Hub for
+    half a minute and then raises a bare ConnectionError: a missing dataset or a silent Hub becomes one
+    `DatasetError` in seconds. Offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) asks nothing: the cache decides."""
+    import datasets  # noqa: PLC0415
+    from huggingface_hub import HfApi  # noqa: PLC0415
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError  # noqa: PLC0415
+
+    if datasets.config.HF_HUB_OFFLINE:
+        return
+    api = HfApi()
+    try:
+        api.dataset_info(name, timeout=10)
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if isinstance(error, RepositoryNotFoundError) or status == 404:
+            raise DatasetError(
+                f"data.source {name!r} is neither a local folder or file nor a dataset on the Hub ({api.endpoint}); "
+                "check the name (org/name), or log in (`hf auth login`) for a private one"
+            ) from None
+        # other answers (gated, rate limits): the Hub answers; datasets says what it needs
+    except Exception as error:  # noqa: BLE001  (connection refused, DNS, timeouts: the client's own error types)
+        raise DatasetError(
+            f"data.source {name!r} is not a local folder or file, and the Hub ({api.endpoint}) does not answer "
+            f"({type(error).__name__}); check the network or HF_ENDPOINT, or set HF_DATASETS_OFFLINE=1 to load it from "
+            "the local datasets cache"
+        ) from None
 
 
 def _sub_feature(feature: Any, key: str) -> Any:

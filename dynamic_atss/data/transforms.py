@@ -103,7 +103,14 @@ def warn_dropped(num_dropped: int, total: int, source: str, example: str, reason
 
 
 def pil_to_image(img: PIL.Image.Image) -> tv_tensors.Image:
-    """PIL image (any mode) -> uint8 `tv_tensors.Image` (3, H, W)."""
+    """PIL image (any mode) -> uint8 `tv_tensors.Image` (3, H, W).
+
+    16-bit greyscale (`I;16*`, e.g. 16-bit PNGs) is scaled from 0..65535 to 0..255: PIL's own conversion clips
+    the values at 255 instead, which turns almost every pixel white."""
+    if img.mode.startswith("I;16"):
+        grey = np.asarray(img).astype(np.uint32)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)  # rounded, 65535 -> 255
+        return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(grey)).expand(3, -1, -1).clone())
     if img.mode != "RGB":
         img = img.convert("RGB")
     arr = np.asarray(img, dtype=np.uint8)

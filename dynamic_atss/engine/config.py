@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -175,17 +174,14 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 
 def check_ranges(config: TrainConfig) -> None:
     """Raise `ConfigError` naming the key, its value and the valid range for the first numeric field out of its
-    range; warn when an LR step lies at or past `optim.max_iters` (a shortened run: that drop never happens)."""
+    range. LR steps at or past `optim.max_iters` are allowed: a run shortened with `--optim.max_iters` keeps the
+    recipe's steps, and those drops simply do not happen."""
     for key, valid, requirement in _RANGES:
         value = config
         for part in key.split("."):
             value = getattr(value, part)
         if value is not None and not valid(value):
             raise ConfigError(f"{key} = {value!r} is out of range: it must be {requirement}; set --{key} accordingly")
-    late = [s for s in config.optim.steps if s >= config.optim.max_iters]
-    if late:
-        warnings.warn(f"optim.steps {late} lie at or past optim.max_iters {config.optim.max_iters}: the LR does not "
-                      "drop there in this run", UserWarning, stacklevel=3)
 
 
 def check_model_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
