@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .data.coco import load_image
-from .errors import UserInputError, exits_2_on_user_error
+from .errors import UserInputError
 from .registry import NoPretrainedWeightsError, create
 from .visualize import draw_detections, save_png
 
@@ -126,7 +126,6 @@ def check_no_input_overwritten(out: Path, names: list[Path], inputs: list[Path])
             )
 
 
-@exits_2_on_user_error("python -m dynamic_atss predict")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dynamic_atss predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

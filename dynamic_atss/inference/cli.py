@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserInputError, exits_2_on_user_error
+from ..errors import UserInputError
 from .export import SUPPORTED_OPSETS, check_opset, export_onnx, export_program
 
 
@@ -28,7 +28,6 @@ def check_output_file(out: str) -> Path:
     return path
 
 
-@exits_2_on_user_error("python -m dynamic_atss export")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dynamic_atss export",
