@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -148,3 +153,26 @@ def test_a_category_missing_from_categories_stops_before_the_folder_is_claimed(t
     err = capsys.readouterr().err
     assert "annotation id 4" in err and "7" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "train_config.json").exists()  # nothing of a run: a rerun is accepted
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate CLI missing")
+def test_two_processes_skip_an_image_that_fails_to_decode_in_step(tmp_path):
+    """Issue 18, item 2 with a real 2-process CPU launch: both processes replace the image alike (no hang, no
+    crash) and the final report names the file."""
+    from test_train import ROOT, _free_port
+
+    images_dir, ann_file = write_coco(tmp_path, num_images=8, fmt="PNG")
+    corrupt_png_data(images_dir / "img1.png")
+    recipe = coco_recipe(tmp_path, images_dir, ann_file, skip_unreadable=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+         str(_free_port()), str(ROOT / "train.py"), "--config", str(recipe), "--optim.max_iters", "4",
+         "--batch_size", "1"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["effective"]["num_processes"] == 2
+    assert "data.skip_unreadable: 1 image(s) failed to load" in result.stdout and "img1.png" in result.stdout

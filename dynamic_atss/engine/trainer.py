@@ -31,7 +31,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, broadcast_object_list, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    GradientAccumulationPlugin,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
+)
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -522,6 +528,8 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
     if val_set is not None:
         metrics = _evaluate_and_log(model, val_set, accelerator, config, step, log_path)
     model_dir = output_dir / "model"
+    if accelerator.num_processes > 1:  # each process saw its own share of the images
+        unreadable = set(gather_object(sorted(unreadable)))
     accelerator.wait_for_everyone()
     summary = {"step": step, "metrics": metrics, "model_dir": str(model_dir), "train_seconds": train_seconds,
                "log": str(log_path), "effective": effective, "unreadable_images": sorted(unreadable)}
