@@ -132,13 +132,15 @@ def test_an_image_that_fails_to_decode_at_load_time_is_skipped_and_reported(tmp_
     report = trainer.final_report(summary)
     assert "data.skip_unreadable: 1 image(s) failed to load" in report and "img1.png" in report
 
-    # Without skip_unreadable: exit status 2 and one line naming the file and the option.
+    # Without skip_unreadable: exit status 2 and one line naming the file and the option (also when a loader
+    # worker process met the file).
     from dynamic_atss.train import main as train_main
 
     assert train_main(["--config", str(coco_recipe(tmp_path, images_dir, ann_file)), "--output_dir",
-                       str(tmp_path / "strict"), "--optim.max_iters", "4"]) == 2
+                       str(tmp_path / "strict"), "--optim.max_iters", "4", "--data.num_workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "img1.png" in err and "data.skip_unreadable: true" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
 
 
 def test_a_category_missing_from_categories_stops_before_the_folder_is_claimed(tmp_path, capsys, no_model):

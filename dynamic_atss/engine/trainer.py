@@ -61,7 +61,7 @@ class DataCheckError(DatasetError):
     """The up-front data scan found images that cannot be used, or nothing to learn from."""
 
 
-# Set in a sample's target when `data.skip_unreadable` replaced an image that failed to load: the problem.
+# Set in a sample's target when an image failed to load: the problems (the trainer reports them, or stops).
 UNREADABLE_KEY = "unreadable"
 
 
@@ -72,10 +72,11 @@ class SeededAugmentation(torch.utils.data.Dataset):
     resumed run would flip different images than the uninterrupted one. Set `epoch` before each epoch
     (loader workers must not be persistent, so they pick the new value up).
 
-    `skip_unreadable`: an image that fails to load (a corrupt data chunk the header scan cannot see) is
-    replaced by the next index that loads, and the sample's target names the problem under `UNREADABLE_KEY`.
-    The replacement depends on the index only, so every process keeps its batch size and a resumed run reads
-    the same samples.
+    An image that fails to load (a corrupt data chunk the header scan cannot see) is never raised here: an
+    error raised in a loader worker reaches the main process wrapped in a traceback text. The sample's target
+    names the problem under `UNREADABLE_KEY` instead, and the trainer stops with it, or, with
+    `skip_unreadable`, the image is replaced by the next index that loads. The replacement depends on the index
+    only, so every process keeps its batch size and a resumed run reads the same samples.
     """
 
     def __init__(self, dataset: Any, seed: int, skip_unreadable: bool = False) -> None:
@@ -93,13 +94,12 @@ class SeededAugmentation(torch.utils.data.Dataset):
                     torch.manual_seed(hash((self.seed, self.epoch, candidate)) % 2**63)
                     image, target = self.dataset[candidate]
             except (DatasetError, DatasetFileNotFoundError) as error:
-                if not self.skip_unreadable:
-                    raise DatasetError(f"{error}; fix or remove it, or set data.skip_unreadable: true to train on "
-                                       "the next readable image instead") from None
                 problems.append(str(error))
+                if not self.skip_unreadable:
+                    break
                 continue
             return image, ({**target, UNREADABLE_KEY: problems} if problems else target)
-        raise DataCheckError(f"data.skip_unreadable: no image of the training set can be read; the first: {problems[0]}")
+        return torch.zeros(3, 1, 1), {UNREADABLE_KEY: problems, "unusable": True}
 
 
 def build_datasets(config: DataConfig, seed: int) -> tuple[Any, Any | None]:
@@ -444,6 +444,13 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
         for images, targets in epoch_loader:
             consumed += 1
             for target in targets:
+                if target.get("unusable"):
+                    raise DataCheckError(
+                        f"{target[UNREADABLE_KEY][0]}; fix or remove it, or set data.skip_unreadable: true to train "
+                        "on the next readable image instead" if not config.data.skip_unreadable else
+                        f"data.skip_unreadable: no image of the training set can be read; the first: "
+                        f"{target[UNREADABLE_KEY][0]}"
+                    )
                 for problem in target.pop(UNREADABLE_KEY, ()):
                     if problem not in unreadable:
                         unreadable.add(problem)

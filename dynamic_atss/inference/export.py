@@ -186,8 +186,8 @@ def export_onnx(
         raise ImportError(
             "ONNX export needs the onnx and onnxscript packages: pip install 'dynamic-atss[export]'"
         ) from error
+    check_exportable(model, opset)  # DCN first: its message says what such a model needs
     check_opset(opset)
-    check_exportable(model, opset)
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
