@@ -1,9 +1,14 @@
-"""`python -m dynamic_atss {train,demo,predict,benchmark,export}` (also installed as the `dynamic-atss` command)."""
+"""`python -m dynamic_atss {train,demo,predict,benchmark,export}` (also installed as the `dynamic-atss` command).
+
+A mistake in the user's input (`dynamic_atss.errors.UserInputError`) ends any command with one line and exit
+status 2, here, for every command alike."""
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from .errors import exits_2_on_user_error
 
 # subcommand -> module whose `main(argv)` runs it; imported lazily so `--help` stays fast.
 COMMANDS = {
@@ -25,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    return exits_2_on_user_error(f"python -m dynamic_atss {argv[0]}")(module.main)(argv[1:]) or 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .errors import UserInputError
+
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _PREFIX = "dynamic_atss_"
 INDEX_FILE = Path(__file__).with_name("model_index.json")
@@ -61,7 +63,11 @@ class PretrainedCfg:
         return bool(self.hf_hub_id or self.url)
 
 
-class NoPretrainedWeightsError(RuntimeError):
+class UnknownModelError(UserInputError, ValueError):
+    """A model name that is neither registered nor a folder; the message lists the closest names."""
+
+
+class NoPretrainedWeightsError(UserInputError, RuntimeError):
     """`pretrained=True` on a model or tag that has no weights; the message lists what is available."""
 
 
@@ -139,7 +145,7 @@ def split_name(name: str) -> tuple[str, str | None]:
         hint = f"; closest: {close}" if close else ""
         looks_like_path = os.sep in name or name.startswith((".", "~"))
         where = " (and no such folder)" if looks_like_path else ""
-        raise ValueError(f"unknown model {name!r}{where}{hint}. See dynamic_atss.list_models()")
+        raise UnknownModelError(f"unknown model {name!r}{where}{hint}. See dynamic_atss.list_models()")
     return model, tag or None
 
 

@@ -244,3 +244,14 @@ def test_test_presets(tiny_kwargs):
     assert model.config.test.score_thresh > 0.05
     with pytest.raises(ValueError, match="unknown test preset"):
         model.set_test_preset("fast")
+
+
+def test_float_images_in_0_255_are_refused_with_the_fix(tiny_kwargs):
+    """Issue 18, item 9: `model(images)` with floats in 0..255 used to give wrong boxes silently."""
+    model = da.create("r50", num_classes=3, **tiny_kwargs).eval()
+    with pytest.raises(ValueError, match=r"image 1: values in \[0, 255\], expected floats in \[0, 1\]; divide 0-255 "
+                                         r"images by 255"):
+        model([torch.rand(3, 64, 64), torch.full((3, 64, 64), 255.0).index_fill_(1, torch.tensor([0]), 0.0)])
+    with pytest.raises(ValueError, match="pass the images unnormalised"):
+        model([torch.randn(3, 64, 64) * 2])
+    assert len(model([torch.rand(3, 64, 64)])) == 1  # [0, 1] passes
