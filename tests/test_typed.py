@@ -89,3 +89,10 @@ def test_help_lists_every_field_with_its_default(capsys):
         assert line is not None, f"--help does not list {name}"
         assert f"default: {default!r}" in line
     assert "--optim.lr FLOAT" in text and "--model_overrides.head.quality 'centerness' | 'iou'" in text
+
+
+def test_lr_steps_past_max_iters_are_allowed_with_a_warning_naming_them(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    with pytest.warns(UserWarning, match=r"optim.steps \[80\] are at or past optim.max_iters = 50: those learning-rate"):
+        config = load_config(recipe, ["optim.max_iters=50", "optim.steps=[20, 80]"])
+    assert config.optim.steps == (20, 80)

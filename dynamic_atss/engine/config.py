@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -196,14 +197,20 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 
 def check_ranges(config: TrainConfig) -> None:
     """Raise `ConfigError` naming the key, its value and the valid range for the first numeric field out of its
-    range. LR steps at or past `optim.max_iters` are allowed: a run shortened with `--optim.max_iters` keeps the
-    recipe's steps, and those drops simply do not happen."""
+    range. LR steps at or past `optim.max_iters` are allowed (a run shortened with `--optim.max_iters` keeps the
+    recipe's steps), with a warning naming the drops that will not happen."""
     for key, valid, requirement in _RANGES:
         value = config
         for part in key.split("."):
             value = getattr(value, part)
         if value is not None and not valid(value):
             raise ConfigError(f"{key} = {value!r} is out of range: it must be {requirement}; set --{key} accordingly")
+    unreached = [step for step in config.optim.steps if step >= config.optim.max_iters]
+    if unreached:
+        warnings.warn(
+            f"optim.steps {unreached} are at or past optim.max_iters = {config.optim.max_iters}: those learning-rate "
+            "drops will not happen in this run (set --optim.steps to schedule them)", UserWarning, stacklevel=2,
+        )
 
 
 def check_model_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
