@@ -8,7 +8,7 @@ import dynamic_atss as da
 from dynamic_atss.detection.anchors import AnchorGenerator, BoxCoder
 from dynamic_atss.config import AnchorConfig, HeadConfig, ModelConfig, TestConfig, apply_overrides
 from dynamic_atss.detection.heads import build_head
-from dynamic_atss.models.dcn import ModulatedDeformConv2d, patch_resnet_dcn
+from dynamic_atss.ops.dcn import ModulatedDeformConv2d, patch_resnet_dcn
 from dynamic_atss.detection.postprocess import postprocess
 
 ALL_MODELS = [

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..detection.postprocess import select_detections
-from ..models.dcn import ModulatedDeformConv2d
+from ..ops.dcn import ModulatedDeformConv2d
 
 __all__ = ["DetectionGraph", "RawGraph", "check_exportable", "export_onnx", "export_program", "raw_output_names"]
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import BackboneConfig
-from .dcn import patch_resnet_dcn
+from ..ops.dcn import patch_resnet_dcn
 from .fold import fold_frozen_batch_norms
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ...config import HeadConfig, ModelConfig
-from ...models.dcn import ModulatedDeformConv2d
+from ...ops.dcn import ModulatedDeformConv2d
 from ..assigner import AssignResult, CombinedIoUAssigner
 
 

@@ -51,7 +51,7 @@ import torchvision
 from torch import Tensor, nn
 
 from ...config import ModelConfig
-from ...models.dcn import DeformConv2d
+from ...ops.dcn import DeformConv2d
 from ..assigner import AssignResult, paired_iou
 from ..losses import reduce_mean, varifocal_loss
 from .base import DenseHead, Scale, ScoreMaps, Targets, connected, conv_gn_tower, gather_positive, init_head_weights, register_head
