@@ -17,8 +17,8 @@ relative, same labels), because resizing, anchors, decoding and NMS are the mode
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .export import export_onnx, raw_output_names
+__all__ = ["OnnxRuntimeDetector", "raw_output_names"]
 
-__all__ = ["OnnxRuntimeDetector", "onnx_runtime"]
+
+def raw_output_names(model: nn.Module) -> list[str]:
+    """``<name>_p<level>`` for each of `model.head.output_names` and each FPN level, in `forward_raw` order."""
+    levels = [int(round(math.log2(s))) for s in model.config.anchors.strides]
+    return [f"{name}_p{level}" for name in model.head.output_names for level in levels]
 
 
 def _session(path: str | os.PathLike[str], threads: int | None):
@@ -107,14 +111,3 @@ class OnnxRuntimeDetector:
             ratio = torch.tensor([orig_w / width, orig_h / height, orig_w / width, orig_h / height])
             detections.append({"boxes": boxes[mine] * ratio, "scores": scores[mine], "labels": labels[mine]})
         return detections
-
-
-def onnx_runtime(model: nn.Module, path: str | os.PathLike[str] | None = None, threads: int | None = None
-                 ) -> OnnxRuntimeDetector:
-    """Export `model.forward_raw` to ONNX (to `path`, default a temporary file), check it against PyTorch and
-    return the ONNX Runtime detector (see the module docstring)."""
-    if path is None:
-        directory = tempfile.mkdtemp(prefix="dynamic_atss_onnx_")
-        path = Path(directory) / "model.onnx"
-    export_onnx(model, path, with_postprocess=False)
-    return OnnxRuntimeDetector(path, model, threads)
