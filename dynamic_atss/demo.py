@@ -62,7 +62,7 @@ HEADS = {
 
 def draw_predictions(model_dir: Path, config: TrainConfig, out_path: Path, count: int = 8) -> None:
     from .data import SyntheticShapes  # noqa: PLC0415
-    from .registry import create  # noqa: PLC0415
+    from .factory import create  # noqa: PLC0415
 
     model = create(f"local-dir:{model_dir}").eval()
     data = SyntheticShapes(count, config.data.image_size, seed=config.seed, split="val")

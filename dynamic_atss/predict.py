@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from .data.coco import load_image
-from .registry import NoPretrainedWeightsError, create
+from .factory import create
+from .registry import NoPretrainedWeightsError
 from .visualize import draw_detections, save_png
 
 

@@ -174,7 +174,7 @@ def test_hash_mismatch_names_the_url_and_caches_nothing(tmp_path, file_server, t
         dynamic_atss.create(TAG, pretrained=True, progress=False)
     message = str(caught.value)
     assert "985f7bd0" in message and file_server.base_url + "/mmdetection/v2.0/atss/" in message
-    assert REAL_URL in message and "hub/convert_mmdet.py FILE" in message
+    assert REAL_URL in message and "dynamic-atss convert FILE" in message
     assert file_server.requests == [urlpath(REAL_URL)]
     assert cache_files(torch_cache) == []  # no partial file, no conversion
 
@@ -204,7 +204,7 @@ def test_offline_mode_downloads_nothing_and_says_what_to_do(tmp_path, file_serve
     with pytest.raises(WeightsDownloadError) as caught:
         dynamic_atss.create(TAG, pretrained=True)
     message = str(caught.value)
-    for expected in ("offline mode is on (HF_HUB_OFFLINE=1)", url, prefix, "hub/convert_mmdet.py FILE",
+    for expected in ("offline mode is on (HF_HUB_OFFLINE=1)", url, prefix, "dynamic-atss convert FILE",
                      str(checkpoint_path(url))):
         assert expected in message, expected
     with pytest.raises(WeightsDownloadError, match=r"local_files_only=True"):
@@ -223,7 +223,7 @@ def test_unreachable_host_names_the_url(tmp_path, torch_cache, scratch_registry)
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/weights/atss_tiny_2020-0123abcd.pth"
     point_tag_at(url, "0123abcd")
-    with pytest.raises(WeightsDownloadError, match=r"(?s)could not download " + re.escape(url) + ".*convert_mmdet"):
+    with pytest.raises(WeightsDownloadError, match=r"(?s)could not download " + re.escape(url) + ".*dynamic-atss convert"):
         dynamic_atss.create(TAG, pretrained=True, progress=False)
     assert cache_files(torch_cache) == []
 

@@ -125,7 +125,7 @@ def load_model(spec: str, random_weights: bool = False, num_classes: int | None 
     """A model and a name for file names, through `dynamic_atss.create()`: a tag or model name with weights,
     ``hf-hub:org/name``, ``local-dir:PATH`` or a folder (``config.json`` + ``model.safetensors``); with
     `random_weights`, a registered name built with random weights (`model_args` / `num_classes` configure it)."""
-    from .. import create  # noqa: PLC0415
+    from ..factory import create  # noqa: PLC0415
     from ..registry import FamilyNotAvailableError, NoPretrainedWeightsError, split_name  # noqa: PLC0415
 
     if random_weights:

@@ -93,7 +93,7 @@ def _split_spec(spec: str) -> tuple[str, set[str]]:
 def build_ours(name: str, num_classes: int = 80, overrides: dict[str, Any] | None = None) -> nn.Module:
     """Our model with random weights: a registered name (``r50``, ``dynamic_atss_r101_dcn``) with config
     overrides, or saved weights (``local-dir:/path``, ``hf-hub:org/name``, or a folder path)."""
-    from .. import create  # noqa: PLC0415
+    from ..factory import create  # noqa: PLC0415
 
     if name.startswith(("local-dir:", "hf-hub:")) or os.path.isdir(name):
         source = name if name.startswith(("local-dir:", "hf-hub:")) else f"local-dir:{name}"

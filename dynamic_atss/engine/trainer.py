@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..data import CocoDetection, HFDetection, SyntheticShapes, build_transforms, collate_fn
 from ..data.checks import ImageSubset, scan_dataset
 from ..evaluation import CocoEvaluator, format_per_class_table, format_table
-from ..registry import create
+from ..factory import create
 from .checkpoint import flatten, load_checkpoint, resolve_resume, save_checkpoint
 from .config import DataConfig, TrainConfig, config_to_dict
 from .output import CONFIG_FILE, claim_output_dir

@@ -56,7 +56,7 @@ class ConfigFormatError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _library_version() -> str:
-    from .. import __version__  # noqa: PLC0415  (the package imports this module)
+    from .._version import __version__  # noqa: PLC0415
 
     return __version__
 
