@@ -122,7 +122,7 @@ def _download(
         raise HubFilesMissingError(
             f"Hub repo {repo_id!r} (revision {shown_revision!r}, commit {folder.name}) has no {' and no '.join(missing)}; "
             f"a dynamic-atss model repo holds {CONFIG_NAME} and {WEIGHTS_NAME} (written by model.push_to_hub). "
-            "Checkpoints of other libraries need converting first (hub/convert_mmdet.py for mmdetection ATSS)."
+            "Checkpoints of other libraries need converting first (`dynamic-atss convert FILE --out DIR` for mmdetection)."
         )
     return folder
 
