@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 
 from .engine.config import DataConfig, OptimConfig, TrainConfig, config_from_dict, config_to_dict, load_config
 from .evaluation import format_table
+from .typed import cli_overrides
 from .visualize import draw_detections, plot_losses, save_grid
 
 # The embedded default (the packaged recipe `demo_cpu` holds the same, for `dynamic-atss train --config demo_cpu`).
@@ -73,7 +75,8 @@ def draw_predictions(model_dir: Path, config: TrainConfig, out_path: Path, count
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynamic_atss demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dynamic_atss demo", description=__doc__, allow_abbrev=False,
+                                     epilog="config overrides: --section.key value (as for train), e.g. --optim.lr 0.001")
     parser.add_argument("--config", help="a YAML recipe instead of the embedded default")
     parser.add_argument("--out", help="output folder (default outputs/demo)")
     parser.add_argument("--iters", type=int, help="training iterations (default 600)")
@@ -81,8 +84,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train the anchor-IoU baseline (assigner.pred_weight=0) and plot both (Figures 2-4)")
     parser.add_argument("--head", choices=sorted(HEADS), default="atss",
                         help="head family of the demo: atss (default), gfl, gflv2 (Figure 3 with --compare), vfnet (Figure 4)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.lr=0.001")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    # One override syntax with `train`: --section.key value. The old positional `section.key=value` still works,
+    # with a deprecation message (it goes in a later version).
+    old_style = [item for item in rest if not item.startswith("-") and "=" in item]
+    if old_style:
+        print(f"warning: positional overrides ({' '.join(old_style)}) are deprecated; write them as `train` takes "
+              f"them: {' '.join('--' + item.replace('=', ' ', 1) for item in old_style)}", file=sys.stderr)
+    args.overrides = old_style + cli_overrides([item for item in rest if item not in old_style], parser.error)
 
     if args.config:
         config = load_config(args.config, args.overrides)
