@@ -106,7 +106,7 @@ _NUM_LEVELS = 5
 
 
 class MMDetConversionError(ValueError):
-    """The checkpoint is not an mmdetection ATSS checkpoint this converter understands."""
+    """The checkpoint is not an mmdetection checkpoint of a head family this converter understands."""
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -254,9 +254,12 @@ MMDET_HEADS: dict[str, tuple[str, HeadConverter]] = {}
 
 
 def register_mmdet_head(marker: str, family: str) -> Callable[[HeadConverter], HeadConverter]:
-    """Decorator: convert checkpoints that hold `marker` with the decorated function (family `family`)."""
+    """Decorator: convert checkpoints that hold `marker` with the decorated function (family `family`); a marker
+    registered twice is an error."""
 
     def wrap(fn: HeadConverter) -> HeadConverter:
+        if marker in MMDET_HEADS:
+            raise ValueError(f"mmdetection head marker {marker!r} is registered twice ({MMDET_HEADS[marker][0]}, {family})")
         MMDET_HEADS[marker] = (family, fn)
         return fn
 
@@ -429,7 +432,7 @@ def convert_mmdet_state_dict(
     if remaining:
         raise MMDetConversionError(
             f"{len(remaining)} tensor(s) of the checkpoint were not converted (not part of an mmdetection "
-            f"ResNet-FPN ATSS model): {', '.join(list(remaining)[:20])}"
+            f"ResNet-FPN model with a {family} head): {', '.join(list(remaining)[:20])}"
         )
 
     num_classes = head_fields["num_classes"]
