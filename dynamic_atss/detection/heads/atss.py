@@ -26,9 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ...config import (
-    AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig,
-)
+from ...config import BackboneConfig, HeadConfig, ModelConfig
 from ..anchors import BoxCoder
 from ..assigner import AssignResult
 from ..losses import centerness_target, quality_focal_loss, reduce_mean, sigmoid_focal_loss, varifocal_loss
@@ -147,12 +145,8 @@ ATSS = register_family(HeadFamily(
     head=ATSSHead,
     cls_losses=("focal", "qfl", "vfl"),
     mmdet_head=dict(conv_bias=False, num_groups=32, quality="centerness"),
-    mmdet_fields=lambda: dict(
-        anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
-        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
-        loss=LossConfig(cls_loss="focal"),
-    ),
+    mmdet_conventions=dict(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+    mmdet_loss=dict(cls_loss="focal"),
     variant_config=_variant_config,
     variants=(
         Variant("dynamic_atss_r50", "r50", doc="Dynamic ATSS, ResNet-50 FPN (paper: 40.3 AP on COCO test-dev, 1x)."),

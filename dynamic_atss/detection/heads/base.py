@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ...config import HeadConfig, ModelConfig
+from ...config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig
 from ...ops.dcn import ModulatedDeformConv2d
 from ..assigner import AssignResult, CombinedIoUAssigner
 
@@ -172,6 +172,12 @@ class Variant:
     doc: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def named(cls, prefix: str, backbone: str, combined_ious: bool, doc: str, **options: Any) -> Variant:
+        """`prefix`_`backbone`, "dynamic_" first with the combined IoUs; a backbone token "r101_dcn" means DCN."""
+        name = f"{'dynamic_' if combined_ious else ''}{prefix}_{backbone}"
+        return cls(name, backbone.removesuffix("_dcn"), backbone.endswith("_dcn"), combined_ious, doc, options)
+
 
 @dataclass(frozen=True)
 class HeadFamily:
@@ -179,8 +185,8 @@ class HeadFamily:
 
     kind: `HeadConfig.kind`; head: the `DenseHead` subclass; cls_losses: the `loss.cls_loss` values it trains
     with; box_distributions: whether it predicts box distributions (needed by `head.dgqp`);
-    mmdet_head / mmdet_fields: the `HeadConfig` fields and the other `ModelConfig` fields that mmdetection's
-    configs of this detector set (what a converted checkpoint computes with; `mmdet_config`);
+    mmdet_head / mmdet_conventions / mmdet_loss: the `HeadConfig`, `ConventionConfig` and `LossConfig` fields
+    that mmdetection's configs of this detector set (what a converted checkpoint computes with; `mmdet_config`);
     variant_config: `Variant` -> `ModelConfig` of a registered constructor; variants: those constructors.
     """
 
@@ -188,7 +194,8 @@ class HeadFamily:
     head: type[DenseHead]
     cls_losses: tuple[str, ...]
     mmdet_head: dict[str, Any]
-    mmdet_fields: Callable[[], dict[str, Any]]
+    mmdet_conventions: dict[str, Any]
+    mmdet_loss: dict[str, Any]
     variant_config: Callable[[Variant], ModelConfig]
     variants: tuple[Variant, ...] = ()
     box_distributions: bool = False
@@ -197,8 +204,15 @@ class HeadFamily:
     def mmdet_config(self, **head_fields: Any) -> dict[str, Any]:
         """The `ModelConfig` fields of this family as mmdetection sets them: `head` (mmdetection's head fields,
         then `head_fields`, e.g. what a converter read from a checkpoint), `anchors`, `conventions`, `assigner`
-        (anchor IoUs only: mmdetection's detectors are the plain ones) and `loss`."""
-        return dict(head=HeadConfig(kind=self.kind, **{**self.mmdet_head, **head_fields}), **self.mmdet_fields())
+        (anchor IoUs only: mmdetection's detectors are the plain ones) and `loss`. Every mmdetection dense
+        detector here centres its anchors at (x, y) * stride."""
+        return dict(
+            head=HeadConfig(kind=self.kind, **{**self.mmdet_head, **head_fields}),
+            anchors=AnchorConfig(center_offset=0.0),
+            conventions=ConventionConfig(**self.mmdet_conventions),
+            assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
+            loss=LossConfig(**self.mmdet_loss),
+        )
 
     def check(self, config: ModelConfig) -> None:
         """Clear errors for settings every family checks the same way (raised when the head is built)."""

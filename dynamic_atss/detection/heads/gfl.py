@@ -46,7 +46,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ...config import AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, LossConfig, ModelConfig
+from ...config import BackboneConfig, ModelConfig
 from ..assigner import AssignResult
 from ..losses import distribution_focal_loss, joint_quality_focal_loss, quality_focal_loss, reduce_mean
 from .base import (
@@ -239,11 +239,7 @@ def _variants() -> tuple[Variant, ...]:
                 paper = ""
                 if dgqp and token == "r50":
                     paper = f" (paper: {41.1 if combined else 40.6} AP val2017, 1x)"
-                variants.append(Variant(
-                    f"{'dynamic_' if combined else ''}{version}_{token}", token.removesuffix("_dcn"),
-                    dcn=token.endswith("_dcn"), combined_ious=combined, options={"dgqp": dgqp},
-                    doc=f"{what}; {backbone} FPN{paper}.",
-                ))
+                variants.append(Variant.named(version, token, combined, f"{what}; {backbone} FPN{paper}.", dgqp=dgqp))
     return tuple(variants)
 
 
@@ -254,12 +250,8 @@ GFL = register_family(HeadFamily(
     cls_loss_note="GFL / GFLV2 train their joint classification-quality score with QFL",
     box_distributions=True,
     mmdet_head=dict(conv_bias=False, num_groups=32, reg_max=16, dgqp_topk=4, dgqp_hidden=64),
-    mmdet_fields=lambda: dict(
-        anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
-        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
-        loss=LossConfig(cls_loss="qfl", box_weight=2.0, dfl_weight=0.25),
-    ),
+    mmdet_conventions=dict(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+    mmdet_loss=dict(cls_loss="qfl", box_weight=2.0, dfl_weight=0.25),
     variant_config=_variant_config,
     variants=_variants(),
 ))

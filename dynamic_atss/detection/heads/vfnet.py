@@ -50,7 +50,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from ...config import AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, LossConfig, ModelConfig
+from ...config import BackboneConfig, ModelConfig
 from ...ops.dcn import DeformConv2d
 from ..assigner import AssignResult, paired_iou
 from ..losses import reduce_mean, varifocal_loss
@@ -216,8 +216,7 @@ def _variants() -> tuple[Variant, ...]:
                 doc += " (DCNv2 in stages 2-4 and the last tower convs)"
             if ap is not None:
                 doc += f" (paper, Table V: {ap} AP on COCO val2017, 1x)"
-            variants.append(Variant(f"{'dynamic_' if combined else ''}vfnet_{token}", token.removesuffix("_dcn"),
-                                    dcn=token.endswith("_dcn"), combined_ious=combined, doc=doc + "."))
+            variants.append(Variant.named("vfnet", token, combined, doc + "."))
     return tuple(variants)
 
 
@@ -227,12 +226,8 @@ VFNET = register_family(HeadFamily(
     cls_losses=("vfl",),
     cls_loss_note="its IoU-aware classification score is trained with the Varifocal loss",
     mmdet_head=dict(num_convs=3, conv_bias=False, num_groups=32),
-    mmdet_fields=lambda: dict(
-        anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=True, score_sqrt=False, pre_nms_rank_by_joint=False),
-        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
-        loss=LossConfig(cls_loss="vfl", vfl_alpha=0.75, focal_gamma=2.0, box_weight=2.0, box_init_weight=1.5),
-    ),
+    mmdet_conventions=dict(relu_before_p7=True, score_sqrt=False, pre_nms_rank_by_joint=False),
+    mmdet_loss=dict(cls_loss="vfl", vfl_alpha=0.75, focal_gamma=2.0, box_weight=2.0, box_init_weight=1.5),
     variant_config=_variant_config,
     variants=_variants(),
 ))
