@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     from ..data import collate_fn  # noqa: PLC0415
-    from ..evaluation import CocoEvaluator, format_table  # noqa: PLC0415
+    from ..evaluation import evaluate_detections, evaluator_for, format_table  # noqa: PLC0415
 
     submission = args.split in SUBMISSION_SPLITS or args.submission
     accelerator = Accelerator(cpu=args.cpu)
@@ -204,24 +204,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     loader = accelerator.prepare(loader)
-    gt = dataset_attr(dataset, "coco", None)
-    evaluator = CocoEvaluator(gt if gt is not None else dataset_attr(dataset, "to_coco_dict")(), label_to_cat_id,
-                              class_names=class_names)
     if accelerator.is_main_process:
         print(f"{name}: {description}, {len(dataset)} images, batch {args.batch_size} x {accelerator.num_processes} "
               f"process(es) on {device}", file=sys.stderr)
     start = time.perf_counter()
     progress = tqdm(total=len(loader), desc=f"{args.split}", unit="batch", disable=not accelerator.is_main_process
                     or args.no_progress, file=sys.stderr, dynamic_ncols=True)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
-    with torch.inference_mode():
-        for images, targets in loader:
-            with autocast:
-                outputs = model(list(images))
-            evaluator.update([int(t["image_id"]) for t in targets], outputs)
-            progress.update(1)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else contextlib.nullcontext
+    evaluator = evaluate_detections(model, loader, evaluator_for(dataset), accelerator, autocast=autocast,
+                                    progress=progress)
     progress.close()
-    evaluator.gather(accelerator)
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {"model": name, "split": args.split, "data": args.data, "num_images": len(evaluator),
                               "seconds": seconds, "images_per_s": len(evaluator) / max(seconds, 1e-9), "files": []}

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data import CocoDetection, HFDetection, SyntheticShapes, build_transforms, collate_fn
 from ..data.checks import ImageSubset, scan_dataset
-from ..evaluation import CocoEvaluator, format_per_class_table, format_table
+from ..evaluation import evaluate_detections, evaluator_for, format_per_class_table, format_table
 from ..factory import create
 from .checkpoint import flatten, load_checkpoint, resolve_resume, save_checkpoint
 from .config import DataConfig, TrainConfig, config_to_dict
@@ -111,16 +111,11 @@ def evaluate(model: torch.nn.Module, dataset: Any, accelerator: Accelerator, bat
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers))
-    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-    # A COCO folder's already-indexed ground truth, rather than re-indexing its dict at every evaluation.
-    coco_gt = getattr(base, "coco", None) or base.to_coco_dict()
-    evaluator = CocoEvaluator(coco_gt, base.label_to_cat_id, base.class_names)
     was_training = model.training
     model.eval()
-    for images, targets in tqdm(loader, desc="eval", disable=not accelerator.is_main_process, leave=False):
-        detections = model(images)
-        evaluator.update([int(t["image_id"]) for t in targets], [{k: v.cpu() for k, v in d.items()} for d in detections])
-    evaluator.gather(accelerator)
+    bar = tqdm(total=len(loader), desc="eval", disable=not accelerator.is_main_process, leave=False)
+    evaluator = evaluate_detections(model, loader, evaluator_for(dataset), accelerator, progress=bar)
+    bar.close()
     metrics = evaluator.evaluate(per_class=True) if accelerator.is_main_process else {}
     model.train(was_training)
     return metrics
