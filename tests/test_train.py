@@ -409,3 +409,13 @@ def test_one_all_reduce_per_micro_batch_and_targets_stay_on_the_host(tmp_path, m
     train(load_config(recipe))
     assert len(decisions) == 3  # 3 micro-batches (no accumulation)
     assert target_devices == {"cpu"}
+
+
+def test_the_trainer_passes_progress_and_reads_the_returned_statistics():
+    """Training state is passed, not set: no `model.train_progress =` and no `model.assign_stats` read."""
+    import ast
+    import inspect
+
+    source = ast.parse(inspect.getsource(trainer))
+    attributes = {node.attr for node in ast.walk(source) if isinstance(node, ast.Attribute)}
+    assert not {"train_progress", "assign_stats", "assigner"} & attributes

@@ -355,7 +355,6 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
         seeded_train_set.epoch = epoch
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for images, targets in epoch_loader:
-            raw_model.train_progress = step / max_steps
             with accelerator.accumulate(model):
                 # Non-finite boxes would make the model refuse the batch: it runs without them (every process
                 # runs its forward, so the processes stay in step) and the batch is skipped below.
@@ -364,7 +363,8 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
                     targets = [_without_boxes(target) for target in targets]
                 images = [image.to(accelerator.device, non_blocking=True) for image in images]
                 norm_stats = [buffer.clone() for buffer in _norm_buffers(raw_model)]
-                losses = model(images, targets)
+                # progress drives the "up"/"down" assigner weights; the step's assignment statistics come back
+                losses, assign_stats = model(images, targets, progress=step / max_steps, return_stats=True)
                 loss = sum(losses.values())  # the model returns the parts (torchvision convention)
                 inputs_finite = _finite_images(images) & targets_finite
                 loss_finite = torch.isfinite(loss.detach())
@@ -391,7 +391,7 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
                         )
                     continue
                 bad_steps = 0
-                window_positives += raw_model.assign_stats["num_pos"].detach().float()
+                window_positives += assign_stats["num_pos"].detach().float()
                 accelerator.backward(loss)
                 if config.optim.grad_clip and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -404,7 +404,7 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
             step += 1
             progress.update(1)
             if step % config.log_every == 0 or step == max_steps:
-                record = _log_record(accelerator, losses, raw_model.assign_stats, lr, step, start)
+                record = _log_record(accelerator, losses, assign_stats, lr, step, start)
                 positives = float(accelerator.reduce(window_positives.reshape(1), reduction="sum").item())
                 if positives == 0 and accelerator.is_main_process:
                     warnings.warn(

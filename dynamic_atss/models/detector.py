@@ -29,8 +29,10 @@ class DynamicATSS(HubMixin, nn.Module):
     """A dense one-stage detector with the combined-IoU assigner, in torchvision's detection calling convention.
 
     - `model.train(); model(images, targets)` -> the loss parts of the head family, e.g. `{"loss_cls",
-      "loss_box", "loss_quality"}` for ATSS (`sum(losses.values())` is the training loss); the
-      label-assignment statistics of that step are left in `model.assign_stats`.
+      "loss_box", "loss_quality"}` for ATSS (`sum(losses.values())` is the training loss);
+      `model(images, targets, progress=p, return_stats=True)` -> `(losses, stats)`: `progress` (iter / max_iter)
+      drives the "up" / "down" assigner weights, `stats` are that step's label-assignment statistics (also
+      left in `model.assign_stats` for inspection).
     - `model.eval(); model(images)` -> per image `{"boxes": (N,4) xyxy, "scores": (N,), "labels": (N,)}`,
       boxes in that image's own pixel coordinates.
 
@@ -53,8 +55,8 @@ class DynamicATSS(HubMixin, nn.Module):
         enable_winograd(self)
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(-1, 1, 1), persistent=False)
-        self.train_progress = 0.0  # iter / max_iter, set by the training loop; drives "up"/"down" weights
-        self.assign_stats: dict[str, Tensor] = {}
+        self.train_progress = 0.0  # the default `progress` of a training call that passes none
+        self.assign_stats: dict[str, Tensor] = {}  # the last training call's statistics (a record, never read)
         expected = list(self.backbone.strides) + [self.backbone.strides[-1] * 2, self.backbone.strides[-1] * 4]
         if expected != list(config.anchors.strides):
             raise ValueError(
@@ -136,8 +138,9 @@ class DynamicATSS(HubMixin, nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None, *,
+        progress: float | None = None, return_stats: bool = False,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]] | tuple[dict[str, Tensor], dict[str, Tensor]]:
         if self.training and targets is None:
             raise ValueError("in train mode, model(images, targets) needs targets; call model.eval() for inference")
         batch, sizes, original_sizes = self.preprocess(images)
@@ -151,12 +154,14 @@ class DynamicATSS(HubMixin, nn.Module):
         scales = [(h / oh, w / ow) for (h, w), (oh, ow) in zip(sizes.tolist(), original_sizes)]
         targets = Targets(*self._prepare_targets(targets, scales, batch.device))
         flat = {name: torch.cat([level[name] for level in flat_levels], 1) for name in flat_levels[0]}
-        losses, self.assign_stats = self.head.compute_loss(
-            flat, anchors, num_per_level, strides, targets, self.assigner, self.train_progress,
+        losses, stats = self.head.compute_loss(
+            flat, anchors, num_per_level, strides, targets, self.assigner,
+            self.train_progress if progress is None else progress,
             # one anchor per location, row-major per level: the assigner may search a window of the grid
             level_shapes=feature_sizes,
         )
-        return losses
+        self.assign_stats = stats
+        return (losses, stats) if return_stats else losses
 
     def detections_from_raw(
         self, raw: tuple[list[Tensor], ...], sizes: Tensor, original_sizes: list[tuple[int, int]]
