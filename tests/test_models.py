@@ -205,3 +205,24 @@ def test_test_presets(tiny_kwargs):
     assert model.config.test.score_thresh > 0.05
     with pytest.raises(ValueError, match="unknown test preset"):
         model.set_test_preset("fast")
+
+
+def test_one_public_preprocessing(tiny_kwargs):
+    """`preprocess(normalize=False)` is what graphs that normalise inside get; nothing outside the detector
+    calls its private checks (ONNX Runtime and export share the public transform)."""
+    import ast
+    from pathlib import Path
+
+    model = da.create("r50", **tiny_kwargs).eval()
+    images = [torch.rand(3, 70, 90), torch.rand(3, 50, 40)]
+    normalised, sizes, original = model.preprocess(images)
+    plain, plain_sizes, _ = model.preprocess(images, normalize=False)
+    assert torch.equal(sizes, plain_sizes) and original == [(70, 90), (50, 40)]
+    for index, (height, width) in enumerate(sizes.tolist()):
+        torch.testing.assert_close(normalised[index, :, :height, :width],
+                                   model.normalize(plain[index, :, :height, :width]))
+    package = Path(da.__file__).parent
+    for path in (package / "inference").glob("*.py"):
+        private = {node.attr for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)
+                   and node.attr in ("_check_images", "_target_size")}
+        assert not private, f"{path.name} calls {private}"

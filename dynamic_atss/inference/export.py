@@ -100,7 +100,7 @@ class DetectionGraph(nn.Module):
         inside = (torch.arange(height, device=images.device).view(1, -1, 1) < image_sizes[:, 0].view(-1, 1, 1)) & (
             torch.arange(width, device=images.device).view(1, 1, -1) < image_sizes[:, 1].view(-1, 1, 1)
         )
-        batch = torch.where(inside.unsqueeze(1), (images - model.image_mean) / model.image_std, 0.0)
+        batch = torch.where(inside.unsqueeze(1), model.normalize(images), 0.0)
         raw = model.forward_raw(batch)
         feature_sizes = [tuple(level.shape[-2:]) for level in raw[0]]
         # uncached: the generator's cache is keyed on concrete sizes (symbolic while exporting)
@@ -178,7 +178,7 @@ def export_onnx(
         output_names = ["boxes", "scores", "labels", "batch_index"]
     else:
         graph = RawGraph(model).eval()
-        args = ((images - model.image_mean) / model.image_std,)
+        args = (model.normalize(images),)
         input_names = ["images"]
         output_names = raw_output_names(model)
     with torch.no_grad():

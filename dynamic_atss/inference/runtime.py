@@ -21,9 +21,7 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["OnnxRuntimeDetector", "raw_output_names"]
@@ -86,22 +84,8 @@ class OnnxRuntimeDetector:
 
     def _detect_in_graph(self, images: list[Tensor] | Tensor) -> list[dict[str, Tensor]]:
         model = self.model
-        images = model._check_images(images)
-        original = [(int(i.shape[1]), int(i.shape[2])) for i in images]
-        resized = []
-        for image, (height, width) in zip(images, original):
-            size = model._target_size(height, width)
-            image = image.detach().float().cpu()
-            if size != (height, width):
-                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-            resized.append(image)
-        divisor = model.config.size_divisible
-        pad_h = -(-max(i.shape[1] for i in resized) // divisor) * divisor
-        pad_w = -(-max(i.shape[2] for i in resized) // divisor) * divisor
-        batch = torch.zeros(len(resized), 3, pad_h, pad_w)
-        for slot, image in zip(batch, resized):
-            slot[:, : image.shape[1], : image.shape[2]] = image
-        sizes = np.array([i.shape[1:] for i in resized], dtype=np.int64)
+        batch, sizes, original = model.preprocess(images, normalize=False)  # the graph normalises
+        batch, sizes = batch.detach().float().cpu(), sizes.numpy()
         boxes, scores, labels, batch_index = (
             torch.from_numpy(o) for o in self.session.run(None, {"images": batch.numpy(), "image_sizes": sizes})
         )

@@ -114,9 +114,17 @@ class DynamicATSS(HubMixin, nn.Module):
         scale = min(min_size / min(height, width), self.config.max_size / max(height, width))
         return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def preprocess(self, images: list[Tensor] | Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-        """Resize, normalise and pad. Returns the batch (B, 3, H', W'), the resized sizes (B, 2) as
-        (height, width) (int64, on the CPU), and the original sizes."""
+    def normalize(self, images: Tensor) -> Tensor:
+        """(..., 3, H, W) in [0, 1] -> normalised by the model's `image_mean` / `image_std`."""
+        return (images - self.image_mean) / self.image_std
+
+    def preprocess(
+        self, images: list[Tensor] | Tensor, normalize: bool = True
+    ) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+        """The one input transform (the model, ONNX Runtime and export share it): check, resize, normalise (unless
+        `normalize=False`: a graph that normalises inside gets the resized [0, 1] images) and pad with zeros.
+        Returns the batch (B, 3, H', W'), the resized sizes (B, 2) as (height, width) (int64, on the CPU), and
+        the original sizes."""
         images = self._check_images(images)
         original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         resized = []
@@ -125,7 +133,7 @@ class DynamicATSS(HubMixin, nn.Module):
             image = image.to(self.image_mean.device, self.image_mean.dtype)
             if size != (height, width):
                 image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-            resized.append((image - self.image_mean) / self.image_std)
+            resized.append(self.normalize(image) if normalize else image)
         divisor = self.config.size_divisible
         pad_h = int(math.ceil(max(img.shape[1] for img in resized) / divisor) * divisor)
         pad_w = int(math.ceil(max(img.shape[2] for img in resized) / divisor) * divisor)
