@@ -105,16 +105,17 @@ def detect_data_format(data: str) -> str:
     raise FileNotFoundError(f"--data: no such folder: {data}")
 
 
-def build_dataset(data: str, split: str, data_format: str = "auto"):
-    """The evaluation dataset (no transforms: the model resizes) and a description for logs."""
-    from ..data import CocoDetection, HFDetection  # noqa: PLC0415
+def evaluation_dataset(data: str, split: str, data_format: str = "auto"):
+    """The evaluation dataset of `--data` / `--split` (no transforms: the model resizes), made by the one dataset
+    factory (`dynamic_atss.data.build_dataset`), and a description for logs."""
+    from ..data import build_dataset  # noqa: PLC0415
 
     data_format = detect_data_format(data) if data_format == "auto" else data_format
     if data_format == "coco":
         image_dir, ann_file = resolve_coco_split(data, split)
-        return CocoDetection(image_dir, ann_file), f"COCO {split} ({ann_file})"
+        return build_dataset("coco", image_dir=image_dir, ann_file=ann_file), f"COCO {split} ({ann_file})"
     try:
-        return HFDetection(data, split=split), f"Hugging Face {data} [{split}]"
+        return build_dataset("hf", source=data, split=split), f"Hugging Face {data} [{split}]"
     except KeyError as error:  # unknown split of a DatasetDict: KeyError's repr would quote the message
         raise ValueError(f"--data {data}: {error.args[0] if error.args else error}") from error
 
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     submission = args.split in SUBMISSION_SPLITS or args.submission
     accelerator = Accelerator(cpu=args.cpu)
     torch.manual_seed(args.seed)  # --random-weights: the same weights on every process
-    dataset, description = build_dataset(args.data, args.split, args.data_format)
+    dataset, description = evaluation_dataset(args.data, args.split, args.data_format)
     num_images = len(dataset)
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, num_images)))

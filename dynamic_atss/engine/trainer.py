@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import CocoDetection, HFDetection, SyntheticShapes, build_transforms, collate_fn
+from ..data import build_dataset, build_transforms, collate_fn
 from ..data.checks import ImageSubset, scan_dataset
 from ..evaluation import evaluate_detections, evaluator_for, format_per_class_table, format_table
 from ..factory import create
@@ -68,28 +68,34 @@ class SeededAugmentation(torch.utils.data.Dataset):
 
 
 def build_datasets(config: DataConfig, seed: int) -> tuple[Any, Any | None]:
-    """Train and validation datasets of the configured kind, with train / eval transforms."""
+    """Train and validation datasets of the configured kind, with train / eval transforms (through the one
+    dataset factory, `dynamic_atss.data.build_dataset`)."""
     train_tf = build_transforms(train=True, flip_prob=config.flip_prob, photometric=config.photometric)
     eval_tf = build_transforms(train=False)
     if config.kind == "synthetic":
-        train = SyntheticShapes(config.num_train, config.image_size, seed=seed, split="train", transforms=train_tf)
-        val = SyntheticShapes(config.num_val, config.image_size, seed=seed, split="val", transforms=eval_tf)
+        train = build_dataset("synthetic", num_images=config.num_train, image_size=config.image_size, seed=seed,
+                              split="train", transforms=train_tf)
+        val = build_dataset("synthetic", num_images=config.num_val, image_size=config.image_size, seed=seed, split="val",
+                            transforms=eval_tf)
         return train, (val if config.num_val > 0 else None)
     if config.kind == "coco":
         if not config.train_images or not config.train_annotations:
             raise ValueError("data.kind=coco needs data.train_images and data.train_annotations")
-        train = CocoDetection(config.train_images, config.train_annotations, transforms=train_tf, keep_empty=config.keep_empty)
+        train = build_dataset("coco", image_dir=config.train_images, ann_file=config.train_annotations, transforms=train_tf,
+                              keep_empty=config.keep_empty)
         val = None
         if config.val_images and config.val_annotations:
-            val = CocoDetection(config.val_images, config.val_annotations, transforms=eval_tf)
+            val = build_dataset("coco", image_dir=config.val_images, ann_file=config.val_annotations, transforms=eval_tf)
         return train, val
     if config.kind == "hf":
         if not config.source:
             raise ValueError("data.kind=hf needs data.source (a Hub dataset name, save_to_disk folder or Parquet path)")
-        train = HFDetection(config.source, split=config.train_split, box_format=config.box_format, transforms=train_tf)
+        train = build_dataset("hf", source=config.source, split=config.train_split, box_format=config.box_format,
+                              transforms=train_tf)
         val = None
         if config.val_split:
-            val = HFDetection(config.source, split=config.val_split, box_format=config.box_format, transforms=eval_tf)
+            val = build_dataset("hf", source=config.source, split=config.val_split, box_format=config.box_format,
+                                transforms=eval_tf)
         return train, val
     raise ValueError(f"unknown data.kind {config.kind!r}; choose synthetic, coco or hf")
 
