@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput / latency / peak memory of Dynamic ATSS vs torchvision FCOS and RetinaNet, in one run.
 
-    python benchmarks/throughput.py --models r50 r50+onnx r50+bf16 --threads 2 --json outputs/speed.json
+    python benchmarks/throughput.py --models r50 r50+opt r50+opt-bf16 --threads 2 --json outputs/speed.json
     python benchmarks/throughput.py --quick            # seconds, tiny model: checks the machinery
 
 Same as `python -m dynamic_atss benchmark speed ...`; see `dynamic_atss/benchmark/throughput.py`.

@@ -13,6 +13,7 @@ from .config import (
 from ._version import __version__
 from .factory import create, load_model
 from .hub import load_pretrained
+from .inference.optimize import optimize_for_inference
 from .models import zoo
 from .models.detector import DynamicATSS
 from .models.zoo import *  # noqa: F403  (the registered constructors, one per head-family variant)
@@ -22,5 +23,5 @@ from .registry import get_pretrained_cfg, list_models, register_pretrained
 __all__ = [
     "AnchorConfig", "AssignerConfig", "BackboneConfig", "ConventionConfig", "DynamicATSS", "HeadConfig", "LossConfig",
     "ModelConfig", "TestConfig", "create", "get_pretrained_cfg", "list_models", "load_model", "load_pretrained",
-    "register_pretrained", *zoo.__all__,
+    "optimize_for_inference", "register_pretrained", *zoo.__all__,
 ]

@@ -3,7 +3,8 @@ evaluate COCO AP on held-out generated images, save the model, draw predictions,
 
 With `--compare`, also trains plain ATSS (anchor IoUs only, everything else equal) and plots both
 regression losses, as in the paper's Figure 2. `--head gflv2` does the same for GFLV2 vs GFLV2 + CIoUs (Figure 3),
-`--head vfnet` for VFNet (Figure 4).
+`--head vfnet` for VFNet (Figure 4). With `--snapshot-ap`, the saved model is also evaluated as the float32 and
+bfloat16 snapshots of `optimize_for_inference` (the AP change of the fast inference paths).
 The demo replaces what an earlier demo left in its output folder.
 """
 
@@ -74,6 +75,24 @@ def draw_predictions(model_dir: Path, config: TrainConfig, out_path: Path, count
     save_grid([draw_detections(img, det, model.config.class_names, 0.5) for img, det in zip(images, detections)], out_path)
 
 
+def snapshot_ap(model_dir: Path, config: TrainConfig) -> dict[str, float]:
+    """COCO AP (0..1) of the saved model on the demo's held-out images: the default path and the float32 / bfloat16
+    snapshots of `optimize_for_inference`, evaluated as training evaluates (`engine.trainer.evaluate`)."""
+    from accelerate import Accelerator  # noqa: PLC0415
+
+    from .engine.trainer import build_datasets, evaluate  # noqa: PLC0415
+    from .inference import optimize_for_inference  # noqa: PLC0415
+    from .factory import create  # noqa: PLC0415
+
+    model = create(f"local-dir:{model_dir}").eval()
+    _, val_set = build_datasets(config.data, config.seed)
+    variants = {"default fp32": model, "snapshot fp32": optimize_for_inference(model),
+                "snapshot bf16": optimize_for_inference(model, torch.bfloat16)}
+    accelerator = Accelerator(cpu=True)
+    return {label: evaluate(m, val_set, accelerator, config.batch_size, config.eval_limit)["AP"]
+            for label, m in variants.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dynamic_atss demo", description=__doc__, allow_abbrev=False,
                                      epilog="config overrides: --section.key value (as for train), e.g. --optim.lr 0.001")
@@ -84,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train the anchor-IoU baseline (assigner.pred_weight=0) and plot both (Figures 2-4)")
     parser.add_argument("--head", choices=sorted(HEADS), default="atss",
                         help="head family of the demo: atss (default), gfl, gflv2 (Figure 3 with --compare), vfnet (Figure 4)")
+    parser.add_argument("--snapshot-ap", action="store_true",
+                        help="also evaluate the saved model as optimize_for_inference snapshots (float32, bfloat16)")
     args, rest = parser.parse_known_args(argv)
     # One override syntax with `train`: --section.key value. The old positional `section.key=value` still works,
     # with a deprecation message (it goes in a later version).
@@ -127,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, summary in summaries.items():
         if label != main_label:
             print(f"\n{label}:\n{format_table(summary['metrics'])}")
+    if args.snapshot_ap:
+        ap = snapshot_ap(Path(main_summary["model_dir"]), config)
+        report_ap = ", ".join(f"{label} {100 * value:.2f}" for label, value in ap.items())
+        print(f"\nAP of the saved model: {report_ap} (bf16 - fp32: "
+              f"{100 * (ap['snapshot bf16'] - ap['default fp32']):+.2f})")
     draw_predictions(Path(main_summary["model_dir"]), config, out / "predictions.png")
     plotted = plot_losses({label: s["log"] for label, s in summaries.items()}, out / "losses.png", plotted_losses)
     report = {
@@ -135,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "AP": {label: s["metrics"].get("AP") for label, s in summaries.items()},
         "model_dir": main_summary["model_dir"],
     }
+    if args.snapshot_ap:
+        report["snapshot_AP"] = ap
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
     print(f"\npredictions: {out / 'predictions.png'}")
     print(f"loss plot: {out / 'losses.png'}" if plotted else "loss plot skipped (pip install matplotlib)")

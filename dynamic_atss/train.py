@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m dynamic_atss.trai
 
     try:
         summary = train(config, resume=args.resume, overwrite=args.overwrite)
-    except (OutputDirError, CheckpointError, DataCheckError) as e:  # the message says what to do
+    except (OutputDirError, CheckpointError, DataCheckError, ConfigError) as e:  # the message says what to do
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     if PartialState().is_main_process:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -67,15 +68,23 @@ def test_throughput_without_peers_and_only_raw(tmp_path):
     assert report["ratios"] == [] and report["results"][0]["peak_mem_mb"] is None
 
 
-def test_throughput_direct_variant_trains_on_its_own_model(tmp_path):
-    """'+direct' is the same weights without Winograd: inference and training rows of its own."""
+def test_throughput_snapshot_rows_and_default_models(tmp_path):
+    """'+opt' / '+opt-bf16' are optimize_for_inference snapshots (float32 / bfloat16): inference rows of their own,
+    the training row is their base model's; on CPU the default --models are the default path and both snapshots."""
     path = tmp_path / "speed.json"
-    args = ["--quick", "--no-peers", "--models", "r50", "r50+direct", "--modes", "inference", "train", "--iters",
-            "1", "--warmup", "0", "--no-memory", "--model-args", json.dumps({"fpn_channels": 128, "head.channels": 128}),
-            "--json", str(path), "-q"]
-    assert throughput.main(args) == 0
+    args = ["--quick", "--no-peers", "--models", "r50", "r50+opt", "r50+opt-bf16", "--modes", "inference", "raw",
+            "train", "--iters", "1", "--warmup", "0", "--no-memory", "--json", str(path), "-q"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a CPU without native bfloat16 warns
+        assert throughput.main(args) == 0
     rows = {(r["model"], r["mode"]) for r in json.loads(path.read_text())["results"]}
-    assert rows == {(m, mode) for m in ("r50", "r50+direct") for mode in ("inference", "train")}
+    assert rows == {(m, mode) for m in ("r50", "r50+opt", "r50+opt-bf16") for mode in ("inference", "raw")} | {
+        ("r50", "train")}
+    assert throughput.parse_args(["--device", "cpu"]).models == ["r50", "r50+opt", "r50+opt-bf16"]
+    with pytest.raises(ValueError, match="one at a time"):
+        throughput._split_spec("r50+opt+bf16")
+    with pytest.raises(ValueError, match="suffixes"):
+        throughput._split_spec("r50+direct")
 
 
 def test_parse_size_and_bad_options():

@@ -418,7 +418,8 @@ def test_convert_script_writes_and_pushes(tmp_path, hub_server):  # noqa: F811
     out = tmp_path / "out"
     assert script.main([str(checkpoint), "--out", str(out), "--push", "org/converted", "--endpoint",
                         hub_server.endpoint, "--token", "t", "--metrics", '{"AP": 12.5}']) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                     "preprocessor_config.json"]
     card = (out / "README.md").read_text()
     assert "mmdetection" in card and "hf-hub:org/converted" in card
     loaded = create("hf-hub:org/converted", endpoint=hub_server.endpoint, cache_dir=tmp_path / "cache")

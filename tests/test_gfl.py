@@ -560,14 +560,14 @@ def test_losses_match_real_mmdetection_gfl():
 
 
 def test_default_inference_path_gives_the_same_raw_outputs(tiny_kwargs):
-    """Inference folds the frozen BatchNorms into their convs (models/fold.py): same outputs as with gradients on.
-    (ONNX Runtime is checked for every family in test_export.py.)"""
+    """The default path gives the same raw outputs with and without autograd (no inference-only shortcut; the fused
+    snapshot is checked in test_optimize.py, ONNX Runtime for every family in test_export.py)."""
     model = da.create("gflv2_r50", num_classes=3, **tiny_kwargs).eval()
     x = torch.randn(1, 3, 128, 128)
-    reference = model.forward_raw(x)  # gradients enabled: the trainable stages run conv + BN unfolded
+    reference = model.forward_raw(x)  # gradients enabled
     with torch.no_grad():
-        folded = model.forward_raw(x)
-    for a, b in zip(reference, folded):
+        without_grad = model.forward_raw(x)
+    for a, b in zip(reference, without_grad):
         for u, v in zip(a, b):
             torch.testing.assert_close(v, u.detach(), rtol=1e-4, atol=1e-4)
 

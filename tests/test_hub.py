@@ -101,7 +101,8 @@ def test_save_load_round_trip(tmp_path, monkeypatch):
 
     monkeypatch.setattr(timm, "create_model", recording_create_model)
     model.save_pretrained(tmp_path / "m", recipe={"name": "tiny", "iterations": 10}, metrics=METRICS)
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                                   "preprocessor_config.json"]
     document = json.loads((tmp_path / "m" / "config.json").read_text())
     assert document["architecture"] == "DynamicATSS" and document["format_version"] == 1
     assert document["library_version"] == dynamic_atss.__version__
@@ -126,7 +127,8 @@ def test_saved_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
-    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}  # was 0600 for weights
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644,  # was 0600 for weights
+                     "preprocessor_config.json": 0o644}
 
 
 def test_path_like_names_in_create(tmp_path):
@@ -178,8 +180,12 @@ def test_load_time_overrides(tmp_path):
                                                                                  "assigner.pred_weight": "up"})
     assert loaded.config.min_size == 80 and loaded.config.test.score_thresh == 0.3
     assert loaded.config.assigner.pred_weight == "up"
-    with pytest.raises(ValueError, match=r"cannot override \['head.channels'\]"):
+    with pytest.raises(ValueError, match=r"cannot override \['head.channels: checkpoint 32, requested 64'\]"):
         dynamic_atss.create(f"local-dir:{tmp_path / 'm'}", **{"head.channels": 64})
+    # fields that restate the checkpoint's values are accepted (a recipe written for this architecture)
+    same = dynamic_atss.create(f"local-dir:{tmp_path / 'm'}", backbone="test_resnet", **{"head.channels": 32,
+                                                                                         "fpn_channels": "32"})
+    assert same.config.head.channels == 32
     with pytest.raises(FileNotFoundError, match="no such folder"):
         dynamic_atss.create(f"local-dir:{tmp_path / 'missing'}")
 
@@ -264,7 +270,8 @@ def test_push_then_load_from_hub(hub_server, cache, scratch_registry, monkeypatc
     assert set(hub_server.authorization) == {"Bearer hf_test_token"}
     repo = hub_server.repos["org/tiny-atss"]
     assert repo.branches["main"] == info.oid
-    assert sorted(repo.commits[info.oid].files) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    assert sorted(repo.commits[info.oid].files) == [".gitattributes", "README.md", "config.json", "model.safetensors",
+                                                    "preprocessor_config.json"]
     assert b'dynamic_atss.create("hf-hub:org/tiny-atss")' in repo.commits[info.oid].files["README.md"]
 
     hub_server.requests.clear()

@@ -71,10 +71,29 @@ def test_wheel_ships_recipes_license_and_the_train_command(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     recipes = {f"dynamic_atss/configs/{p.relative_to(RECIPES_DIR).as_posix()}" for p in RECIPES_DIR.rglob("*.yaml")}
     assert len(recipes) > 20 and recipes <= names, sorted(recipes - names)
-    assert {"dynamic_atss/train.py", "dynamic_atss/model_index.json"} <= names
+    assert {"dynamic_atss/train.py", "dynamic_atss/model_index.json", "dynamic_atss/py.typed"} <= names
+    assert "dynamic_atss/configs/finetune.yaml" in names
+    assert "dynamic_atss/integrations/transformers.py" in names
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Classifier: Typing :: Typed" in metadata
+    assert "Project-URL: Paper, https://arxiv.org/abs/2201.09396" in metadata
+    assert "Provides-Extra: transformers" in metadata and "Provides-Extra: export" in metadata
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "dynamic-atss = dynamic_atss.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_project_urls_and_extras():
+    """Links that exist (no made-up pages) and one extra per optional path, each naming what the path imports."""
+    urls = PYPROJECT["project"]["urls"]
+    assert all(url.startswith("https://") for url in urls.values()) and "pypi.org" not in str(urls)
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert {Requirement(r).name for r in extras["transformers"]} == {"transformers"}
+    assert {Requirement(r).name for r in extras["export"]} == {"onnx", "onnxscript", "onnxruntime"}
+    classifiers = PYPROJECT["project"]["classifiers"]
+    assert "Typing :: Typed" in classifiers and (ROOT / "dynamic_atss" / "py.typed").is_file()
+    minor = int(PYPROJECT["project"]["requires-python"].removeprefix(">=3."))
+    assert f"Programming Language :: Python :: 3.{minor}" in classifiers
 
 
 def test_root_configs_points_at_the_packaged_recipes():

@@ -117,7 +117,7 @@ def test_tag_downloads_converts_caches_and_matches_the_converter(tmp_path, file_
     folder = converted_dir(url)
     assert pth.parent == torch_cache and folder.parent == torch_cache and pth.read_bytes() == data
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "conversion.json",
-                                                       "model.safetensors"]
+                                                       "model.safetensors", "preprocessor_config.json"]
     for path in [pth, *folder.iterdir()]:
         assert path.stat().st_mode & 0o777 == 0o644, path
     document = json.loads((folder / "config.json").read_text())

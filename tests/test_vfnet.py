@@ -287,11 +287,11 @@ def test_save_pretrained_round_trip(tiny_kwargs, tmp_path):
 
 
 def test_default_inference_path_keeps_the_outputs(tiny_kwargs):
-    """Inference folds the frozen BatchNorms into their convs (models/fold.py): same outputs as with gradients on.
-    (ONNX Runtime is checked for every family in test_export.py.)"""
+    """The default path gives the same raw outputs with and without autograd (no inference-only shortcut; the fused
+    snapshot is checked in test_optimize.py, ONNX Runtime for every family in test_export.py)."""
     model = tiny_vfnet(tiny_kwargs).eval()
     x = torch.randn(1, 3, 128, 160)
-    reference = model.forward_raw(x)  # gradients enabled: the trainable stages run conv + BN unfolded
+    reference = model.forward_raw(x)  # gradients enabled
     with torch.inference_mode():
         for ref_level, new_level in zip(reference, model.forward_raw(x)):
             for ref, new in zip(ref_level, new_level):
@@ -416,7 +416,7 @@ def test_indexed_mmdetection_weights_load_by_tag(tmp_path, file_server, torch_ca
 
 
 def test_convert_script_converts_vfnet_checkpoints(tmp_path, scratch_registry):  # noqa: F811
-    """`hub/convert_mmdet.py` (the manual route the URL loader names) takes any registered family; with `--tag`
+    """`dynamic-atss convert` (the manual route the URL loader names) takes any registered family; with `--tag`
     the checkpoint must hold the family of the index entry."""
     import importlib.util
     from pathlib import Path

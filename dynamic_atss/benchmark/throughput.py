@@ -17,10 +17,11 @@ Fairness: the peers are built as their users run them from ImageNet weights (``F
 frozen, ``trainable_backbone_layers=3``; see `build_peer`), with random weights and ``score_thresh=0.05``; every
 model gets ``min_size`` / ``max_size`` equal to the input's sides, so the same input is processed at the same size
 by all. ``--amp`` / ``--channels-last`` / ``--compile`` apply to every model (options their users have too);
-a ``+onnx`` model suffix (``r50+onnx``: the network in ONNX Runtime, `dynamic_atss.inference`), ``+bf16`` (CPU
-bfloat16 / CUDA autocast) and ``+direct`` (the same model with oneDNN's direct convolutions instead of the default
-CPU Winograd ones, `models/winograd.py`) only to ours. Calls of the different models
-are interleaved round-robin, so slow drifts of a shared machine's load hit all of them alike.
+the model suffixes ``+opt`` / ``+opt-bf16`` (``r50+opt``: the float32 / bfloat16 inference snapshot of
+`dynamic_atss.optimize_for_inference`: BatchNorms fused into the convolutions, channels_last), ``+onnx`` (the
+network in ONNX Runtime, `dynamic_atss.inference`) and ``+bf16`` (the default path under bfloat16 autocast) only to
+ours; these are inference variants, whose training step is their base model's. Calls of the different models are
+interleaved round-robin, so slow drifts of a shared machine's load hit all of them alike.
 
 Random weights produce almost no detections above the threshold, so post-processing is cheap for every model;
 ``--cls-prior 0.5`` sets every model's classification bias so that most anchors pass the threshold, the worst
@@ -76,17 +77,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-SUFFIXES = ("onnx", "bf16", "direct")
-INFERENCE_ONLY = ("onnx", "bf16")  # variants whose training step is their base model's
+SUFFIXES = ("opt", "opt-bf16", "onnx", "bf16")  # all inference variants: their training step is their base model's
 
 
 def _split_spec(spec: str) -> tuple[str, set[str]]:
     """'r50+onnx' -> ('r50', {'onnx'})."""
     name, *options = spec.split("+")
     unknown = set(options) - set(SUFFIXES)
-    if unknown or not name or set(SUFFIXES) <= set(options):
-        raise ValueError(f"model {spec!r}: the suffixes are '+onnx' (ONNX Runtime), '+bf16' (bfloat16 autocast) or "
-                         f"'+direct' (oneDNN's direct convolutions instead of Winograd), one at a time; got {options}")
+    if unknown or not name or len(options) > 1:
+        raise ValueError(f"model {spec!r}: the suffixes are '+opt' / '+opt-bf16' (optimize_for_inference, float32 / "
+                         f"bfloat16), '+onnx' (ONNX Runtime) or '+bf16' (bfloat16 autocast), one at a time; got {options}")
     return name, set(options)
 
 
@@ -249,7 +249,7 @@ class Contestant:
     kind: str  # "ours" or "peer"
     model: Any  # inference model: an nn.Module, or an OnnxRuntimeDetector (+onnx)
     train_model: nn.Module | None  # the PyTorch model for the training step (None: same as model)
-    variant: str = ""  # "", "onnx" or "bf16": inference-only variants share their base's training step
+    variant: str = ""  # "" or one of SUFFIXES: inference-only variants share their base's training step
 
 
 def _random_targets(batch: int, height: int, width: int, num_boxes: int, num_classes: int, device: torch.device,
@@ -556,13 +556,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             start = time.perf_counter()
             model = onnx_runtime(copy.deepcopy(base).eval(), threads=torch.get_num_threads())
             log(f"  exported and checked in {time.perf_counter() - start:.1f} s")
-        if variant == "direct":  # the same weights without Winograd: its own inference and training rows
-            from ..models.winograd import disable_winograd  # noqa: PLC0415
+        if variant in ("opt", "opt-bf16"):
+            from ..inference import optimize_for_inference  # noqa: PLC0415
 
-            model = copy.deepcopy(base)
-            disable_winograd(model)
-            contestants.append(Contestant(spec, "ours", model, model, variant))
-            continue
+            model = optimize_for_inference(base, torch.bfloat16 if variant == "opt-bf16" else None)
         contestants.append(Contestant(spec, "ours", model, base, variant))
     for peer in args.peers:
         log(f"building torchvision {peer} ({args.peer_backbone}) ...")
@@ -578,10 +575,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     for mode in args.modes:
         sizes = args.train_sizes if mode == "train" else args.sizes
         batches = args.train_batch_sizes if mode == "train" else args.batch_sizes
-        # The training step of an inference variant (+onnx, +bf16) is its base's: measure it once, under the base name.
+        # The training step of an inference variant (+opt, +onnx, ...) is its base's: measure it once, under the base name.
         group: list[Contestant] = []
         for c in contestants:
-            if mode == "train" and c.variant in INFERENCE_ONLY:
+            if mode == "train" and c.variant:
                 c = dataclasses.replace(c, name=c.name.split("+")[0], variant="")
             if all(o.name != c.name for o in group):
                 group.append(c)
@@ -631,12 +628,6 @@ def _compile(contestant: Contestant) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def _onnx_available() -> bool:
-    import importlib.util  # noqa: PLC0415
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnxscript"))
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dynamic_atss benchmark speed",
@@ -645,9 +636,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--models", nargs="+", default=None,
                         help="our models: registered names (r50, r101_dcn, ...), local-dir:/path or hf-hub:org/name; "
-                             "a '+onnx' suffix (r50+onnx) runs that model's network in ONNX Runtime (CPU; needs "
-                             "onnxruntime), '+bf16' under bfloat16 autocast (inference rows only), '+direct' "
-                             "with oneDNN's direct convolutions instead of Winograd (inference and training rows)")
+                             "suffixes (inference rows; the training row is the base model's): '+opt' / '+opt-bf16' "
+                             "the float32 / bfloat16 snapshot of optimize_for_inference, '+onnx' the network in "
+                             "ONNX Runtime (CPU; needs onnxruntime), '+bf16' the default path under bfloat16 "
+                             "autocast (default on CPU: r50 r50+opt r50+opt-bf16)")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS,
                         help="torchvision models measured in the same run (none: --peers with no value, or --no-peers)")
     parser.add_argument("--no-peers", action="store_true", help="measure only our models")
@@ -687,9 +679,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.no_peers:
         args.peers = []
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if args.models is None:  # the default path, and on CPU the direct convolutions and ONNX Runtime next to it
-        args.models = ["r50"] + (["r50+direct"] if not cuda and not args.quick else []) + (
-            ["r50+onnx"] if not cuda and not args.quick and _onnx_available() else [])
+    if args.models is None:  # the default path, and on CPU the float32 and bfloat16 snapshots next to it
+        args.models = ["r50"] + (["r50+opt", "r50+opt-bf16"] if not cuda and not args.quick else [])
     if args.quick:
         args.sizes = args.sizes or [(128, 128)]
         args.train_sizes = args.train_sizes or [(128, 128)]

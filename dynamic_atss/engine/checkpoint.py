@@ -27,7 +27,7 @@ RESUME_FREE_KEYS = (
     "output_dir", "log_every", "eval_every", "eval_limit", "checkpoint_every", "keep_checkpoints", "push_to_hub",
     "tracker", "max_bad_steps", "mixed_precision", "grad_accum", "batch_size", "optim.max_iters", "data.num_workers",
     "data.check_images", "data.skip_unreadable", "data.num_val", "data.val_images", "data.val_annotations",
-    "data.val_split",
+    "data.val_split", "data.name",  # data.name only names the data in the model card
 )
 
 

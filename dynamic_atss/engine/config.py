@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,8 @@ _TRACKERS = ("all", "tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflo
 @dataclass
 class DataConfig:
     kind: Literal["synthetic", "coco", "hf"] = "synthetic"
+    # the dataset's name in the model card; default: the Hub dataset id, the COCO folder's name, synthetic-shapes
+    name: str | None = None
     # synthetic: the embedded generator
     num_train: int = 2000
     num_val: int = 100
@@ -57,6 +60,25 @@ class DataConfig:
     flip_prob: float = 0.5
     photometric: bool = False
     num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            self.name = default_dataset_name(self)
+
+
+def default_dataset_name(data: DataConfig) -> str | None:
+    """What a model card calls the training data: the Hub dataset id (or a local dataset folder's name), the name
+    of the folder holding a COCO folder's images and annotations (`data/coco` -> "coco"), or `synthetic-shapes`.
+    Only a name, never a path: cards are published."""
+    if data.kind == "synthetic":
+        return "synthetic-shapes"
+    if data.kind == "hf":
+        return (Path(data.source).name if Path(data.source).exists() else data.source) if data.source else None
+    paths = [Path(p).expanduser().absolute() for p in (data.train_images, data.train_annotations) if p]
+    if not paths:
+        return None
+    root = Path(os.path.commonpath(paths))
+    return root.name or None
 
 
 @dataclass

@@ -438,7 +438,7 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
     model_dir = output_dir / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        raw_model.save_pretrained(model_dir, recipe=config_dict, metrics=_headline(metrics))
+        raw_model.save_pretrained(model_dir, recipe=config_dict, metrics=_saved_metrics(metrics, config.data))
         if config.push_to_hub:
             from ..hub import push_model_dir  # noqa: PLC0415
 
@@ -469,6 +469,15 @@ def _log_record(accelerator: Accelerator, losses: dict[str, torch.Tensor], stats
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float] | None:
     return {k: v for k, v in metrics.items() if isinstance(v, float)} or None
+
+
+def _saved_metrics(metrics: dict[str, Any], data: DataConfig) -> dict[str, Any] | None:
+    """The headline metrics with the dataset and split they were measured on (the model card labels them so)."""
+    headline = _headline(metrics)
+    if headline is None:
+        return None
+    split = {"coco": Path(data.val_images or "val").name, "hf": data.val_split, "synthetic": "val"}[data.kind]
+    return {"dataset": data.name, "split": split, **headline}
 
 
 def _evaluate_and_log(model: torch.nn.Module, val_set: Any, accelerator: Accelerator, config: TrainConfig,

@@ -1,7 +1,9 @@
 """The generated model card (`README.md` of a saved model / Hub repo).
 
-YAML front matter with `library_name: dynamic-atss`, license, tags, datasets and a `model-index` with the COCO
-AP when metrics are known; a Markdown body with the architecture, a usage snippet and the citation.
+YAML front matter with `library_name: dynamic-atss`, license, tags, datasets (Hub dataset ids only) and a
+`model-index` with the box AP, labelled with the dataset and split it was measured on, when metrics are known;
+a Markdown body with the architecture, the training data and recipe (names, never local paths), a usage snippet
+and the citation.
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ def generate_model_card(
     metrics = metrics or {}
     recipe = recipe or {}
     model_name = model_name or (repo_id.split("/")[-1] if repo_id else f"dynamic-atss-{config.backbone.name}")
-    dataset = metrics.get("dataset") or ("coco" if metrics else None)
+    trained_on, hub_dataset = _training_data(recipe)
+    dataset = metrics.get("dataset") or trained_on  # what the metrics were measured on; None: not recorded
     if datasets is None:
-        datasets = [dataset] if dataset else None
+        hub_ids = [hub_dataset] if hub_dataset else (["coco"] if _is_coco(trained_on or dataset) else [])
+        datasets = hub_ids or None  # only Hub dataset ids: the Hub links each one
     split = metrics.get("split")
-    dataset_label = "COCO 2017" if (dataset or "").lower().startswith("coco") else str(dataset)
+    dataset_label = "COCO 2017" if _is_coco(dataset) else str(dataset)
     source: dict[str, str] = {}
     if metrics.get("source") == "paper":
         source = {"source_name": "paper (arXiv:2201.09396)", "source_url": "https://arxiv.org/abs/2201.09396"}
@@ -65,12 +69,13 @@ def generate_model_card(
         source = {"source_name": str(metrics["source"]), "source_url": str(metrics["source_url"])}
     eval_results = [
         EvalResult(
-            task_type="object-detection", task_name="Object Detection", dataset_type=str(dataset),
+            task_type="object-detection", task_name="Object Detection",
+            dataset_type=hub_dataset if hub_dataset and dataset == trained_on else str(dataset),
             dataset_name=dataset_label, dataset_split=split, metric_type=key, metric_name=f"box {key}",
             metric_value=float(metrics[key]), **source,
         )
         for key in _COCO_METRICS
-        if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)
+        if dataset and isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)
     ]
     family = config.head.kind
     all_tags = ["object-detection", "dynamic-atss", family, "pytorch", "timm", config.backbone.name]
@@ -94,9 +99,9 @@ def generate_model_card(
     names = config.class_names
     if names:
         shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-        classes = f"{config.num_classes} classes: {shown}"
+        classes = f"{_count(config.num_classes, 'class')}: {shown}"
     else:
-        classes = f"{config.num_classes} classes (unnamed)"
+        classes = f"{_count(config.num_classes, 'class')} (unnamed)"
     rows = [
         ("Backbone", f"timm `{config.backbone.name}`" + (f" with DCNv2 in stages {', '.join(map(str, config.backbone.dcn_stages))}" if config.backbone.dcn else "")),
         ("Neck / head", f"FPN P3-P7 ({config.fpn_channels} ch); {head_description or f'`{family}` head family'}; "
@@ -110,18 +115,22 @@ def generate_model_card(
         ("Conventions", f"anchor centre offset {config.anchors.center_offset}, ReLU before P7 "
                         f"{config.conventions.relu_before_p7}, score sqrt(cls x quality) {config.conventions.score_sqrt}"),
     ]
+    if trained_on:
+        rows.append(("Training data", _dataset_text(trained_on, hub_dataset)))
     if recipe:
-        rows.append(("Training recipe", ", ".join(f"{k}: {v}" for k, v in recipe.items() if not isinstance(v, dict))
-                     or "see config.json"))
+        rows.append(("Training recipe", _recipe_summary(recipe) or "see config.json"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     result_lines = ""
     shown_metrics = [k for k in _COCO_METRICS if k in metrics]
     if shown_metrics:
         header = "| split | " + " | ".join(shown_metrics) + " |"
         sep = "|---" * (len(shown_metrics) + 1) + "|"
-        values = f"| {split or '?'} | " + " | ".join(str(metrics[k]) for k in shown_metrics) + " |"
+        values = f"| {split or 'not recorded'} | " + " | ".join(str(metrics[k]) for k in shown_metrics) + " |"
         note = f"\nSource of these figures: {metrics['source']}.\n" if metrics.get("source") else ""
-        result_lines = f"\n## Results (COCO box AP)\n\n{header}\n{sep}\n{values}\n{note}"
+        where = _dataset_text(dataset, hub_dataset if dataset == trained_on else None) if dataset else "a dataset not recorded"
+        measured = f"split `{split}`" if split else "split not recorded"
+        result_lines = (f"\n## Results\n\nBox AP (AP: mean over IoU thresholds 0.50:0.95; AP50 / AP75: at IoU 0.5 / "
+                        f"0.75) on {where}, {measured}:\n\n{header}\n{sep}\n{values}\n{note}")
     dynamic = "[combined-IoU label assignment](https://arxiv.org/abs/2201.09396)"
     if config.assigner.pred_weight == 0 and family == "atss":  # honest about plain ATSS weights (e.g. mmdetection's)
         detector = ("A plain [ATSS](https://arxiv.org/abs/1912.02424) object detector (not Dynamic ATSS: anchor IoUs "
@@ -138,8 +147,7 @@ def generate_model_card(
 
 # {model_name}
 
-{detector}, for the
-[`dynamic-atss`](https://pypi.org/project/dynamic-atss/) library.
+{detector}, for the {_library_link()} library.
 {(chr(10) + description + chr(10)) if description else ""}
 | | |
 |---|---|
@@ -163,7 +171,17 @@ model = dynamic_atss.create("{load_name}", num_classes=20)
 Offline: `HF_HUB_OFFLINE=1` uses the local Hugging Face cache; a downloaded folder loads with
 `dynamic_atss.create("local-dir:/path/to/folder")`.
 
-Files: `model.safetensors` (weights), `config.json` (architecture, `ModelConfig`, recipe, metrics).
+From `transformers` (`pip install "dynamic-atss[transformers]"`; importing the integration registers the model type):
+
+```python
+import dynamic_atss.integrations.transformers  # noqa: F401
+from transformers import pipeline
+
+detector = pipeline("object-detection", model="{repo_id or '<org>/<name>'}")
+```
+
+Files: `model.safetensors` (weights), `config.json` (architecture, `ModelConfig`, recipe, metrics; `model_type`
+and `id2label` for transformers), `preprocessor_config.json` (transformers' image processor).
 
 ## Citation
 
@@ -172,6 +190,79 @@ Files: `model.safetensors` (weights), `config.json` (architecture, `ModelConfig`
 ```
 """
     return f"---\n{card_data.to_yaml()}\n---\n{body}"
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 class`, `3 classes`."""
+    plural = noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")
+    return f"{n} {noun if n == 1 else plural}"
+
+
+def _is_coco(name: str | None) -> bool:
+    return (name or "").lower() in ("coco", "coco2017", "coco-2017", "coco_2017", "detection-datasets/coco")
+
+
+def _training_data(recipe: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(the training data's name, its Hub dataset id or None) from a training recipe's `data` section.
+
+    The name is the recipe's `data.name` (the trainer fills in the dataset id or the folder's name); the Hub id
+    only for `data.kind: hf` with a `source` that is not a local path."""
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    name = data.get("name")
+    source = data.get("source")
+    hub_id = None
+    if data.get("kind") == "hf" and isinstance(source, str) and not _looks_local(source):
+        hub_id = source
+    return (str(name) if name else None), hub_id
+
+
+def _looks_local(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or Path(text).expanduser().exists()
+
+
+def _dataset_text(name: str, hub_id: str | None) -> str:
+    if hub_id:
+        return f"[{hub_id}](https://huggingface.co/datasets/{hub_id})" + (f" ({name})" if name != hub_id else "")
+    return "COCO 2017" if _is_coco(name) else f"`{name}`"
+
+
+# The recipe fields a card shows: what was done, never where (paths stay on the machine that trained).
+_RECIPE_FIELDS = (("name", "recipe"), ("model", "model"), ("init_from", "init_from"), ("optim.name", "optimizer"), ("optim.lr", "lr"),
+                  ("optim.max_iters", "iterations"), ("batch_size", "images per process"), ("seed", "seed"))
+
+
+def _recipe_summary(recipe: dict[str, Any]) -> str:
+    parts = []
+    for key, label in _RECIPE_FIELDS:
+        value: Any = recipe
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None or (key == "model" and recipe.get("init_from")):  # with init_from the checkpoint decides
+            continue
+        if key == "init_from" and _looks_local(str(value).removeprefix("local-dir:")):
+            value = "a local saved model"
+        parts.append(f"{label}: {value}")
+    return ", ".join(parts)
+
+
+def repository_url() -> str | None:
+    """The repository URL declared in the package metadata (`[project.urls]` Repository / Source), if any."""
+    import importlib.metadata  # noqa: PLC0415
+
+    try:
+        entries = importlib.metadata.metadata(LIBRARY_NAME).get_all("Project-URL") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("repository", "source", "source code") and url.strip():
+            return url.strip()
+    return None
+
+
+def _library_link() -> str:
+    url = repository_url()
+    return f"[`{LIBRARY_NAME}`]({url})" if url else f"`{LIBRARY_NAME}`"
 
 
 def card_kwargs_from_existing(card_path: Path) -> dict[str, Any]:

@@ -8,8 +8,8 @@
 folder, or `--index-file`), for a pull request: never the index of the installed package.
 
 The folder is what `model.save_pretrained(dir, recipe=..., metrics=...)` (and `dynamic-atss train`) writes:
-config.json, model.safetensors, README.md. It is rebuilt (strictly) before anything is uploaded; one commit
-holds the three files. The commit sha printed at the end is what `model_index.json` pins as `revision`.
+config.json, model.safetensors, README.md, preprocessor_config.json. It is rebuilt (strictly) before anything is
+uploaded; one commit holds the four files. The commit sha printed at the end is what `model_index.json` pins as `revision`.
 Authentication: `hf auth login`, HF_TOKEN, or --token.
 """
 

@@ -1,4 +1,5 @@
-"""A saved-model folder: `model.safetensors` + `config.json` + `README.md`; write it, read it back."""
+"""A saved-model folder: `model.safetensors` + `config.json` + `README.md` (+ `preprocessor_config.json` for
+transformers); write it, read it back."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .card import generate_model_card
 from .serialization import (
-    CARD_NAME, CONFIG_NAME, FORMAT_VERSION, LIBRARY_NAME, WEIGHTS_NAME, config_to_json, read_config,
+    CARD_NAME, CONFIG_NAME, FORMAT_VERSION, LIBRARY_NAME, PREPROCESSOR_NAME, WEIGHTS_NAME, config_to_json,
+    preprocessor_config, read_config,
 )
 
 __all__ = ["load_model_dir", "save_model_dir"]
@@ -28,7 +30,8 @@ def save_model_dir(
     repo_id: str | None = None,
     **card_kwargs: Any,
 ) -> Path:
-    """Write `model.safetensors`, `config.json` and `README.md` into `save_directory` (created if needed).
+    """Write `model.safetensors`, `config.json`, `README.md` and `preprocessor_config.json` (for transformers'
+    AutoImageProcessor) into `save_directory` (created if needed).
 
     Every file (and a created folder) gets the permissions the user's umask gives new files.
     """
@@ -44,6 +47,7 @@ def save_model_dir(
     data = save(tensors, metadata={"format": "pt", "library": LIBRARY_NAME, "format_version": str(FORMAT_VERSION)})
     (directory / WEIGHTS_NAME).write_bytes(data)
     (directory / CONFIG_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    (directory / PREPROCESSOR_NAME).write_text(json.dumps(preprocessor_config(), indent=2) + "\n", encoding="utf-8")
     head = getattr(model, "head", None)
     card_kwargs.setdefault("head_description", head.describe() if hasattr(head, "describe") else None)
     card = generate_model_card(

@@ -46,11 +46,12 @@ class HubMixin:
         repo_id: str | None = None,
         **model_card_kwargs: Any,
     ) -> Path:
-        """Write `model.safetensors`, `config.json` and a `README.md` model card into `save_directory`.
+        """Write `model.safetensors`, `config.json`, a `README.md` model card and `preprocessor_config.json` (for
+        transformers) into `save_directory`.
 
-        `recipe`: the training recipe (a dict such as the training config, or a recipe name); `metrics`: e.g.
-        `{"dataset": "coco", "split": "val2017", "AP": 40.3, "AP50": 57.9, ...}` (COCO AP goes into the card's
-        model-index). `model_card_kwargs`: `license`, `datasets`, `tags`, `model_name`, `base_model`, `description`.
+        `recipe`: the training recipe (a dict such as the training config, or a recipe name; the card names its
+        `data.name` as the training data); `metrics`: e.g. `{"dataset": "coco", "split": "val2017", "AP": 40.3,
+        "AP50": 57.9, ...}` (the box AP goes into the card's model-index, labelled with that dataset and split). `model_card_kwargs`: `license`, `datasets`, `tags`, `model_name`, `base_model`, `description`.
         """
         if "base_model" not in model_card_kwargs and self.pretrained_info and self.pretrained_info.get("repo_id"):
             model_card_kwargs["base_model"] = self.pretrained_info["repo_id"]

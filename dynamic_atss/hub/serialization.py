@@ -1,8 +1,11 @@
 """The saved-model format: `config.json` schema and strict state-dict loading.
 
 `config.json` is `{"architecture": "DynamicATSS", "format_version": 1, "library_version": "...",
-"model": ModelConfig.to_dict(), "recipe": {...} | null, "metrics": {...} | null}`; the class names live in the
-model config (`model.class_names`). Weights are `model.safetensors` only (nothing is ever unpickled).
+"model": ModelConfig.to_dict(), "recipe": {...} | null, "metrics": {...} | null}` plus what the Hugging Face
+ecosystem reads: `model_type` ("dynamic_atss", the type `dynamic_atss.integrations.transformers` registers) and
+`id2label` / `label2id` (from the class names, which live in the model config: `model.class_names`). Folders
+written before these keys existed still load; `auto_map`, `architectures` and `transformers_version` (which
+transformers' own tools add) are accepted and ignored. Weights are `model.safetensors` only (nothing is ever unpickled).
 
 Loading is strict: a missing or unexpected tensor, or one whose shape differs from the model that
 `config.json` describes, is an error naming it. The one exception is fine-tuning on another label set:
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ..config import ModelConfig, apply_overrides
+from ..typed import ConfigError, convert_dotted
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
@@ -32,11 +36,15 @@ if TYPE_CHECKING:  # pragma: no cover
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+PREPROCESSOR_NAME = "preprocessor_config.json"  # what transformers' AutoImageProcessor reads
 ARCHITECTURE = "DynamicATSS"
 FORMAT_VERSION = 1
 LIBRARY_NAME = "dynamic-atss"
 CLASSIFIER_PREFIX = "head.cls_logits."
+MODEL_TYPE = "dynamic_atss"  # transformers' `model_type` (dynamic_atss.integrations.transformers registers it)
 _CONFIG_KEYS = {"architecture", "format_version", "library_version", "model", "recipe", "metrics"}
+# Keys of the Hugging Face ecosystem: written (the first three) or tolerated (the others), never needed to load.
+_HF_CONFIG_KEYS = {"model_type", "id2label", "label2id", "auto_map", "architectures", "transformers_version"}
 
 # Config keys that may change at load time: they do not change the tensors, only how the model is used.
 # A key ending in "." allows that whole section.
@@ -79,14 +87,30 @@ def config_to_json(
     """The `config.json` document for a model config."""
     if isinstance(recipe, str):
         recipe = {"name": recipe}
+    id2label = label_names(config)
     return {
         "architecture": ARCHITECTURE,
         "format_version": FORMAT_VERSION,
         "library_version": _library_version(),
+        "model_type": MODEL_TYPE,
+        "id2label": {str(i): name for i, name in enumerate(id2label)},
+        "label2id": {name: i for i, name in enumerate(id2label)},
         "model": config.to_dict(),
         "recipe": _json_ready(recipe, "recipe") if recipe is not None else None,
         "metrics": _json_ready(metrics, "metrics") if metrics is not None else None,
     }
+
+
+def preprocessor_config() -> dict[str, Any]:
+    """`preprocessor_config.json`: the image processor `dynamic_atss.integrations.transformers` registers (images
+    to RGB floats in [0, 1]; the model resizes and normalises them itself, from its config)."""
+    return {"image_processor_type": "DynamicATSSImageProcessor", "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_resize": False, "do_normalize": False}
+
+
+def label_names(config: ModelConfig) -> list[str]:
+    """One name per class: `class_names`, or transformers' `LABEL_<i>` for unnamed classes."""
+    return list(config.class_names) if config.class_names else [f"LABEL_{i}" for i in range(config.num_classes)]
 
 
 def parse_config(data: Any, source: str = CONFIG_NAME) -> tuple[ModelConfig, dict[str, Any]]:
@@ -108,9 +132,13 @@ def parse_config(data: Any, source: str = CONFIG_NAME) -> tuple[ModelConfig, dic
             f"(library_version {data.get('library_version')!r}); this is dynamic-atss {_library_version()}, which "
             f"reads format_version <= {FORMAT_VERSION}. Upgrade: pip install -U dynamic-atss"
         )
-    unknown = sorted(set(data) - _CONFIG_KEYS)
+    unknown = sorted(set(data) - _CONFIG_KEYS - _HF_CONFIG_KEYS)
     if unknown:
-        raise ConfigFormatError(f"{source}: unknown top-level field(s) {unknown}; known fields: {sorted(_CONFIG_KEYS)}")
+        raise ConfigFormatError(
+            f"{source}: unknown top-level field(s) {unknown}; known fields: {sorted(_CONFIG_KEYS | _HF_CONFIG_KEYS)}"
+        )
+    if data.get("model_type", MODEL_TYPE) != MODEL_TYPE:
+        raise ConfigFormatError(f"{source}: model_type is {data['model_type']!r}, expected {MODEL_TYPE!r}")
     if "model" not in data:
         raise ConfigFormatError(f"{source}: missing the 'model' section (the ModelConfig)")
     for key in ("recipe", "metrics"):
@@ -120,6 +148,12 @@ def parse_config(data: Any, source: str = CONFIG_NAME) -> tuple[ModelConfig, dic
         config = ModelConfig.from_dict(data["model"])
     except (TypeError, ValueError) as error:
         raise ConfigFormatError(f"{source}: {error}") from None
+    id2label = data.get("id2label")
+    if id2label is not None and (not isinstance(id2label, dict) or len(id2label) != config.num_classes):
+        raise ConfigFormatError(
+            f"{source}: id2label must map each of the model's {config.num_classes} class indices to a name, got "
+            f"{id2label!r}"
+        )
     return config, data
 
 
@@ -135,17 +169,43 @@ def read_config(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     return parse_config(data, str(path))
 
 
-def _check_overrides(overrides: dict[str, Any]) -> None:
-    bad = [
-        key for key in overrides
-        if not any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in LOAD_TIME_OVERRIDES)
-    ]
-    if bad:
-        raise ValueError(
-            f"cannot override {bad} when loading saved weights: these fields shape the network and are fixed by "
-            f"the checkpoint's config.json. Allowed at load time: num_classes=, and {list(LOAD_TIME_OVERRIDES)} "
-            "(a trailing '.' means any key of that section, e.g. 'test.score_thresh')"
+class FixedFieldMismatchError(ConfigError):
+    """A load-time override of a field fixed by the checkpoint (it shapes the network) with another value."""
+
+
+def _is_load_time_field(key: str) -> bool:
+    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in LOAD_TIME_OVERRIDES)
+
+
+def _check_overrides(config: ModelConfig, overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """`overrides` less the fixed fields that only restate the checkpoint's value.
+
+    A recipe written for one architecture may be used with `init_from` as long as it agrees with the checkpoint:
+    a fixed field (one that shapes the network) given the checkpoint's own value is accepted and dropped; one
+    with another value raises `FixedFieldMismatchError` naming the field, the checkpoint's value and the one asked.
+    """
+    kept: dict[str, Any] = {}
+    differing = []
+    for key, value in overrides.items():
+        if _is_load_time_field(key):
+            kept[key] = value
+            continue
+        field_key = "backbone.name" if key == "backbone" and isinstance(value, str) else key
+        requested = convert_dotted(ModelConfig, field_key, value, where="model override")
+        saved = config.to_dict()
+        for part in field_key.split("."):
+            saved = saved[part]
+        saved = convert_dotted(ModelConfig, field_key, saved, where="config.json")
+        if requested != saved:
+            differing.append(f"{field_key}: checkpoint {saved!r}, requested {requested!r}")
+    if differing:
+        raise FixedFieldMismatchError(
+            f"cannot override {differing} when loading saved weights from {source}: these fields shape the network "
+            "and are fixed by the checkpoint's config.json (leave them out, or give the checkpoint's value). "
+            f"Allowed at load time: num_classes=, and {list(LOAD_TIME_OVERRIDES)} (a trailing '.' means any key of "
+            "that section, e.g. 'test.score_thresh')"
         )
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------- state dicts
@@ -221,7 +281,7 @@ def build_model_from_state_dict(
         if num_classes is not None and overrides["num_classes"] != num_classes:
             raise ValueError("num_classes given twice with different values")
         num_classes = overrides.pop("num_classes")
-    _check_overrides(overrides)
+    overrides = _check_overrides(config, overrides, source)
     checkpoint_classes = config.num_classes
     reset_classifier = num_classes is not None and int(num_classes) != checkpoint_classes
     if reset_classifier:

@@ -8,9 +8,9 @@ contract, and a check of the exported graph).
     fast = onnx_runtime(model)          # exports forward_raw once (seconds), checks it against PyTorch
     detections = fast(images)           # same call and output as model(images)
 
-ONNX Runtime fuses BatchNorm / activations into its convolutions and picks blocked (NCHWc) layouts, but its
-convolutions are direct ones: on a 2-core AVX-512 CPU it is slower than the default eager path, whose 3x3
-convolutions run by Winograd (`models/winograd.py`; README, "Predict, evaluate, benchmark").
+ONNX Runtime fuses BatchNorm / activations into its convolutions and picks blocked (NCHWc) layouts; how it
+compares with eager PyTorch and `optimize_for_inference` on a given CPU: `python -m dynamic_atss benchmark speed
+--models r50 r50+opt r50+onnx` (README, "Predict, evaluate, benchmark").
 The detections equal the eager model's up to float rounding of the network (tests: boxes within 1e-3 px
 relative, same labels), because resizing, anchors, decoding and NMS are the model's own code.
 """

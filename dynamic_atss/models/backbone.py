@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import BackboneConfig
 from ..ops.dcn import patch_resnet_dcn
-from .fold import fold_frozen_batch_norms
+
+
+class OneKernelFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """torchvision's `FrozenBatchNorm2d` (same buffers, state-dict keys and loading) computed by one
+    `F.batch_norm` kernel in inference mode instead of torchvision's scale / shift passes over the input
+    (~4% of R-50's CPU time). Like its parent it reads its buffers at every call and keeps nothing else."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every plain `nn.BatchNorm2d` by torchvision's `FrozenBatchNorm2d`, statistics included.
+    """Replace every plain `nn.BatchNorm2d` by a frozen one (`OneKernelFrozenBatchNorm2d`, torchvision's
+    `FrozenBatchNorm2d` layout), statistics included.
 
     timm's `BatchNormAct2d` (BN fused with an activation, used by e.g. EfficientNet) is handed to
     timm's own converter, which keeps the activation.
     """
     if type(module) in (nn.BatchNorm2d, nn.SyncBatchNorm):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        frozen = OneKernelFrozenBatchNorm2d(module.num_features, eps=module.eps)
         with torch.no_grad():
             if module.affine:
                 frozen.weight.copy_(module.weight)
@@ -96,7 +106,6 @@ class TimmBackbone(nn.Module):
             patch_resnet_dcn(self.trunk, tuple(f"layer{stage}" for stage in config.dcn_stages))
         if config.norm == "frozen_bn":
             freeze_batch_norm(self.trunk)
-            fold_frozen_batch_norms(self.trunk)  # free BatchNorms whenever no gradient is needed (models/fold.py)
         freeze_stages(self.trunk, config.frozen_stages)
         self.out_channels: list[int] = self.trunk.feature_info.channels()
         self.strides: list[int] = self.trunk.feature_info.reduction()

@@ -22,7 +22,6 @@ from ..detection.postprocess import postprocess
 from ..hub import HubMixin
 from .backbone import TimmBackbone
 from .fpn import FPN
-from .winograd import enable_winograd
 
 
 class DynamicATSS(HubMixin, nn.Module):
@@ -50,9 +49,6 @@ class DynamicATSS(HubMixin, nn.Module):
         self.head = build_head(config)
         self.anchor_generator = AnchorGenerator(config.anchors)
         self.assigner = CombinedIoUAssigner.from_config(config.assigner)
-        # CPU fp32 3x3 convolutions by Winograd (models/winograd.py: ~2x faster, equal up to float32 rounding);
-        # disable_winograd(model) goes back to oneDNN's direct convolutions
-        enable_winograd(self)
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(-1, 1, 1), persistent=False)
         self.train_progress = 0.0  # the default `progress` of a training call that passes none
