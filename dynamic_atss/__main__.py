@@ -1,9 +1,14 @@
-"""`dynamic-atss {train,demo,predict,benchmark,export,convert,push}` (also `python -m dynamic_atss ...`)."""
+"""`dynamic-atss {train,demo,predict,benchmark,export,convert,push}` (also `python -m dynamic_atss ...`).
+
+A mistake in the user's input (`dynamic_atss.errors.UserInputError`) ends any command with one line and exit
+status 2, here, for every command alike."""
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from .errors import exits_2_on_user_error
 
 # subcommand -> module whose `main(argv)` runs it; imported lazily so `--help` stays fast.
 COMMANDS = {
@@ -27,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    return exits_2_on_user_error(f"python -m dynamic_atss {argv[0]}")(module.main)(argv[1:]) or 0
 
 
 if __name__ == "__main__":

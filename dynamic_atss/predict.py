@@ -4,7 +4,8 @@ IMAGES are files, folders (their images, not recursing) or glob patterns (`"phot
 program expands them). Files that are not images (by extension) in a folder or glob are skipped, with one
 warning; a file that cannot be read is reported at the end without stopping the others, and the exit status
 is then 1. Drawings keep the inputs' folder structure below DIR, so two inputs with the same file name never
-overwrite each other; `detections.json` names the drawing of each image.
+overwrite each other; `detections.json` names the drawing of each image. An --out that would write over one
+of the inputs (`predict photos/ --out photos/` with PNG inputs) is refused before anything is written.
 
 `--model` is anything `dynamic_atss.create()` loads with weights: a tag (`atss_r50.mmdet_coco_1x`), a model
 name with weights, `hf-hub:org/name`, or a saved model folder. A model name without weights (`r50`) is refused
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .data.coco import load_image
+from .errors import UserInputError
 from .factory import create
 from .inference.optimize import optimize_for_inference
 from .registry import NoPretrainedWeightsError
@@ -119,6 +121,17 @@ def drawing_names(paths: list[Path]) -> list[Path]:
     return names
 
 
+def check_no_input_overwritten(out: Path, names: list[Path], inputs: list[Path]) -> None:
+    """Raise `UserInputError` if a drawing (`out / name`) or `out / detections.json` is one of the input files."""
+    inputs_resolved = {path.resolve(): path for path in inputs}
+    for target in [out / name for name in names] + [out / "detections.json"]:
+        clash = inputs_resolved.get(target.resolve())
+        if clash is not None:
+            raise UserInputError(
+                f"--out {out}: writing {target} would overwrite the input image {clash}; choose another --out folder"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dynamic_atss predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {item}: {problem}", file=sys.stderr)
         print("error: no images to predict on", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    names = drawing_names(paths)
+    check_no_input_overwritten(out, names, paths)
 
     try:
         model = load_model(args.model, args.device, args.allow_random_weights)
@@ -158,11 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.plain:
         model = optimize_for_inference(model, torch.bfloat16 if args.dtype == "bfloat16" else None)
     class_names = model.config.class_names
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     failed: list[tuple[str, str]] = [(item, problem) for item, problem in failures]
-    names = drawing_names(paths)
     for start in range(0, len(paths), args.batch_size):
         batch = []
         for path, name in zip(paths[start : start + args.batch_size], names[start : start + args.batch_size]):

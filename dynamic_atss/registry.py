@@ -1,6 +1,7 @@
 """The tables of the zoo, timm-style: registered model names (and short aliases), `name.tag` pretrained weights,
 the converters that can load other libraries' weights, and the errors that say what exists. Nothing here builds
-or loads a model (that is `dynamic_atss.factory`), and this module imports nothing else of the package.
+or loads a model (that is `dynamic_atss.factory`), and this module imports nothing else of the package
+but `errors` (the base class of the user-input errors).
 
 The weights are listed in `model_index.json`, one entry per `name.tag`, as data:
 
@@ -26,6 +27,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import UserInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import ModelConfig
@@ -62,7 +65,11 @@ class PretrainedCfg:
         return bool(self.hf_hub_id or self.url)
 
 
-class NoPretrainedWeightsError(RuntimeError):
+class UnknownModelError(UserInputError, ValueError):
+    """A model name that is neither registered nor a folder; the message lists the closest names."""
+
+
+class NoPretrainedWeightsError(UserInputError, RuntimeError):
     """`pretrained=True` on a model or tag that has no weights; the message lists what is available."""
 
 
@@ -173,7 +180,7 @@ def split_name(name: str) -> tuple[str, str | None]:
         hint = f"; closest: {close}" if close else ""
         looks_like_path = os.sep in name or name.startswith((".", "~"))
         where = " (and no such folder)" if looks_like_path else ""
-        raise ValueError(f"unknown model {name!r}{where}{hint}. See dynamic_atss.list_models()")
+        raise UnknownModelError(f"unknown model {name!r}{where}{hint}. See dynamic_atss.list_models()")
     return model, tag or None
 
 

@@ -7,8 +7,12 @@
 
 Every field can be overridden as `--section.key value` (or `--section.key=value`), model fields as
 `--model_overrides.head.quality centerness`; values are checked against the field types before anything is
-built. `mixed_precision` and `grad_accum` are taken from Accelerate (`accelerate launch --mixed_precision bf16
---gradient_accumulation_steps 2`, `accelerate config`) unless the recipe or an override sets them.
+built. `mixed_precision` is taken from Accelerate (`accelerate launch --mixed_precision bf16`, `accelerate
+config`) unless the recipe or an override sets it. Gradient accumulation is `--grad_accum N`: `accelerate
+launch --gradient_accumulation_steps N` reaches the script only with DeepSpeed (Accelerate's
+ACCELERATE_GRADIENT_ACCUMULATION_STEPS), which is honoured when the recipe leaves grad_accum unset and refused
+when it differs from the recipe's value. A mistake in the options, the recipe, the data, the resume
+checkpoint, the output folder or the Hub repo stops the run with exit status 2 before any training.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import json
 import sys
 
 from .engine.config import config_help, list_recipes, load_config
-from .typed import ConfigError, cli_overrides
+from .errors import exits_2_on_user_error
+from .typed import cli_overrides
 
 
 def build_parser(prog: str = "python -m dynamic_atss.train") -> argparse.ArgumentParser:
@@ -47,30 +52,24 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m dynamic_ats
     return args, overrides, parser
 
 
+@exits_2_on_user_error("python -m dynamic_atss.train")
 def main(argv: list[str] | None = None, prog: str = "python -m dynamic_atss.train") -> int:
+    """0: trained (and pushed); 1: trained and saved, but the push to the Hub failed (the report says how to
+    push later); 2: a mistake in the input, found before the output folder was made the run's own."""
     args, overrides, parser = parse_args(argv, prog)
     if args.list_configs:
         print("\n".join(list_recipes()))
         return 0
-    try:
-        config = load_config(args.config, overrides)  # every key and value checked before anything is built
-    except (ConfigError, FileNotFoundError) as e:
-        parser.error(str(e))
+    config = load_config(args.config, overrides)  # every key and value checked before anything is built
     from accelerate import PartialState  # noqa: PLC0415  (heavy imports after the config is known good)
 
-    from .engine.checkpoint import CheckpointError  # noqa: PLC0415
-    from .engine.output import OutputDirError  # noqa: PLC0415
-    from .engine.trainer import DataCheckError, final_report, train  # noqa: PLC0415
+    from .engine.trainer import final_report, train  # noqa: PLC0415
 
-    try:
-        summary = train(config, resume=args.resume, overwrite=args.overwrite)
-    except (OutputDirError, CheckpointError, DataCheckError, ConfigError) as e:  # the message says what to do
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+    summary = train(config, resume=args.resume, overwrite=args.overwrite)
     if PartialState().is_main_process:
         print(final_report(summary))
         print(json.dumps({k: v for k, v in summary.items() if k not in ("metrics", "effective")}, indent=2))
-    return 0
+    return 1 if summary.get("push_error") else 0
 
 
 if __name__ == "__main__":

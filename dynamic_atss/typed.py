@@ -35,6 +35,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .errors import UserInputError
+
 __all__ = ["ConfigError", "cli_overrides", "convert", "convert_dotted", "describe_type", "field_rows", "field_types", "from_dict",
            "resolve_dotted"]
 
@@ -43,7 +45,7 @@ _TRUE_WORDS = {"true", "yes", "on", "1"}
 _FALSE_WORDS = {"false", "no", "off", "0"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError, ValueError):
     """A configuration value or key that does not fit the dataclass fields; the message names the key."""
 
 

@@ -342,13 +342,16 @@ class FileServer:
     """A loopback HTTP server for plain files (a stand-in for download.openmmlab.com and the like).
 
     `files` maps URL paths ("/a/b.pth") to bytes; a path in `truncate` is answered with its full
-    `Content-Length` but only the first half of the bytes, then the connection is closed (a dropped download).
-    Every request path is recorded in `requests`.
+    `Content-Length` but only the first half of the bytes, then the connection is closed (a dropped download);
+    a path in `stall` gets the first half, then nothing more while the connection stays open (a mirror that
+    stops sending), until the server stops. Every request path is recorded in `requests`.
     """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.truncate: set[str] = set()
+        self.stall: set[str] = set()
+        self.stopped = threading.Event()
         self.requests: list[str] = []
         self._server: ThreadingHTTPServer | None = None
         self.base_url = ""
@@ -377,14 +380,17 @@ class FileServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(data[: len(data) // 2] if path in state.truncate else data)
+                self.wfile.write(data[: len(data) // 2] if path in state.truncate | state.stall else data)
                 self.wfile.flush()
+                if path in state.stall:
+                    state.stopped.wait(60)
                 self.close_connection = True
 
         self._server, self.base_url = _serve(Handler, "file-server")
         return self
 
     def stop(self) -> None:
+        self.stopped.set()
         self._server = _shutdown(self._server)
 
 

@@ -105,3 +105,49 @@ def test_cli_help_and_unknown_command(capsys):
     assert cli([]) == 0
     assert "predict" in capsys.readouterr().out
     assert cli(["bogus"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- issue 18
+def test_predict_never_writes_over_an_input(tmp_path, saved_tiny_model, capsys):
+    """Issue 18, item 7: `predict DIR --out DIR` would have drawn over DIR/a.png: refused, the input untouched."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    save_png((torch.rand(3, 50, 70) * 255).to(torch.uint8), folder / "a.png")
+    before = (folder / "a.png").read_bytes()
+    assert cli(["predict", str(folder), "--model", str(saved_tiny_model), "--out", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the input image" in err and "a.png" in err and "Traceback" not in err
+    assert (folder / "a.png").read_bytes() == before and not (folder / "detections.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--opset", "5"], r"--opset 5 is not supported: choose one of \[18, 19, 20, 21, 22, 23\]"),
+    (["--model", "r5O"], r"unknown model 'r5O'"),
+    (["--out", "{tmp}"], r"is an existing folder; give a file name"),
+    (["--out", "{tmp}/a_file/model.onnx"], r"cannot write below .*a_file \(not a writable folder\)"),
+])
+def test_export_mistakes_are_one_line_and_exit_2(tmp_path, saved_tiny_model, capsys, args, message):
+    """Issue 18, items 8 and 17: refused before the model is loaded or anything is written."""
+    import re
+
+    (tmp_path / "a_file").write_text("")
+    options = {"--model": str(saved_tiny_model), "--out": str(tmp_path / "model.onnx")}
+    options.update(dict(zip(args[::2], [a.format(tmp=tmp_path) for a in args[1::2]])))
+    argv = ["export", "--allow-random-weights"] + [item for pair in options.items() for item in pair]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_truncated_model_file_names_its_path(tmp_path, saved_tiny_model, capsys):
+    """Issue 18, item 18: `SafetensorError: incomplete metadata` without the path became one line naming it."""
+    weights = saved_tiny_model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5])
+    with pytest.raises(ValueError, match=rf"{weights} cannot be read .*truncated or corrupt"):
+        da.create(str(saved_tiny_model))
+    image = tmp_path / "a.png"
+    save_png((torch.rand(3, 40, 50) * 255).to(torch.uint8), image)
+    assert cli(["predict", str(image), "--model", str(saved_tiny_model), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -555,3 +555,41 @@ def test_every_pipeline_builds_datasets_through_the_one_factory(monkeypatch):
         calls = {node.func.id for node in ast.walk(ast.parse(inspect.getsource(module)))
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
         assert not {"SyntheticShapes", "CocoDetection", "HFDetection"} & calls, module.__name__
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    """Issue 18, item 6: a 16-bit greyscale PNG (mode I;16) used to become 99% white (values clipped at 255)."""
+    from dynamic_atss.data.coco import load_image
+
+    ramp = np.linspace(0, 65535, 64 * 48).round().astype(np.uint16).reshape(48, 64)
+    PIL.Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert PIL.Image.open(tmp_path / "deep.png").mode == "I;16"
+    image = load_image(str(tmp_path / "deep.png"), "test image")
+    assert image.shape == (3, 48, 64) and image.dtype == torch.uint8
+    expected = torch.from_numpy((ramp.astype(np.float64) / 257).round().astype(np.uint8))
+    assert torch.equal(image[0], expected) and torch.equal(image[1], image[2])
+    assert 120 <= float(image.float().mean()) <= 135  # a ramp: mid-grey on average, not white
+
+
+def test_an_unknown_hub_dataset_is_one_line_in_seconds(tmp_path, monkeypatch, capsys):
+    """Issue 18, item 11: an unknown dataset name with the Hub unreachable was a ConnectionError traceback after
+    ~30 s of retries. Now: exit 2, one line, in seconds; no network beyond loopback."""
+    import socket
+
+    import huggingface_hub
+
+    from dynamic_atss.train import main as train_main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    start = time.monotonic()
+    assert train_main(["--config", "demo_cpu", "--data.kind", "hf", "--data.source", "nobody/no-such-dataset",
+                       "--output_dir", str(tmp_path / "run")]) == 2
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err
+    assert "data.source 'nobody/no-such-dataset' is not a local folder or file, and the Hub" in err
+    assert "HF_DATASETS_OFFLINE=1" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "train_config.json").exists()

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -102,3 +107,74 @@ def test_an_all_crowd_dataset_is_refused_before_training(tmp_path, no_model, cap
     with pytest.raises(DataCheckError, match=r"no box to learn from: 6 images, 6 without a box \(6 with only crowd"):
         train(load_config(coco_recipe(tmp_path, images_dir, ann_file)))
     assert "data check (train): 6 images, 0 boxes, 6 without a box (6 with only crowd regions)" in capsys.readouterr().out
+
+
+def corrupt_png_data(path):
+    """Spoil the pixel data of a PNG inside its IDAT chunk; the header, the chunk lengths and IEND stay valid, so
+    the fast scan (headers and end markers) cannot see it and only decoding fails."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start + 20 : start + 60] = bytes(range(40))  # garbage in the middle of the zlib stream
+    path.write_bytes(bytes(data))
+
+
+def test_an_image_that_fails_to_decode_at_load_time_is_skipped_and_reported(tmp_path, capsys):
+    """Issue 18, item 2: a PNG with a corrupt data chunk passes the scan; under data.skip_unreadable the trainer
+    replaces it by the next readable image (same batches on every process and on resume) and reports it."""
+    images_dir, ann_file = write_coco(tmp_path, fmt="PNG")
+    corrupt_png_data(images_dir / "img1.png")
+    assert scan_dataset(CocoDetection(images_dir, ann_file), "train").bad == []  # the scan cannot see it
+    recipe = coco_recipe(tmp_path, images_dir, ann_file, skip_unreadable=True)
+    with pytest.warns(UserWarning, match=r"data.skip_unreadable: cannot read image file for image id 2: .*img1\.png"):
+        summary = train(load_config(recipe, ["optim.max_iters=4"]))  # 4 steps of 2 = every image at least once
+    assert summary["step"] == 4 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert len(summary["unreadable_images"]) == 1 and "img1.png" in summary["unreadable_images"][0]
+    report = trainer.final_report(summary)
+    assert "data.skip_unreadable: 1 image(s) failed to load" in report and "img1.png" in report
+
+    # Without skip_unreadable: exit status 2 and one line naming the file and the option (also when a loader
+    # worker process met the file).
+    from dynamic_atss.train import main as train_main
+
+    assert train_main(["--config", str(coco_recipe(tmp_path, images_dir, ann_file)), "--output_dir",
+                       str(tmp_path / "strict"), "--optim.max_iters", "4", "--data.num_workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "img1.png" in err and "data.skip_unreadable: true" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+
+
+def test_a_category_missing_from_categories_stops_before_the_folder_is_claimed(tmp_path, capsys, no_model):
+    """Issue 18, item 14: exit 2 with one line naming the annotation, and the corrected rerun is not refused."""
+    from dynamic_atss.train import main as train_main
+
+    images_dir, ann_file = write_coco(tmp_path)
+    data = json.loads(ann_file.read_text())
+    data["annotations"][3]["category_id"] = 7
+    ann_file.write_text(json.dumps(data))
+    assert train_main(["--config", str(coco_recipe(tmp_path, images_dir, ann_file))]) == 2
+    err = capsys.readouterr().err
+    assert "annotation id 4" in err and "7" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "train_config.json").exists()  # nothing of a run: a rerun is accepted
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate CLI missing")
+def test_two_processes_skip_an_image_that_fails_to_decode_in_step(tmp_path):
+    """Issue 18, item 2 with a real 2-process CPU launch: both processes replace the image alike (no hang, no
+    crash) and the final report names the file."""
+    from test_train import ROOT, _free_port
+
+    images_dir, ann_file = write_coco(tmp_path, num_images=8, fmt="PNG")
+    corrupt_png_data(images_dir / "img1.png")
+    recipe = coco_recipe(tmp_path, images_dir, ann_file, skip_unreadable=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+         str(_free_port()), str(ROOT / "train.py"), "--config", str(recipe), "--optim.max_iters", "4",
+         "--batch_size", "1"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["effective"]["num_processes"] == 2
+    assert "data.skip_unreadable: 1 image(s) failed to load" in result.stdout and "img1.png" in result.stdout

@@ -226,3 +226,14 @@ def test_one_public_preprocessing(tiny_kwargs):
         private = {node.attr for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)
                    and node.attr in ("_check_images", "_target_size")}
         assert not private, f"{path.name} calls {private}"
+
+
+def test_float_images_in_0_255_are_refused_with_the_fix(tiny_kwargs):
+    """Issue 18, item 9: `model(images)` with floats in 0..255 used to give wrong boxes silently."""
+    model = da.create("r50", num_classes=3, **tiny_kwargs).eval()
+    with pytest.raises(ValueError, match=r"image 1: values in \[0, 255\], expected floats in \[0, 1\]; divide 0-255 "
+                                         r"images by 255"):
+        model([torch.rand(3, 64, 64), torch.full((3, 64, 64), 255.0).index_fill_(1, torch.tensor([0]), 0.0)])
+    with pytest.raises(ValueError, match="pass the images unnormalised"):
+        model([torch.randn(3, 64, 64) * 2])
+    assert len(model([torch.rand(3, 64, 64)])) == 1  # [0, 1] passes

@@ -15,6 +15,7 @@ from dynamic_atss.engine.checkpoint import CheckpointError, list_checkpoints
 from dynamic_atss.engine.config import OptimConfig, TrainConfig
 from dynamic_atss.engine.output import OutputDirError
 from dynamic_atss.engine.schedule import lr_factor
+from dynamic_atss.typed import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -112,7 +113,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
         summary = train(load_config(recipe, ["optim.max_iters=12"]), resume="latest")
     assert summary["step"] == 12
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 11)) + list(range(6, 13))  # resumed from step 5
+    assert steps == list(range(1, 13))  # resumed from step 5: the rows of the re-run steps 6-10 are not kept twice
 
 
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
@@ -351,9 +352,16 @@ def test_accelerate_launch_settings_win_unless_the_recipe_sets_them(tmp_path, mo
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    explicit = load_config(recipe, ["mixed_precision=no", "grad_accum=3"])
+    explicit = load_config(recipe, ["mixed_precision=no", "grad_accum=2"])  # the same value as the launcher's
     accelerator = make_accelerator(explicit)
-    assert accelerator.mixed_precision == "no" and accelerator.gradient_accumulation_steps == 3
+    assert accelerator.mixed_precision == "no" and accelerator.gradient_accumulation_steps == 2
+    # a recipe value that contradicts the launcher's is refused, not silently preferred
+    with pytest.raises(ConfigError, match="grad_accum = 3 in the recipe but the launcher sets "
+                                          "ACCELERATE_GRADIENT_ACCUMULATION_STEPS=2"):
+        make_accelerator(load_config(recipe, ["grad_accum=3"]))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    assert make_accelerator(load_config(recipe, ["grad_accum=3"])).gradient_accumulation_steps == 3
 
 
 def test_trackers_get_the_full_config(tmp_path, monkeypatch):
@@ -419,3 +427,130 @@ def test_the_trainer_passes_progress_and_reads_the_returned_statistics():
     source = ast.parse(inspect.getsource(trainer))
     attributes = {node.attr for node in ast.walk(source) if isinstance(node, ast.Attribute)}
     assert not {"train_progress", "assign_stats", "assigner"} & attributes
+
+
+# ---------------------------------------------------------------------------------------------- issue 18: no run lost
+class _FirstImageNaN(torch.utils.data.Dataset):
+    """The training set with a NaN image at index 0 (a bad sample); records which indices were read."""
+
+    def __init__(self, dataset, reads):
+        self.dataset, self.reads = dataset, reads
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        self.reads.append(index)
+        image, target = self.dataset[index]
+        return (image * float("nan") if index == 0 else image), target
+
+
+def test_a_bad_sample_is_skipped_once_and_the_run_goes_on_and_resumes_exactly(tmp_path, monkeypatch):
+    """Issue 18, item 1: the batch holding the NaN image is skipped and the data moves on (each index read once
+    per epoch), instead of re-reading it until `max_bad_steps` stops the run; resuming after a skip continues
+    with the same batches as the uninterrupted run."""
+    reads: list[int] = []
+    build = trainer.build_datasets
+    monkeypatch.setattr(trainer, "build_datasets",
+                        lambda config, seed: (lambda sets: (_FirstImageNaN(sets[0], reads), sets[1]))(build(config, seed)))
+    data = {**NO_VAL_DATA, "num_train": 8}
+    optim = {**TINY_RECIPE["optim"], "max_iters": 6, "steps": [5]}
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "full"), data=data, optim=optim,
+                          checkpoint_every=2)
+    with pytest.warns(UserWarning, match="non-finite input values; skipping this batch") as caught:
+        summary = train(load_config(recipe))
+    assert summary["step"] == 6 and (tmp_path / "full" / "model" / "model.safetensors").is_file()
+    # 6 steps from 4 batches per epoch with one skipped: each image of the first epoch read once, none more than
+    # twice in all (the loader reads one batch ahead)
+    assert sorted(reads[:8]) == list(range(8)) and max(reads.count(i) for i in range(8)) <= 2
+    assert [str(w.message) for w in caught if "skipping" in str(w.message)] == [
+        "step 1: non-finite input values; skipping this batch (the model is unchanged)"]
+    full = losses_by_step(tmp_path / "full" / "log.jsonl")
+
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    # the run killed after step 4 (epoch 2, its first batch: the skipped batch put it one batch past 4 x 1)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "checkpoint-00000004",
+                    resumed_dir / "checkpoints" / "checkpoint-00000004")
+    train(load_config(recipe, [f"output_dir={resumed_dir}"]), resume="latest")
+    resumed = losses_by_step(resumed_dir / "log.jsonl")
+    assert sorted(resumed) == [5, 6]
+    for step in resumed:
+        assert resumed[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-5, abs=1e-6), step
+
+
+# ---------------------------------------------------------------------------------------------- issue 18: the Hub push
+from hub_server import hub_server  # noqa: E402,F401  (pytest fixture)
+
+
+def test_push_to_hub_is_checked_before_training(tmp_path, monkeypatch, capsys, refuse):
+    """Issue 18, item 3: an unreachable Hub, a missing token or a bad repo id stop the run before anything is
+    trained or claimed (exit 2, one line)."""
+    import huggingface_hub
+
+    refuse(trainer, "build_datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")  # nobody listens
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"))
+    for repo, message in (("org/name", "the Hub at http://127.0.0.1:"), ("bad name!", "is not a Hub repo id"),
+                          ("name", "give the owner too, as org/name")):
+        assert train_script.main(["--config", str(recipe), "--push-to-hub", repo], prog="train.py") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("train.py: error: --push-to-hub") and message in err and "Traceback" not in err
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
+    assert train_script.main(["--config", str(recipe), "--push-to-hub", "org/name"]) == 2
+    assert "no Hugging Face token" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_push_that_fails_after_training_keeps_the_model_and_says_how_to_push_it(tmp_path, monkeypatch, capsys,
+                                                                                   hub_server):  # noqa: F811
+    """Issue 18, item 3: the Hub answers before training, then goes away: the model stays saved, the final report
+    is printed with the command that pushes it later, and the exit status is 1."""
+    import huggingface_hub
+
+    from dynamic_atss.hub import push
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    original = push.push_model_dir
+
+    def hub_gone(*args, **kwargs):
+        hub_server.stop()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(push, "push_model_dir", hub_gone)
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0,
+                          optim={**TINY_RECIPE["optim"], "max_iters": 2})
+    assert train_script.main(["--config", str(recipe), "--push-to-hub", "org/tiny"]) == 1
+    out = capsys.readouterr().out
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "model.safetensors").is_file()
+    assert "| AP | AP50 |" in out and "pushing to org/tiny failed" in out
+    assert f"push it later with:\n  dynamic-atss push --model {model_dir} --repo org/tiny" in out
+
+
+def test_resume_without_a_checkpoint_is_one_clear_line(tmp_path, capsys):
+    """Issue 18, item 15: `--resume latest` with no checkpoint, `--resume /bad/path`: exit 2, one line, no claim."""
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"))
+    for resume, message in (("latest", "--resume latest: no complete checkpoint in"),
+                            (str(tmp_path / "bad" / "path"), "not a complete checkpoint folder")):
+        assert train_script.main(["--config", str(recipe), "--resume", resume]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "run" / "train_config.json").exists()
+
+
+def test_an_unwritable_output_folder_is_one_clear_line(tmp_path, capsys):
+    """Issue 18, item 17 (train): an output_dir that cannot be made is refused before any work."""
+    (tmp_path / "a_file").write_text("")
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "a_file" / "run"))
+    assert train_script.main(["--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to the output folder" in err and "Traceback" not in err

@@ -349,3 +349,22 @@ def test_a_family_registering_its_mmdet_head_makes_its_tags_loadable(torch_cache
         dynamic_atss.create("vfnet_r50.mmdet_coco_1x")  # now only the (offline) download stands in the way
     with pytest.raises(FamilyNotAvailableError):
         dynamic_atss.create("vfnet_x101_64x4d_dcn")  # random weights need a registered constructor
+
+
+def test_a_stalled_download_times_out_names_the_url_and_leaves_nothing(tmp_path, file_server, torch_cache,  # noqa: F811
+                                                                      scratch_registry, monkeypatch):
+    """Issue 18, item 10: a mirror that stops sending mid-download hung forever and left `*.partial` behind."""
+    import time
+
+    url, _, prefix = serve_tiny(file_server, tmp_path)
+    point_tag_at(url, prefix)
+    file_server.stall.add(urlpath(url))
+    monkeypatch.setenv("DYNAMIC_ATSS_DOWNLOAD_TIMEOUT", "1")
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError) as caught:
+        dynamic_atss.create(TAG, pretrained=True, progress=False)
+    assert time.monotonic() - start < 30  # bounded: the 1 s timeout, not the server's 60 s stall
+    message = str(caught.value)
+    for expected in ("stalled: no data for 1 s", "DYNAMIC_ATSS_DOWNLOAD_TIMEOUT", url, "hub/convert_mmdet.py FILE"):
+        assert expected in message, expected
+    assert cache_files(torch_cache) == []  # no *.partial left behind

@@ -4,9 +4,10 @@
 `model_index.json` has a `url`, its published SHA-256 prefix (`hash_prefix`) and a `converter` name:
 
 1. the checkpoint is downloaded once into torch's cache, `$TORCH_HOME/hub/checkpoints/<file>` (where timm and
-   torchvision keep URL weights too), with `torch.hub.download_url_to_file`: it writes to a temporary file,
-   checks the SHA-256 prefix and only then moves it into place, so a truncated or wrong download never
-   lands in the cache;
+   torchvision keep URL weights too), into a temporary `*.partial` file whose SHA-256 prefix is checked before
+   it is moved into place, so a truncated or wrong download never lands in the cache; a server that sends
+   nothing for `$DYNAMIC_ATSS_DOWNLOAD_TIMEOUT` seconds (default 60) ends the download, and the temporary
+   file is removed whatever happens;
 2. it is read with `torch.load(weights_only=True)` (nothing else is unpickled) and converted by the named
    converter (`available_converters()`), then rebuilt strictly;
 3. the converted `model.safetensors` + `config.json` (+ model card) are cached next to it, in
@@ -26,6 +27,7 @@ registers its mmdetection head mapping (`dynamic_atss.convert.register_mmdet_hea
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -34,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
 
 from ..hub import build_model_from_state_dict, load_pretrained, offline_requested
 from ..registry import FamilyNotAvailableError, list_pretrained_cfgs, register_converter_source
@@ -62,6 +65,8 @@ register_converter_source(available_converters)  # the registry lists what loads
 
 
 MIRROR_ENV = "DYNAMIC_ATSS_WEIGHTS_MIRROR"
+TIMEOUT_ENV = "DYNAMIC_ATSS_DOWNLOAD_TIMEOUT"  # seconds a download may wait for the server's next bytes
+DEFAULT_TIMEOUT = 60.0
 CONVERSION_NAME = "conversion.json"
 _CONVERTED_SUFFIX = ".dynamic-atss"
 
@@ -118,13 +123,54 @@ def _manual_route(url: str, hash_prefix: str, path: Path, tag: str | None) -> st
     )
 
 
+def download_timeout() -> float:
+    """Seconds a download waits for the server's next bytes: `$DYNAMIC_ATSS_DOWNLOAD_TIMEOUT`, default 60."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        timeout = float(value) if value else DEFAULT_TIMEOUT
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        raise ValueError(f"{TIMEOUT_ENV}={value!r}: expected a number of seconds > 0")
+    return timeout
+
+
+def _download(source: str, path: Path, progress: bool) -> tuple[str, Path]:
+    """Stream `source` into a `*.partial` file beside `path`, hashing it -> (SHA-256 hex digest, that file).
+
+    Written here rather than `torch.hub.download_url_to_file`, which has no timeout (a server that stops
+    sending hangs it forever) and leaves its `.partial` file behind when interrupted. The caller moves the
+    file into place or deletes it.
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    digest = hashlib.sha256()
+    try:
+        with urlopen(Request(source, headers={"User-Agent": "dynamic-atss"}), timeout=download_timeout()) as response, \
+                open(partial, "wb") as file:
+            length = response.headers.get("Content-Length")
+            expected = int(length) if length and length.isdigit() else None
+            with tqdm(total=expected, unit="B", unit_scale=True, disable=not progress, desc=path.name) as bar:
+                while block := response.read(1 << 20):
+                    file.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            if expected is not None and file.tell() != expected:
+                raise http.client.IncompleteRead(b"", expected - file.tell())
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return digest.hexdigest(), partial
+
+
 def fetch_checkpoint(
     url: str, hash_prefix: str, *, cache_dir: str | os.PathLike | None = None, force_download: bool = False,
     local_files_only: bool = False, progress: bool = True, tag: str | None = None,
 ) -> Path:
-    """The checkpoint of `url` in the cache, downloaded if needed; its SHA-256 must start with `hash_prefix`."""
-    import torch  # noqa: PLC0415
-
+    """The checkpoint of `url` in the cache, downloaded if needed; its SHA-256 must start with `hash_prefix`.
+    A stalled or failed download raises `WeightsDownloadError` naming the URL and the manual route, and leaves
+    nothing in the cache."""
     source = resolve_url(url)
     path = checkpoint_path(url, cache_dir)
     if path.is_file() and not force_download:
@@ -143,20 +189,33 @@ def fetch_checkpoint(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        # Writes a temporary file and moves it into place only once its hash matches: nothing partial is cached.
-        torch.hub.download_url_to_file(source, str(path), hash_prefix=hash_prefix, progress=progress)
-    except RuntimeError as error:
-        if "invalid hash value" not in str(error):
-            raise
+        # A temporary file, moved into place only once its hash matches: nothing partial is cached.
+        digest, partial = _download(source, path, progress)
+    except TimeoutError:
         raise WeightsDownloadError(
-            f"the file downloaded from {source} does not have the published SHA-256 prefix {hash_prefix} ({error}): "
-            "the download was interrupted or truncated, or the server sent another file. Nothing was cached; try "
-            f"again (force_download=True), or: {_manual_route(url, hash_prefix, path, tag)}"
+            f"the download of {source} stalled: no data for {download_timeout():g} s (set {TIMEOUT_ENV} to wait "
+            f"longer). Nothing was cached. {_manual_route(url, hash_prefix, path, tag)}"
         ) from None
-    except OSError as error:  # URLError / HTTPError / connection resets are OSErrors
+    except http.client.IncompleteRead as error:
+        digest, partial = f"incomplete ({error})", None
+    except (OSError, http.client.HTTPException) as error:  # URLError / HTTPError / connection resets
+        if isinstance(getattr(error, "reason", None), TimeoutError):  # no answer at all within the timeout
+            raise WeightsDownloadError(
+                f"{source} did not answer within {download_timeout():g} s (set {TIMEOUT_ENV} to wait longer). "
+                f"{_manual_route(url, hash_prefix, path, tag)}"
+            ) from None
         raise WeightsDownloadError(
             f"could not download {source} ({type(error).__name__}: {error}). {_manual_route(url, hash_prefix, path, tag)}"
         ) from None
+    if partial is None or not digest.startswith(hash_prefix):
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise WeightsDownloadError(
+            f"the file downloaded from {source} does not have the published SHA-256 prefix {hash_prefix} (got "
+            f"{digest}): the download was interrupted or truncated, or the server sent another file. Nothing was "
+            f"cached; try again (force_download=True), or: {_manual_route(url, hash_prefix, path, tag)}"
+        )
+    os.replace(partial, path)
     return path
 
 

@@ -14,6 +14,9 @@ from .coco import CocoDetection
 from .hf import HFDetection
 from .synthetic import SHAPE_CLASSES, SyntheticShapes
 from .transforms import (
+    DatasetError,
+    DatasetFileNotFoundError,
+    DatasetSplitError,
     DegenerateBoxWarning,
     ResizeShortestSide,
     SanitizeBoxes,
@@ -23,6 +26,9 @@ from .transforms import (
 
 __all__ = [
     "CocoDetection",
+    "DatasetError",
+    "DatasetFileNotFoundError",
+    "DatasetSplitError",
     "DegenerateBoxWarning",
     "HFDetection",
     "ResizeShortestSide",

@@ -28,7 +28,16 @@ import torch
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
-from .transforms import apply_transforms, clip_and_filter_boxes, make_target, pil_to_image, warn_dropped, xywh_to_xyxy
+from .transforms import (
+    DatasetError,
+    DatasetFileNotFoundError,
+    apply_transforms,
+    clip_and_filter_boxes,
+    make_target,
+    pil_to_image,
+    warn_dropped,
+    xywh_to_xyxy,
+)
 
 __all__ = ["CocoDetection", "load_image"]
 
@@ -36,13 +45,13 @@ __all__ = ["CocoDetection", "load_image"]
 def load_image(path: str, what: str) -> tv_tensors.Image:
     """Read an image file as uint8 RGB (3, H, W); errors name `path` and `what` (e.g. "image id 7")."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found for {what}: {path}")
+        raise DatasetFileNotFoundError(f"image file not found for {what}: {path}")
     try:
         with PIL.Image.open(path) as img:
             img.load()
             return pil_to_image(img)
     except (OSError, SyntaxError, ValueError, PIL.UnidentifiedImageError) as e:
-        raise ValueError(f"cannot read image file for {what}: {path} ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"cannot read image file for {what}: {path} ({type(e).__name__}: {e})") from e
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -89,70 +98,70 @@ class CocoDetection(torch.utils.data.Dataset):
         self.image_ids: list[int] = sorted(self._records)
         if not self.image_ids:
             why = "no images" if not data["images"] else "no image with a usable annotation (keep_empty=False)"
-            raise ValueError(f"empty COCO dataset: {why} in {self.ann_file}")
+            raise DatasetError(f"empty COCO dataset: {why} in {self.ann_file}")
 
     # ----------------------------------------------------------------------------------------------
     @staticmethod
     def _read_json(ann_file: str) -> dict[str, Any]:
         if not os.path.isfile(ann_file):
-            raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
+            raise DatasetFileNotFoundError(f"COCO annotation file not found: {ann_file}")
         try:
             with open(ann_file, encoding="utf-8") as f:
                 data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"COCO annotation file is not valid JSON: {ann_file} ({e})") from e
+            raise DatasetError(f"COCO annotation file is not valid JSON: {ann_file} ({e})") from e
         if not isinstance(data, dict):
-            raise ValueError(f"COCO annotation file must hold a JSON object: {ann_file}")
+            raise DatasetError(f"COCO annotation file must hold a JSON object: {ann_file}")
         missing = [k for k in ("images", "categories") if not isinstance(data.get(k), list)]
         if missing:
-            raise ValueError(f"COCO annotation file {ann_file} has no {' / '.join(repr(k) for k in missing)} list")
+            raise DatasetError(f"COCO annotation file {ann_file} has no {' / '.join(repr(k) for k in missing)} list")
         data.setdefault("annotations", [])
         if not isinstance(data["annotations"], list):
-            raise ValueError(f"COCO annotation file {ann_file}: 'annotations' must be a list")
+            raise DatasetError(f"COCO annotation file {ann_file}: 'annotations' must be a list")
         return data
 
     def _validate(self, data: dict[str, Any]) -> None:
         src = self.ann_file
         if not data["categories"]:
-            raise ValueError(f"COCO annotation file {src} defines no categories")
+            raise DatasetError(f"COCO annotation file {src} defines no categories")
         seen_cats: set[int] = set()
         for c in data["categories"]:
             if not isinstance(c, dict) or "id" not in c:
-                raise ValueError(f"{src}: category without an 'id': {c!r}")
+                raise DatasetError(f"{src}: category without an 'id': {c!r}")
             if c["id"] in seen_cats:
-                raise ValueError(f"{src}: duplicate category id {c['id']}")
+                raise DatasetError(f"{src}: duplicate category id {c['id']}")
             seen_cats.add(c["id"])
         seen_imgs: set[int] = set()
         for img in data["images"]:
             if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-                raise ValueError(f"{src}: image entry without 'id' or 'file_name': {img!r}")
+                raise DatasetError(f"{src}: image entry without 'id' or 'file_name': {img!r}")
             if img["id"] in seen_imgs:
-                raise ValueError(f"{src}: duplicate image id {img['id']}")
+                raise DatasetError(f"{src}: duplicate image id {img['id']}")
             seen_imgs.add(img["id"])
         seen_anns: set[int] = set()
         for ann in data["annotations"]:
             if not isinstance(ann, dict) or "id" not in ann:
-                raise ValueError(f"{src}: annotation without an 'id': {ann!r}")
+                raise DatasetError(f"{src}: annotation without an 'id': {ann!r}")
             aid = ann["id"]
             if aid in seen_anns:
-                raise ValueError(f"{src}: duplicate annotation id {aid}")
+                raise DatasetError(f"{src}: duplicate annotation id {aid}")
             seen_anns.add(aid)
             if ann.get("image_id") not in seen_imgs:
-                raise ValueError(
+                raise DatasetError(
                     f"{src}: annotation id {aid} refers to image id {ann.get('image_id')!r}, which is not in 'images'"
                 )
             if ann.get("category_id") not in seen_cats:
-                raise ValueError(
+                raise DatasetError(
                     f"{src}: annotation id {aid} has unknown category id {ann.get('category_id')!r} "
                     f"(known: {sorted(seen_cats)})"
                 )
             bbox = ann.get("bbox")
             if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                raise ValueError(f"{src}: annotation id {aid} has no valid 'bbox' [x, y, w, h]: {bbox!r}")
+                raise DatasetError(f"{src}: annotation id {aid} has no valid 'bbox' [x, y, w, h]: {bbox!r}")
             try:
                 [float(v) for v in bbox]
             except (TypeError, ValueError):
-                raise ValueError(f"{src}: annotation id {aid} has a non-numeric 'bbox': {bbox!r}") from None
+                raise DatasetError(f"{src}: annotation id {aid} has a non-numeric 'bbox': {bbox!r}") from None
             ann.setdefault("iscrowd", 0)
             ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
 
@@ -162,12 +171,12 @@ class CocoDetection(torch.utils.data.Dataset):
         path = os.path.join(self.image_dir, img["file_name"])
         what = f"image id {img['id']}"
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file not found for {what}: {path}")
+            raise DatasetFileNotFoundError(f"image file not found for {what}: {path}")
         try:
             with PIL.Image.open(path) as im:  # reads the header only
                 w, h = im.size
         except (OSError, SyntaxError, ValueError, PIL.UnidentifiedImageError) as e:
-            raise ValueError(f"cannot read image file for {what}: {path} ({type(e).__name__}: {e})") from e
+            raise DatasetError(f"cannot read image file for {what}: {path} ({type(e).__name__}: {e})") from e
         img["height"], img["width"] = h, w
         return h, w
 
@@ -217,7 +226,7 @@ class CocoDetection(torch.utils.data.Dataset):
         image = load_image(path, f"image id {image_id}")
         ih, iw = image.shape[-2:]
         if (ih, iw) != (h, w):
-            raise ValueError(
+            raise DatasetError(
                 f"image file {path} (image id {image_id}) is {iw}x{ih} but {self.ann_file} says {w}x{h}"
             )
         return image, make_target(boxes, labels, image_id, h, w)

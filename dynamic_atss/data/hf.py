@@ -26,6 +26,9 @@ import torch
 from torchvision import tv_tensors
 
 from .transforms import (
+    DatasetError,
+    DatasetFileNotFoundError,
+    DatasetSplitError,
     DegenerateBoxWarning,
     apply_transforms,
     clip_and_filter_boxes,
@@ -50,7 +53,7 @@ def _load_source(source: Any, split: str, load_kwargs: dict[str, Any]) -> tuple[
         return source, f"datasets.Dataset({source.num_rows} rows)"
     if isinstance(source, datasets.DatasetDict):
         if split not in source:
-            raise KeyError(f"split {split!r} not in the DatasetDict; available splits: {sorted(source)}")
+            raise DatasetSplitError(f"split {split!r} not in the DatasetDict; available splits: {sorted(source)}")
         return source[split], f"DatasetDict[{split!r}]"
     if isinstance(source, (datasets.IterableDataset, datasets.IterableDatasetDict)):
         raise TypeError("HFDetection needs a map-style dataset; load it without streaming=True")
@@ -64,17 +67,50 @@ def _load_source(source: Any, split: str, load_kwargs: dict[str, Any]) -> tuple[
         loaded = datasets.load_from_disk(path)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise KeyError(f"split {split!r} not in {path}; available splits: {sorted(loaded)}")
+                raise DatasetSplitError(f"split {split!r} not in {path}; available splits: {sorted(loaded)}")
             loaded = loaded[split]
         return loaded, desc
     if os.path.isfile(path) and path.endswith(".parquet"):
         return datasets.load_dataset("parquet", data_files={split: path}, split=split, **load_kwargs), desc
     if os.path.exists(path) or not os.path.isabs(path):
+        if not os.path.exists(path):
+            _check_hub_dataset(path)
         try:
             return datasets.load_dataset(path, split=split, **load_kwargs), desc
         except ValueError as e:  # unknown split and the like: name the source
-            raise ValueError(f"cannot load {desc} with datasets.load_dataset: {e}") from e
-    raise FileNotFoundError(f"dataset path not found: {path}")
+            raise DatasetError(f"cannot load {desc} with datasets.load_dataset: {e}") from e
+        except (ConnectionError, FileNotFoundError) as e:  # offline and not cached, or not on the Hub after all
+            raise DatasetError(f"cannot load {desc}: {e}") from None
+    raise DatasetFileNotFoundError(f"dataset path not found: {path}")
+
+
+def _check_hub_dataset(name: str) -> None:
+    """One quick question to the Hub before `datasets.load_dataset(name)`, which retries an unreachable Hub for
+    half a minute and then raises a bare ConnectionError: a missing dataset or a silent Hub becomes one
+    `DatasetError` in seconds. Offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) asks nothing: the cache decides."""
+    import datasets  # noqa: PLC0415
+    from huggingface_hub import HfApi  # noqa: PLC0415
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError  # noqa: PLC0415
+
+    if datasets.config.HF_HUB_OFFLINE:
+        return
+    api = HfApi()
+    try:
+        api.dataset_info(name, timeout=10)
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if isinstance(error, RepositoryNotFoundError) or status == 404:
+            raise DatasetError(
+                f"data.source {name!r} is neither a local folder or file nor a dataset on the Hub ({api.endpoint}); "
+                "check the name (org/name), or log in (`hf auth login`) for a private one"
+            ) from None
+        # other answers (gated, rate limits): the Hub answers; datasets says what it needs
+    except Exception as error:  # noqa: BLE001  (connection refused, DNS, timeouts: the client's own error types)
+        raise DatasetError(
+            f"data.source {name!r} is not a local folder or file, and the Hub ({api.endpoint}) does not answer "
+            f"({type(error).__name__}); check the network or HF_ENDPOINT, or set HF_DATASETS_OFFLINE=1 to load it from "
+            "the local datasets cache"
+        ) from None
 
 
 def _sub_feature(feature: Any, key: str) -> Any:
@@ -127,7 +163,7 @@ class HFDetection(torch.utils.data.Dataset):
         load_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if box_format not in ("xywh", "xyxy"):
-            raise ValueError(f"box_format must be 'xywh' or 'xyxy', got {box_format!r}")
+            raise DatasetError(f"box_format must be 'xywh' or 'xyxy', got {box_format!r}")
         import datasets
 
         ds, self.source_desc = _load_source(source, split, dict(load_kwargs or {}))
@@ -141,7 +177,7 @@ class HFDetection(torch.utils.data.Dataset):
 
         missing = [k for k in (image_key, objects_key) if k not in ds.column_names]
         if missing:
-            raise ValueError(f"{self.source_desc}: missing column(s) {missing}; columns are {ds.column_names}")
+            raise DatasetError(f"{self.source_desc}: missing column(s) {missing}; columns are {ds.column_names}")
         self.hf_dataset = ds
 
         # Decode images ourselves (errors then name the row; sizes can be read from headers only).
@@ -172,7 +208,7 @@ class HFDetection(torch.utils.data.Dataset):
             return np.zeros((0, 4)), np.zeros((0,), np.int64)
         if isinstance(objects, dict):
             if self.bbox_key not in objects or self.category_key not in objects:
-                raise ValueError(
+                raise DatasetError(
                     f"{src}: row {row}: '{self.objects_key}' has no '{self.bbox_key}' / '{self.category_key}' "
                     f"field (fields: {sorted(objects)})"
                 )
@@ -182,26 +218,26 @@ class HFDetection(torch.utils.data.Dataset):
                 bboxes = [o[self.bbox_key] for o in objects]
                 cats = [o[self.category_key] for o in objects]
             except (KeyError, TypeError, IndexError):
-                raise ValueError(
+                raise DatasetError(
                     f"{src}: row {row}: '{self.objects_key}' must be a list of dicts with '{self.bbox_key}' and "
                     f"'{self.category_key}'"
                 ) from None
         else:
-            raise ValueError(f"{src}: row {row}: cannot read '{self.objects_key}' of type {type(objects).__name__}")
+            raise DatasetError(f"{src}: row {row}: cannot read '{self.objects_key}' of type {type(objects).__name__}")
         bboxes = [] if bboxes is None else list(bboxes)
         cats = [] if cats is None else list(cats)
         if len(bboxes) != len(cats):
-            raise ValueError(f"{src}: row {row}: {len(bboxes)} boxes but {len(cats)} categories")
+            raise DatasetError(f"{src}: row {row}: {len(bboxes)} boxes but {len(cats)} categories")
         try:
             b = np.array(bboxes, dtype=np.float64).reshape(len(bboxes), 4) if bboxes else np.zeros((0, 4))
         except (TypeError, ValueError):
-            raise ValueError(f"{src}: row {row}: boxes must be 4 numbers each, got {bboxes!r}") from None
+            raise DatasetError(f"{src}: row {row}: boxes must be 4 numbers each, got {bboxes!r}") from None
         try:
             c = np.array(cats, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
-            raise ValueError(f"{src}: row {row}: categories must be integers, got {cats!r}") from None
+            raise DatasetError(f"{src}: row {row}: categories must be integers, got {cats!r}") from None
         if c.size and (not np.isfinite(c).all() or (c != np.round(c)).any()):
-            raise ValueError(f"{src}: row {row}: categories must be integers, got {cats!r}")
+            raise DatasetError(f"{src}: row {row}: categories must be integers, got {cats!r}")
         if self.box_format == "xywh":
             b = xywh_to_xyxy(b)
         return b, c.astype(np.int64)
@@ -234,7 +270,7 @@ class HFDetection(torch.utils.data.Dataset):
                             if self._names_from_data
                             else f"outside [0, {n}) (classes: {self.class_names})"
                         )
-                        raise ValueError(f"{self.source_desc}: row {row}: category {int(cats[bad][0])} {known}")
+                        raise DatasetError(f"{self.source_desc}: row {row}: category {int(cats[bad][0])} {known}")
                 boxes, keep = clip_and_filter_boxes(xyxy, h, w, self.min_box_size)
                 total += len(keep)
                 if not keep.all():
@@ -270,7 +306,7 @@ class HFDetection(torch.utils.data.Dataset):
             )
         if not rows:
             why = "no rows" if row == 0 else "no row with a usable box (keep_empty=False)"
-            raise ValueError(f"empty dataset: {why} in {self.source_desc}")
+            raise DatasetError(f"empty dataset: {why} in {self.source_desc}")
         self.num_classes = len(self.class_names)
         self.label_to_cat_id: list[int] = list(range(self.num_classes))
         self.cat_id_to_label: dict[int, int] = {i: i for i in range(self.num_classes)}
@@ -306,8 +342,8 @@ class HFDetection(torch.utils.data.Dataset):
                 arr = np.ascontiguousarray(value[..., :3]).astype(np.uint8)
                 return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1))
         except (OSError, SyntaxError, ValueError, PIL.UnidentifiedImageError) as e:
-            raise ValueError(f"{what}: cannot decode the '{self.image_key}' image ({type(e).__name__}: {e})") from e
-        raise ValueError(f"{what}: unsupported '{self.image_key}' value of type {type(value).__name__}")
+            raise DatasetError(f"{what}: cannot decode the '{self.image_key}' image ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{what}: unsupported '{self.image_key}' value of type {type(value).__name__}")
 
     def get_raw(self, index: int) -> tuple[tv_tensors.Image, dict]:
         """The sample before `transforms`, image as uint8 (3, H, W)."""
@@ -363,6 +399,6 @@ class HFDetection(torch.utils.data.Dataset):
                     w, h = img.size
                 return h, w
             except (OSError, SyntaxError, ValueError, PIL.UnidentifiedImageError) as e:
-                raise ValueError(f"{self.source_desc}: row {row}: cannot read the image header ({e})") from e
+                raise DatasetError(f"{self.source_desc}: row {row}: cannot read the image header ({e})") from e
         h, w = self._decode(row).shape[-2:]
         return h, w

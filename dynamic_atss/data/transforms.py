@@ -25,6 +25,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..errors import UserInputError
+
 __all__ = [
     "DegenerateBoxWarning",
     "ResizeShortestSide",
@@ -41,6 +43,21 @@ try:  # public since torchvision 0.17
     _query_size = v2.query_size
 except AttributeError:  # pragma: no cover
     from torchvision.transforms.v2._utils import query_size as _query_size
+
+
+class DatasetError(UserInputError, ValueError):
+    """The dataset's files or annotations cannot be used as given; the message names the file, row or id."""
+
+
+class DatasetFileNotFoundError(UserInputError, FileNotFoundError):
+    """An annotation file, image file or dataset path that does not exist."""
+
+
+class DatasetSplitError(UserInputError, KeyError):
+    """A split the dataset does not have; the message lists the available ones."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
 
 
 class DegenerateBoxWarning(UserWarning):
@@ -86,7 +103,14 @@ def warn_dropped(num_dropped: int, total: int, source: str, example: str, reason
 
 
 def pil_to_image(img: PIL.Image.Image) -> tv_tensors.Image:
-    """PIL image (any mode) -> uint8 `tv_tensors.Image` (3, H, W)."""
+    """PIL image (any mode) -> uint8 `tv_tensors.Image` (3, H, W).
+
+    16-bit greyscale (`I;16*`, e.g. 16-bit PNGs) is scaled from 0..65535 to 0..255: PIL's own conversion clips
+    the values at 255 instead, which turns almost every pixel white."""
+    if img.mode.startswith("I;16"):
+        grey = np.asarray(img).astype(np.uint32)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)  # rounded, 65535 -> 255
+        return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(grey)).expand(3, -1, -1).clone())
     if img.mode != "RGB":
         img = img.convert("RGB")
     arr = np.asarray(img, dtype=np.uint8)

@@ -20,6 +20,8 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from ..errors import UserInputError
+
 _NAME = re.compile(r"^checkpoint-(\d{8})$")
 STATE_FILE = "trainer_state.json"
 # Keys that may change between a run and its resumption (bookkeeping, not the training itself).
@@ -31,8 +33,12 @@ RESUME_FREE_KEYS = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint that cannot be used (corrupt, truncated, or of another configuration); names the file."""
+
+
+class ResumeNotFoundError(CheckpointError, FileNotFoundError):
+    """`--resume` names no checkpoint: `latest` in a folder without one, or a path that is not a checkpoint."""
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -143,7 +149,7 @@ def resolve_resume(resume: str, directory: str | Path, config: dict[str, Any] | 
     if resume == "latest":
         found = list_checkpoints(directory)
         if not found:
-            raise FileNotFoundError(
+            raise ResumeNotFoundError(
                 f"--resume latest: no complete checkpoint in {directory}; start without --resume (add --overwrite "
                 "to replace what the output folder holds)"
             )
@@ -160,7 +166,10 @@ def resolve_resume(resume: str, directory: str | Path, config: dict[str, Any] | 
         raise CheckpointError(f"--resume latest: no readable checkpoint in {directory}: " + "; ".join(skipped))
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE})")
+        raise ResumeNotFoundError(
+            f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE}); give a checkpoint-NNNNNNNN "
+            "folder of a run, or --resume latest"
+        )
     state = read_checkpoint_state(path)
     if config is not None:
         check_same_run(path, state, config, total_batch_size)

@@ -11,23 +11,32 @@ Recipes ship inside the package (`dynamic_atss/configs/`): `load_config("demo_cp
 `load_config("my/recipe.yaml")` by path. Every value, model overrides included, goes through the typed
 converter of `dynamic_atss.typed` (the one `ModelConfig` uses): floats in any notation, `null`, tuples and
 `Literal` choices are checked, and misspelt keys name the closest field, all before any data or model is
-built. `None` for `mixed_precision` / `grad_accum` means "not set here": Accelerate's own settings
-(`accelerate launch --mixed_precision bf16 --gradient_accumulation_steps 4`, `accelerate config`) decide.
+built, and every number is checked against its range (`check_ranges`). `None` for `mixed_precision` means
+"not set here": Accelerate's own setting (`accelerate launch --mixed_precision bf16`, `accelerate config`)
+decides. `None` for `grad_accum` means 1, unless the launcher sets ACCELERATE_GRADIENT_ACCUMULATION_STEPS
+(`accelerate launch --gradient_accumulation_steps 4` does so with DeepSpeed only); a recipe value that differs
+from the launcher's is refused.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
 from ..config import ModelConfig
+from ..errors import UserInputError
 from ..typed import ConfigError, closest, convert_dotted, field_rows, from_dict, resolve_dotted
+
+class RecipeNotFoundError(UserInputError, FileNotFoundError):
+    """`--config` (or a recipe's `base:`) names neither a file nor a packaged recipe."""
+
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Experiment trackers Accelerate knows (`accelerate.utils.LoggerType`), listed here to keep config loading fast.
@@ -55,8 +64,8 @@ class DataConfig:
     box_format: Literal["xywh", "xyxy"] = "xywh"
     # both
     keep_empty: bool = True
-    check_images: bool = True  # scan image headers and sizes before training (fast; errors name the file)
-    skip_unreadable: bool = False  # drop images that fail the scan (one warning lists them) instead of stopping
+    check_images: bool = True  # scan headers, sizes, end markers first (fast); corrupt pixel data is found at load
+    skip_unreadable: bool = False  # leave out images failing the scan; one failing to decode later: next one, reported
     flip_prob: float = 0.5
     photometric: bool = False
     num_workers: int = 2
@@ -107,7 +116,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 2  # per process
-    grad_accum: int | None = None  # None: Accelerate's setting (accelerate launch/config), default 1
+    grad_accum: int | None = None  # None: $ACCELERATE_GRADIENT_ACCUMULATION_STEPS (DeepSpeed launches) or 1
     mixed_precision: Literal["no", "fp16", "bf16", "fp8"] | None = None  # None: Accelerate's setting
     output_dir: str = "outputs/run"
     seed: int = 0
@@ -122,13 +131,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.model_overrides = check_model_overrides(self.model_overrides)
-        for name in ("batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.grad_accum is not None and self.grad_accum < 1:
-            raise ConfigError(f"grad_accum must be >= 1 (or null for Accelerate's setting), got {self.grad_accum}")
-        if self.optim.max_iters < 1:
-            raise ConfigError(f"optim.max_iters must be >= 1, got {self.optim.max_iters}")
+        check_ranges(self)
         for name in self.trackers:
             if name not in _TRACKERS:
                 raise ConfigError(
@@ -147,6 +150,60 @@ class TrainConfig:
 
             return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
         return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: math.isfinite(v) and v >= low
+
+
+def _positive(v: Any) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def _fraction(v: Any) -> bool:
+    return 0 <= v <= 1
+
+
+# (dotted key, test of the value, what the value must be). `None` values (unset) are not tested.
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("batch_size", _at_least(1), ">= 1 (images per process and step)"),
+    ("grad_accum", _at_least(1), ">= 1, or null for the launcher's setting (1 when it sets none)"),
+    ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32) (NumPy's seed range)"),
+    ("log_every", _at_least(1), ">= 1"),
+    ("eval_every", _at_least(0), ">= 0 (0: evaluate at the end only)"),
+    ("eval_limit", _at_least(1), ">= 1, or null for the whole validation set"),
+    ("checkpoint_every", _at_least(0), ">= 0 (0: no checkpoints)"),
+    ("keep_checkpoints", _at_least(0), ">= 0 (0: keep all)"),
+    ("max_bad_steps", _at_least(1), ">= 1"),
+    ("data.num_train", _at_least(1), ">= 1"),
+    ("data.num_val", _at_least(0), ">= 0"),
+    ("data.image_size", lambda v: len(v) == 2 and min(v) >= 1, "two sizes >= 1, [height, width]"),
+    ("data.flip_prob", _fraction, "in [0, 1]"),
+    ("data.num_workers", _at_least(0), ">= 0 (0: load in the main process)"),
+    ("optim.lr", _positive, "a finite number > 0"),
+    ("optim.base_batch_size", _at_least(1), ">= 1"),
+    ("optim.momentum", _fraction, "in [0, 1]"),
+    ("optim.weight_decay", _at_least(0), "a finite number >= 0"),
+    ("optim.warmup_iters", _at_least(0), ">= 0 (0: no warm-up)"),
+    ("optim.warmup_factor", lambda v: 0 < v <= 1, "in (0, 1] (the warm-up's starting fraction of the LR)"),
+    ("optim.max_iters", _at_least(1), ">= 1"),
+    ("optim.steps", lambda v: all(s >= 1 for s in v) and all(a < b for a, b in zip(v, v[1:])),
+     "iterations >= 1 in increasing order, e.g. [60000, 80000]"),
+    ("optim.gamma", _positive, "a finite number > 0 (the LR factor at each of optim.steps, e.g. 0.1)"),
+    ("optim.grad_clip", _positive, "a finite number > 0, or null for no clipping"),
+)
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Raise `ConfigError` naming the key, its value and the valid range for the first numeric field out of its
+    range. LR steps at or past `optim.max_iters` are allowed: a run shortened with `--optim.max_iters` keeps the
+    recipe's steps, and those drops simply do not happen."""
+    for key, valid, requirement in _RANGES:
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and not valid(value):
+            raise ConfigError(f"{key} = {value!r} is out of range: it must be {requirement}; set --{key} accordingly")
 
 
 def check_model_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +233,7 @@ def find_recipe(name_or_path: str | Path) -> Path:
     if packaged.is_file():
         return packaged
     names = list_recipes()
-    raise FileNotFoundError(
+    raise RecipeNotFoundError(
         f"config {str(name_or_path)!r} is neither a file nor a packaged recipe{closest(name, names)}; "
         f"packaged recipes: {names}"
     )
@@ -209,7 +266,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     base_path = path.parent / base
     if not base_path.is_file():
-        raise FileNotFoundError(f"config {path}: base file {base_path} does not exist")
+        raise RecipeNotFoundError(f"config {path}: base file {base_path} does not exist")
     return _merge(_read_yaml(base_path, seen + (path.resolve(),)), data)
 
 

@@ -4,6 +4,9 @@
 * A folder that already holds files is refused unless the run resumes (`--resume`) or replaces the previous
   run (`--overwrite`, which deletes only the previous run's artifacts); the error says whether the folder
   holds this recipe or another one, and what differs.
+* Claiming is two steps: `claim_output_dir` locks and checks the folder (changing nothing in it), and
+  `start_run` -- called once the config, data and model are known good -- deletes what `--overwrite`
+  replaces and writes `train_config.json`. A user's mistake found in between leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ..errors import UserInputError
 from .checkpoint import RESUME_FREE_KEYS, config_differences
 
 LOCK_FILE = ".lock"
@@ -23,7 +27,7 @@ CONFIG_FILE = "train_config.json"
 RUN_ARTIFACTS = ("checkpoints", "model", "log.jsonl", CONFIG_FILE, "dynamic_atss")
 
 
-class OutputDirError(RuntimeError):
+class OutputDirError(UserInputError, RuntimeError):
     """The output folder is in use, or holds another run; the message says what to do."""
 
 
@@ -35,18 +39,24 @@ def _previous_config(output_dir: Path) -> dict[str, Any] | None:
 
 
 def claim_output_dir(output_dir: str | Path, config: dict[str, Any], resume: bool, overwrite: bool) -> FileLock:
-    """Lock `output_dir` for this run and check it may be written; returns the held lock (release it at the end)."""
+    """Lock `output_dir` for this run and check it may be written (nothing in it changes); returns the held lock
+    (release it at the end). `start_run` makes the run the folder's own."""
     output_dir = Path(output_dir)
     if resume and overwrite:
         raise OutputDirError("--resume and --overwrite contradict each other: choose one")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(output_dir / LOCK_FILE)
     try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(output_dir / LOCK_FILE)
         lock.acquire(timeout=0)
     except Timeout:
         raise OutputDirError(
             f"another training run is writing to {output_dir} (it holds the lock {output_dir / LOCK_FILE}); wait for "
             "it to finish or choose another output_dir"
+        ) from None
+    except OSError as error:  # a read-only place, a file where the folder should be, ...
+        raise OutputDirError(
+            f"cannot write to the output folder {output_dir} ({type(error).__name__}: {error}); choose another "
+            "output_dir"
         ) from None
     try:
         existing = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_FILE)
@@ -63,14 +73,21 @@ def claim_output_dir(output_dir: str | Path, config: dict[str, Any], resume: boo
                 f"output folder {output_dir} {why}. Continue it with --resume latest, replace it with --overwrite, "
                 "or choose another output_dir"
             )
-        if overwrite:
-            for name in RUN_ARTIFACTS:
-                target = output_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def start_run(output_dir: str | Path, run_record: dict[str, Any], overwrite: bool) -> None:
+    """Under the lock of `claim_output_dir`: delete the previous run's artifacts (`overwrite`) and write
+    `train_config.json` (`run_record`: the config and the effective settings)."""
+    output_dir = Path(output_dir)
+    if overwrite:
+        for name in RUN_ARTIFACTS:
+            target = output_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    (output_dir / CONFIG_FILE).write_text(json.dumps(run_record, indent=2))

@@ -5,12 +5,19 @@ Runs the same under `python -m dynamic_atss.train ...` (one process) and `accele
 
 * the LR schedule advances once per optimizer step, whatever the number of processes or the gradient
   accumulation, and continues exactly on resume (the scheduler is stepped here, not by Accelerate);
-* Accelerate's launch settings (processes, mixed precision, accumulation) decide unless the recipe sets them;
-  the effective values are printed at the start and written to `train_config.json`;
+* Accelerate's launch settings (processes, mixed precision) decide unless the recipe sets them; gradient
+  accumulation is the recipe's `grad_accum` (`accelerate launch --gradient_accumulation_steps` reaches the
+  script only with DeepSpeed, and a different value is refused); the effective values are printed at the start
+  and written to `train_config.json`;
 * one run per output folder (a lock, and a refusal to mix with another run), verified checkpoints;
 * a fast data scan before the model is built; a warning when a logged window has no positive anchor;
 * a batch with non-finite inputs is skipped before the forward, and a non-finite loss restores the BatchNorm
-  running statistics the forward changed, so a bad batch never touches the model's state.
+  running statistics the forward changed, so a bad batch never touches the model's state; the data position
+  is counted in batches read (saved in each checkpoint), so a skipped batch moves on like any other;
+* under `data.skip_unreadable`, an image that passed the scan but fails to decode when loaded is replaced by
+  the next readable one (the same on every process and on resume) and reported;
+* user mistakes (config, data, resume path, output folder, Hub repo) are found before the output folder is
+  made the run's own (`engine.output.start_run`); `--resume` drops the log rows of the steps it re-runs.
 """
 
 from __future__ import annotations
@@ -24,18 +31,25 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, broadcast_object_list, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    GradientAccumulationPlugin,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
+)
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import build_dataset, build_transforms, collate_fn
+from ..data import DatasetError, DatasetFileNotFoundError, build_dataset, build_transforms, collate_fn
 from ..data.checks import ImageSubset, scan_dataset
 from ..evaluation import evaluate_detections, evaluator_for, format_per_class_table, format_table
 from ..factory import create
-from .checkpoint import flatten, load_checkpoint, resolve_resume, save_checkpoint
+from ..typed import ConfigError
+from .checkpoint import STATE_FILE, flatten, load_checkpoint, resolve_resume, save_checkpoint
 from .config import DataConfig, TrainConfig, config_to_dict
-from .output import CONFIG_FILE, claim_output_dir
+from .output import claim_output_dir, start_run
 from .schedule import build_optimizer, build_scheduler, scaled_lr
 
 
@@ -43,8 +57,12 @@ class NonFiniteLossError(RuntimeError):
     """Raised after `max_bad_steps` consecutive steps with NaN/inf inputs or loss."""
 
 
-class DataCheckError(ValueError):
+class DataCheckError(DatasetError):
     """The up-front data scan found images that cannot be used, or nothing to learn from."""
+
+
+# Set in a sample's target when an image failed to load: the problems (the trainer reports them, or stops).
+UNREADABLE_KEY = "unreadable"
 
 
 class SeededAugmentation(torch.utils.data.Dataset):
@@ -53,18 +71,35 @@ class SeededAugmentation(torch.utils.data.Dataset):
     torchvision's transforms draw from the global torch RNG, and data loaders fetch ahead, so without this a
     resumed run would flip different images than the uninterrupted one. Set `epoch` before each epoch
     (loader workers must not be persistent, so they pick the new value up).
+
+    An image that fails to load (a corrupt data chunk the header scan cannot see) is never raised here: an
+    error raised in a loader worker reaches the main process wrapped in a traceback text. The sample's target
+    names the problem under `UNREADABLE_KEY` instead, and the trainer stops with it, or, with
+    `skip_unreadable`, the image is replaced by the next index that loads. The replacement depends on the index
+    only, so every process keeps its batch size and a resumed run reads the same samples.
     """
 
-    def __init__(self, dataset: Any, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+    def __init__(self, dataset: Any, seed: int, skip_unreadable: bool = False) -> None:
+        self.dataset, self.seed, self.epoch, self.skip_unreadable = dataset, seed, 0, skip_unreadable
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
-            return self.dataset[index]
+        problems = []
+        for offset in range(len(self.dataset) if self.skip_unreadable else 1):
+            candidate = (index + offset) % len(self.dataset)
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(hash((self.seed, self.epoch, candidate)) % 2**63)
+                    image, target = self.dataset[candidate]
+            except (DatasetError, DatasetFileNotFoundError) as error:
+                problems.append(str(error))
+                if not self.skip_unreadable:
+                    break
+                continue
+            return image, ({**target, UNREADABLE_KEY: problems} if problems else target)
+        return torch.zeros(3, 1, 1), {UNREADABLE_KEY: problems, "unusable": True}
 
 
 def build_datasets(config: DataConfig, seed: int) -> tuple[Any, Any | None]:
@@ -80,7 +115,7 @@ def build_datasets(config: DataConfig, seed: int) -> tuple[Any, Any | None]:
         return train, (val if config.num_val > 0 else None)
     if config.kind == "coco":
         if not config.train_images or not config.train_annotations:
-            raise ValueError("data.kind=coco needs data.train_images and data.train_annotations")
+            raise ConfigError("data.kind=coco needs data.train_images and data.train_annotations")
         train = build_dataset("coco", image_dir=config.train_images, ann_file=config.train_annotations, transforms=train_tf,
                               keep_empty=config.keep_empty)
         val = None
@@ -89,7 +124,7 @@ def build_datasets(config: DataConfig, seed: int) -> tuple[Any, Any | None]:
         return train, val
     if config.kind == "hf":
         if not config.source:
-            raise ValueError("data.kind=hf needs data.source (a Hub dataset name, save_to_disk folder or Parquet path)")
+            raise ConfigError("data.kind=hf needs data.source (a Hub dataset name, save_to_disk folder or Parquet path)")
         train = build_dataset("hf", source=config.source, split=config.train_split, box_format=config.box_format,
                               transforms=train_tf)
         val = None
@@ -97,7 +132,7 @@ def build_datasets(config: DataConfig, seed: int) -> tuple[Any, Any | None]:
             val = build_dataset("hf", source=config.source, split=config.val_split, box_format=config.box_format,
                                 transforms=eval_tf)
         return train, val
-    raise ValueError(f"unknown data.kind {config.kind!r}; choose synthetic, coco or hf")
+    raise ConfigError(f"unknown data.kind {config.kind!r}; choose synthetic, coco or hf")
 
 
 def build_model(config: TrainConfig, num_classes: int, class_names: list[str]) -> torch.nn.Module:
@@ -127,12 +162,24 @@ def evaluate(model: torch.nn.Module, dataset: Any, accelerator: Accelerator, bat
     return metrics
 
 
+# What `accelerate launch --gradient_accumulation_steps N` sets for the script -- with DeepSpeed only: Accelerate
+# 1.16 does not pass the flag on to plain DDP / CPU / one-process launches (`utils/launch.py`).
+GRAD_ACCUM_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    """An Accelerator in which the recipe's `mixed_precision` / `grad_accum` win only when they are set;
-    otherwise Accelerate's own (`accelerate launch` flags, `accelerate config`, environment) decide."""
+    """An Accelerator in which the recipe's `mixed_precision` wins only when it is set; otherwise Accelerate's own
+    (`accelerate launch` flags, `accelerate config`, environment) decides. Gradient accumulation: the recipe's
+    `grad_accum`, else `$ACCELERATE_GRADIENT_ACCUMULATION_STEPS`, else 1; both set and different is refused."""
     kwargs: dict[str, Any] = {}
     if config.mixed_precision is not None:
         kwargs["mixed_precision"] = config.mixed_precision
+    launcher = os.environ.get(GRAD_ACCUM_ENV, "").strip()
+    if config.grad_accum is not None and launcher and launcher != str(config.grad_accum):
+        raise ConfigError(
+            f"grad_accum = {config.grad_accum} in the recipe but the launcher sets {GRAD_ACCUM_ENV}={launcher} "
+            "(accelerate launch --gradient_accumulation_steps): set one of them, or both to the same value"
+        )
     if config.grad_accum is not None:  # a plugin, because a plain int would lose to the launcher's env variable
         kwargs["gradient_accumulation_plugin"] = GradientAccumulationPlugin(num_steps=config.grad_accum)
     trackers = config.trackers
@@ -276,9 +323,12 @@ def _without_boxes(target: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Train per `config`; returns a summary (final metrics, paths, timing, effective settings).
+    """Train per `config`; returns a summary (final metrics, paths, timing, effective settings, and
+    `push_error` / `push_command` when `push_to_hub` failed after the model was saved).
 
     `resume`: "latest" or a checkpoint folder; `overwrite`: replace what a previous run left in the output folder.
+    Everything a user can get wrong (Hub repo and token, output folder, resume checkpoint, data, model) is
+    checked before the output folder is made this run's own.
     """
     accelerator = make_accelerator(config)
     set_seed(config.seed)
@@ -287,6 +337,10 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     effective = effective_settings(accelerator, config)
     accelerator.print(_describe(effective, config))
     checkpoints_dir = output_dir / "checkpoints"
+    if config.push_to_hub:
+        from ..hub.push import check_push_access  # noqa: PLC0415
+
+        _main_decides(accelerator, lambda: check_push_access(config.push_to_hub))
 
     held: dict[str, Any] = {}  # the lock lives on the main process only
 
@@ -296,7 +350,6 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
             path, skipped = (None, [])
             if resume:
                 path, skipped = resolve_resume(resume, checkpoints_dir, config_dict, effective["total_batch_size"])
-            (output_dir / CONFIG_FILE).write_text(json.dumps({"config": config_dict, "effective": effective}, indent=2))
         except BaseException:
             lock.release()
             raise
@@ -308,24 +361,49 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         for reason in skipped:
             if accelerator.is_main_process:
                 warnings.warn(f"--resume {resume}: skipping unreadable checkpoint {reason}", UserWarning, stacklevel=2)
-        return _train(accelerator, config, config_dict, effective, output_dir, resume_path)
+        return _train(accelerator, config, config_dict, effective, output_dir, resume_path, overwrite)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str, Any], effective: dict[str, Any],
-           output_dir: Path, resume_path: str | None) -> dict[str, Any]:
-    if config.trackers:
-        accelerator.init_trackers("dynamic_atss", config=_tracker_config(config_dict, effective))
+def _data_position(resume_path: str | None, step: int, grad_accum: int, steps_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batches of it already read) to continue from: what the checkpoint recorded, or, for a checkpoint
+    written before positions were recorded, what the step count gives when no batch was skipped."""
+    position = None
+    if resume_path:
+        position = json.loads((Path(resume_path) / STATE_FILE).read_text()).get("data_position")
+    epoch, consumed = (position["epoch"], position["batch"]) if position else divmod(step * grad_accum, steps_per_epoch)
+    return (epoch + 1, 0) if consumed >= steps_per_epoch else (epoch, consumed)
 
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Keep the log rows up to `step` (a resumed run writes the later ones again); a torn last line goes too."""
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    log_path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str, Any], effective: dict[str, Any],
+           output_dir: Path, resume_path: str | None, overwrite: bool) -> dict[str, Any]:
     train_set, val_set = build_datasets(config.data, config.seed)
     if len(train_set) == 0:
-        raise ValueError("the training dataset is empty; check the data section of the config")
+        raise DataCheckError("the training dataset is empty; check the data section of the config")
     train_set, val_set = check_data(train_set, val_set, config.data, accelerator)
     model = build_model(config, train_set.num_classes, train_set.class_names)
+    # Config, data, model and resume checkpoint are good: the folder becomes this run's.
+    _main_decides(accelerator, lambda: start_run(output_dir, {"config": config_dict, "effective": effective}, overwrite))
+    if config.trackers:
+        accelerator.init_trackers("dynamic_atss", config=_tracker_config(config_dict, effective))
     optimizer = build_optimizer(model, config.optim, effective["total_batch_size"])
-    seeded_train_set = SeededAugmentation(train_set, config.seed)
+    seeded_train_set = SeededAugmentation(train_set, config.seed, skip_unreadable=config.data.skip_unreadable)
     loader = DataLoader(
         seeded_train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate_fn, drop_last=True,
         num_workers=config.data.num_workers,
@@ -338,29 +416,47 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
     grad_accum = accelerator.gradient_accumulation_steps
 
     step = 0
+    log_path = output_dir / "log.jsonl"
     if resume_path:
         step = load_checkpoint(accelerator, Path(resume_path))
+        if accelerator.is_main_process:
+            _truncate_log(log_path, step)
         accelerator.print(f"resumed from {resume_path} (step {step})")
     scheduler = build_scheduler(optimizer.optimizer, config.optim, start_step=step)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the training set ({len(train_set)} images)")
+        raise ConfigError(f"batch_size={config.batch_size} is larger than the training set ({len(train_set)} images)")
+    # The data position is counted in batches read, not derived from `step`: a skipped batch is read once.
+    epoch, consumed = _data_position(resume_path, step, grad_accum, steps_per_epoch)
     max_steps = config.optim.max_iters
-    log_path = output_dir / "log.jsonl"
     state = {"config": config_dict, "effective": effective}
     progress = tqdm(total=max_steps, initial=step, desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
     bad_steps = 0
+    unreadable: set[str] = set()
     window_positives = torch.zeros((), device=accelerator.device)
     window_start = step + 1
     metrics: dict[str, Any] = {}
     start = time.perf_counter()
     model.train()
     while step < max_steps:
-        epoch, skip = divmod(step * grad_accum, steps_per_epoch)
         loader.set_epoch(epoch)
         seeded_train_set.epoch = epoch
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        epoch_loader = accelerator.skip_first_batches(loader, consumed) if consumed else loader
         for images, targets in epoch_loader:
+            consumed += 1
+            for target in targets:
+                if target.get("unusable"):
+                    raise DataCheckError(
+                        f"{target[UNREADABLE_KEY][0]}; fix or remove it, or set data.skip_unreadable: true to train "
+                        "on the next readable image instead" if not config.data.skip_unreadable else
+                        f"data.skip_unreadable: no image of the training set can be read; the first: "
+                        f"{target[UNREADABLE_KEY][0]}"
+                    )
+                for problem in target.pop(UNREADABLE_KEY, ()):
+                    if problem not in unreadable:
+                        unreadable.add(problem)
+                        warnings.warn(f"data.skip_unreadable: {problem}; training on the next readable image "
+                                      "instead", UserWarning, stacklevel=1)
             with accelerator.accumulate(model):
                 # Non-finite boxes would make the model refuse the batch: it runs without them (every process
                 # runs its forward, so the processes stay in step) and the batch is skipped below.
@@ -426,26 +522,37 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
                         f.write(json.dumps(record) + "\n")
                 accelerator.log(record, step=step)
             if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir / "checkpoints", step, config.keep_checkpoints, state)
+                position = {"epoch": epoch, "batch": consumed}
+                save_checkpoint(accelerator, output_dir / "checkpoints", step, config.keep_checkpoints,
+                                {**state, "data_position": position})
             if val_set is not None and config.eval_every and step % config.eval_every == 0 and step < max_steps:
                 metrics = _evaluate_and_log(model, val_set, accelerator, config, step, log_path)
             if step >= max_steps:
                 break
+        else:  # the epoch was read to its end
+            epoch, consumed = epoch + 1, 0
     progress.close()
     train_seconds = time.perf_counter() - start
     if val_set is not None:
         metrics = _evaluate_and_log(model, val_set, accelerator, config, step, log_path)
     model_dir = output_dir / "model"
+    if accelerator.num_processes > 1:  # each process saw its own share of the images
+        unreadable = set(gather_object(sorted(unreadable)))
     accelerator.wait_for_everyone()
+    summary = {"step": step, "metrics": metrics, "model_dir": str(model_dir), "train_seconds": train_seconds,
+               "log": str(log_path), "effective": effective, "unreadable_images": sorted(unreadable)}
     if accelerator.is_main_process:
         raw_model.save_pretrained(model_dir, recipe=config_dict, metrics=_saved_metrics(metrics, config.data))
         if config.push_to_hub:
-            from ..hub import push_model_dir  # noqa: PLC0415
+            from ..hub.push import push_later_command, push_model_dir  # noqa: PLC0415
 
-            push_model_dir(model_dir, config.push_to_hub)
+            try:
+                push_model_dir(model_dir, config.push_to_hub)
+            except Exception as error:  # noqa: BLE001  (the trained model is saved: say how to push it later)
+                summary["push_error"] = f"pushing to {config.push_to_hub} failed ({type(error).__name__}: {error})"
+                summary["push_command"] = push_later_command(model_dir, config.push_to_hub)
     accelerator.end_training()
-    return {"step": step, "metrics": metrics, "model_dir": str(model_dir), "train_seconds": train_seconds,
-            "log": str(log_path), "effective": effective}
+    return summary
 
 
 def _tracker_config(config_dict: dict[str, Any], effective: dict[str, Any]) -> dict[str, Any]:
@@ -503,4 +610,10 @@ def final_report(summary: dict[str, Any], title: str = "COCO AP on the validatio
         lines.append("no validation set: no COCO evaluation (set data.num_val / data.val_* to get one)")
     model_dir = summary["model_dir"]
     lines.append(f"model: {model_dir}  (load it with dynamic_atss.create('local-dir:{model_dir}'))")
+    if summary.get("unreadable_images"):
+        problems = summary["unreadable_images"]
+        lines.append(f"data.skip_unreadable: {len(problems)} image(s) failed to load and were replaced by the next "
+                     "readable one:\n  " + "\n  ".join(problems))
+    if summary.get("push_error"):
+        lines.append(f"{summary['push_error']}. The model is saved; push it later with:\n  {summary['push_command']}")
     return "\n".join(lines)

@@ -11,13 +11,18 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from ..errors import UserInputError
 from .card import generate_model_card
 from .serialization import (
     CARD_NAME, CONFIG_NAME, FORMAT_VERSION, LIBRARY_NAME, PREPROCESSOR_NAME, WEIGHTS_NAME, config_to_json,
     preprocessor_config, read_config,
 )
 
-__all__ = ["load_model_dir", "save_model_dir"]
+__all__ = ["WeightsFileError", "load_model_dir", "save_model_dir"]
+
+
+class WeightsFileError(UserInputError, ValueError):
+    """A model folder's `model.safetensors` cannot be read (truncated, corrupt, not safetensors); names the file."""
 
 
 # ---------------------------------------------------------------------------------------------- save
@@ -59,6 +64,7 @@ def save_model_dir(
 
 def load_model_dir(directory: Path) -> tuple[ModelConfig, dict[str, Any], dict[str, Tensor]]:
     """Read `config.json` and `model.safetensors` of a saved-model folder -> (config, document, state dict)."""
+    from safetensors import SafetensorError  # noqa: PLC0415
     from safetensors.torch import load_file  # noqa: PLC0415
 
     directory = Path(directory).expanduser()
@@ -70,6 +76,13 @@ def load_model_dir(directory: Path) -> tuple[ModelConfig, dict[str, Any], dict[s
                 if filename == WEIGHTS_NAME else ""
             raise FileNotFoundError(f"{directory}: missing {filename}{hint}")
     config, document = read_config(directory / CONFIG_NAME)
-    state_dict = load_file(str(directory / WEIGHTS_NAME), device="cpu")
+    weights = directory / WEIGHTS_NAME
+    try:
+        state_dict = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise WeightsFileError(
+            f"{weights} cannot be read ({type(error).__name__}: {error}): the file is truncated or corrupt; save or "
+            "download the model again"
+        ) from None
     return config, document, state_dict
 

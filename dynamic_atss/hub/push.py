@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import UserInputError
 from .card import CARD_MARKER, card_kwargs_from_existing, generate_model_card
 from .download import load_pretrained
 from .serialization import CARD_NAME, CONFIG_NAME, PREPROCESSOR_NAME, WEIGHTS_NAME, preprocessor_config, read_config
@@ -14,7 +15,7 @@ from .serialization import CARD_NAME, CONFIG_NAME, PREPROCESSOR_NAME, WEIGHTS_NA
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import CommitInfo, HfApi
 
-__all__ = ["push_model_dir"]
+__all__ = ["HubPushError", "check_push_access", "push_later_command", "push_model_dir"]
 
 def push_model_dir(
     model_dir: str | os.PathLike,
@@ -80,3 +81,44 @@ def _preprocessor_bytes(directory: Path) -> bytes:
     if path.is_file():
         return path.read_bytes()
     return (json.dumps(preprocessor_config(), indent=2) + "\n").encode("utf-8")
+
+
+class HubPushError(UserInputError, RuntimeError):
+    """`--push-to-hub` cannot work as given (repo id, token, or the Hub does not answer); checked before training."""
+
+
+def push_later_command(model_dir: str | os.PathLike, repo_id: str) -> str:
+    """The one command that pushes a saved-model folder (what to run when a push after training failed)."""
+    return f"dynamic-atss push --model {model_dir} --repo {repo_id}"
+
+
+def check_push_access(repo_id: str, *, token: str | None = None, endpoint: str | None = None) -> None:
+    """Raise `HubPushError` naming the problem unless `repo_id` is a valid `org/name`, a token is set and the Hub
+    (`endpoint`, default HF_ENDPOINT) answers a question about the repo. One short request; run before training."""
+    from huggingface_hub import HfApi, get_token  # noqa: PLC0415
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError  # noqa: PLC0415
+
+    try:
+        from huggingface_hub.utils import validate_repo_id  # noqa: PLC0415
+
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise HubPushError(f"--push-to-hub {repo_id!r} is not a Hub repo id ({error}); use org/name") from None
+    if "/" not in repo_id:
+        raise HubPushError(f"--push-to-hub {repo_id!r}: give the owner too, as org/name (or your user name/name)")
+    token = token or get_token()
+    if not token:
+        raise HubPushError(
+            f"--push-to-hub {repo_id}: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN, or train "
+            "without --push-to-hub and push the saved model later"
+        )
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.repo_exists(repo_id, repo_type="model")
+    except HfHubHTTPError as error:
+        raise HubPushError(f"--push-to-hub {repo_id}: the Hub refused the token or the repo ({error})") from None
+    except Exception as error:  # noqa: BLE001  (connection refused, DNS, timeouts: the client's own error types)
+        raise HubPushError(
+            f"--push-to-hub {repo_id}: the Hub at {api.endpoint} does not answer ({type(error).__name__}); check the "
+            "network (or HF_ENDPOINT), or train without --push-to-hub and push the saved model later"
+        ) from None

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from .export import export_onnx, export_program
+from ..errors import UserInputError
+from .export import SUPPORTED_OPSETS, check_opset, export_onnx, export_program
+
+
+def check_output_file(out: str) -> Path:
+    """`--out` as a path that can be written: not an existing folder, below a folder that exists (or can be made)
+    and is writable; raises `UserInputError` naming the problem otherwise."""
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise UserInputError(f"--out {out} is an existing folder; give a file name, e.g. {path / 'model.onnx'}")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserInputError(f"--out {out}: cannot write below {ancestor} (not a writable folder); choose another --out")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for torch-export)")
     parser.add_argument("--with-postprocess", action="store_true",
                         help="ONNX: [0, 1] images + sizes in, detections out (decoding and NMS in the graph)")
-    parser.add_argument("--opset", type=int, default=19, help="ONNX opset (DCN models need >= 19: DeformConv)")
+    parser.add_argument("--opset", type=int, default=19,
+                        help=f"ONNX opset, {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (DCN models need >= 19)")
     parser.add_argument("--static", action="store_true", help="fixed batch and image size (those of the example)")
     parser.add_argument("--no-check", action="store_true", help="ONNX: skip running the file in ONNX Runtime")
     args = parser.parse_args(argv)
@@ -37,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.format == "torch-export" and args.with_postprocess:
         parser.error("--with-postprocess is for --format onnx (torch-export exports forward_raw)")
+    if args.format == "onnx":
+        check_opset(args.opset)
+    check_output_file(args.out)  # both before the model is loaded
     try:
         model = load_model(args.model, "cpu", args.allow_random_weights)
     except NoPretrainedWeightsError as error:

@@ -36,10 +36,28 @@ import torch
 from torch import Tensor, nn
 
 from ..detection.postprocess import select_detections
+from ..errors import UserInputError
 from ..ops.dcn import ModulatedDeformConv2d
 from .runtime import OnnxRuntimeDetector, raw_output_names
 
-__all__ = ["DetectionGraph", "RawGraph", "check_exportable", "export_onnx", "export_program", "raw_output_names"]
+__all__ = ["SUPPORTED_OPSETS", "DetectionGraph", "RawGraph", "UnsupportedOpsetError", "check_exportable", "check_opset", "export_onnx", "export_program", "raw_output_names"]
+
+# ONNX opsets the export writes: torch's ONNX exporter implements its operators from opset 18 on (below, it
+# exports 18 and tries a version conversion that may fail or keep 18), and ONNX defines opsets up to 23.
+SUPPORTED_OPSETS = range(18, 24)
+
+
+class UnsupportedOpsetError(UserInputError, ValueError):
+    """An ONNX opset the exporter cannot write."""
+
+
+def check_opset(opset: int) -> None:
+    """Raise `UnsupportedOpsetError` for an opset outside `SUPPORTED_OPSETS` (the message lists them)."""
+    if opset not in SUPPORTED_OPSETS:
+        raise UnsupportedOpsetError(
+            f"--opset {opset} is not supported: choose one of {list(SUPPORTED_OPSETS)} (DCN models need >= 19)"
+        )
+
 
 # An example input's side per 32 px of stride: big enough that every level has a few cells (P7 >= 2 x 2).
 _EXAMPLE_SIDE = 256
@@ -165,7 +183,8 @@ def export_onnx(
         raise ImportError(
             "ONNX export needs the onnx and onnxscript packages: pip install 'dynamic-atss[export]'"
         ) from error
-    check_exportable(model, opset)
+    check_exportable(model, opset)  # DCN first: its message says what such a model needs
+    check_opset(opset)
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,15 @@ class DynamicATSS(HubMixin, nn.Module):
                 )
             if image.shape[1] == 0 or image.shape[2] == 0:
                 raise ValueError(f"image {index}: has a zero side, shape {tuple(image.shape)}")
+        if not self.training:
+            # Images in 0..255 (or already normalised) give wrong boxes silently. One host read per batch, in
+            # inference only: detection synchronises at its end anyway, while a training step keeps its one sync.
+            extremes = torch.stack([torch.stack(torch.aminmax(image.detach())) for image in images]).float().cpu()
+            for index, (low, high) in enumerate(extremes.tolist()):
+                if high > 1.5 or low < -0.5:
+                    fix = "pass the images unnormalised: the model subtracts its own mean and divides by its std" \
+                        if low < -0.5 else "divide 0-255 images by 255 (image.float() / 255)"
+                    raise ValueError(f"image {index}: values in [{low:g}, {high:g}], expected floats in [0, 1]; {fix}")
         return list(images)
 
     def _target_size(self, height: int, width: int) -> tuple[int, int]:
