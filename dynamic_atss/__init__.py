@@ -1,14 +1,7 @@
 """Dynamic ATSS: ATSS whose label assigner combines predicted and anchor IoUs, on timm backbones."""
 
 from .config import (
-    AnchorConfig,
-    AssignerConfig,
-    BackboneConfig,
-    ConventionConfig,
-    HeadConfig,
-    LossConfig,
-    ModelConfig,
-    TestConfig,
+    AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig, TestConfig,
 )
 from ._version import __version__
 from .factory import create, load_model
