@@ -90,7 +90,7 @@ def test_push_never_edits_the_installed_index(tmp_path, monkeypatch, capsys):
 
 
 def test_timed_instrumentation_restores_the_method():
-    from dynamic_atss.benchmark.assigner import _timed
+    from dynamic_atss.benchmark.timing import timed_method as _timed
 
     class Counter:
         def __call__(self, x):

@@ -25,8 +25,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +35,7 @@ from torchvision.ops import box_iou
 from ..config import AnchorConfig
 from ..detection.anchors import AnchorGenerator, BoxCoder
 from ..detection.assigner import CombinedIoUAssigner
+from .timing import timed_method
 
 
 def make_problem(batch: int, num_gt: int, height: int, width: int, device: torch.device, seed: int = 0):
@@ -136,30 +136,6 @@ def bench_assigner(args, device: torch.device) -> list[dict]:
     return results
 
 
-class _Clock:
-    total_ms = 0.0
-
-
-@contextmanager
-def _timed(owner: type, name: str) -> Iterator[_Clock]:
-    """Accumulate the time spent in the method `owner.name` (a class attribute, restored on exit): the model
-    itself is measured as it is built, none of its attributes is replaced."""
-    inner = getattr(owner, name)
-    clock = _Clock()
-
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        result = inner(*args, **kwargs)
-        clock.total_ms += (time.perf_counter() - start) * 1000
-        return result
-
-    setattr(owner, name, wrapper)
-    try:
-        yield clock
-    finally:
-        setattr(owner, name, inner)
-
-
 def bench_train_step(args, device: torch.device) -> list[dict] | None:
     results = []
     for model_name in args.train_models.split(","):
@@ -200,7 +176,8 @@ def _bench_train_step_model(args, device: torch.device, model_name: str) -> list
             for p in params:
                 p.grad = None
 
-        with _timed(CombinedIoUAssigner, "__call__") as assign, _timed(type(model.head), "assignment_boxes") as decode:
+        with timed_method(CombinedIoUAssigner, "__call__") as assign, \
+                timed_method(type(model.head), "assignment_boxes") as decode:
             times = timeit(step, args.train_repeats, device)
         assigner_ms = assign.total_ms / (args.train_repeats + 1)
         decode_ms = decode.total_ms / (args.train_repeats + 1)
