@@ -365,6 +365,6 @@ def test_a_stalled_download_times_out_names_the_url_and_leaves_nothing(tmp_path,
         dynamic_atss.create(TAG, pretrained=True, progress=False)
     assert time.monotonic() - start < 30  # bounded: the 1 s timeout, not the server's 60 s stall
     message = str(caught.value)
-    for expected in ("stalled: no data for 1 s", "DYNAMIC_ATSS_DOWNLOAD_TIMEOUT", url, "hub/convert_mmdet.py FILE"):
+    for expected in ("stalled: no data for 1 s", "DYNAMIC_ATSS_DOWNLOAD_TIMEOUT", url, "dynamic-atss convert FILE"):
         assert expected in message, expected
     assert cache_files(torch_cache) == []  # no *.partial left behind
