@@ -1,4 +1,4 @@
-"""`python -m dynamic_atss {train,demo,predict,benchmark,export}` (also installed as the `dynamic-atss` command).
+"""`dynamic-atss {train,demo,predict,benchmark,export,convert,push}` (also `python -m dynamic_atss ...`).
 
 A mistake in the user's input (`dynamic_atss.errors.UserInputError`) ends any command with one line and exit
 status 2, here, for every command alike."""
@@ -15,8 +15,10 @@ COMMANDS = {
     "train": ("dynamic_atss.train", "train a model from a recipe (`train --config demo_cpu`; `train --help`)"),
     "demo": ("dynamic_atss.demo", "train a small model on the embedded dataset, evaluate it, draw predictions"),
     "predict": ("dynamic_atss.predict", "detect objects in image files and write PNGs + JSON"),
-    "benchmark": ("dynamic_atss.benchmark", "COCO AP (`benchmark coco`) or throughput (`benchmark speed`)"),
+    "benchmark": ("dynamic_atss.benchmark", "COCO AP (`benchmark coco`), throughput (`benchmark speed`), the assigner"),
     "export": ("dynamic_atss.inference.cli", "export to ONNX (optionally with NMS) or torch.export"),
+    "convert": ("dynamic_atss.convert.cli", "convert an mmdetection checkpoint into a model folder (optionally push it)"),
+    "push": ("dynamic_atss.hub.cli", "push a saved model folder to the Hugging Face Hub (optionally pin it in the index)"),
 }
 
 
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: python -m dynamic_atss COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
+        print("usage: dynamic-atss COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
             return 2

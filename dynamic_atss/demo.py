@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from .engine.config import DataConfig, OptimConfig, TrainConfig, config_from_dict, config_to_dict, load_config
 from .evaluation import format_table
+from .typed import cli_overrides
 from .visualize import draw_detections, plot_losses, save_grid
 
 # The embedded default (the packaged recipe `demo_cpu` holds the same, for `dynamic-atss train --config demo_cpu`).
@@ -63,7 +65,7 @@ HEADS = {
 
 def draw_predictions(model_dir: Path, config: TrainConfig, out_path: Path, count: int = 8) -> None:
     from .data import SyntheticShapes  # noqa: PLC0415
-    from .registry import create  # noqa: PLC0415
+    from .factory import create  # noqa: PLC0415
 
     model = create(f"local-dir:{model_dir}").eval()
     data = SyntheticShapes(count, config.data.image_size, seed=config.seed, split="val")
@@ -80,7 +82,7 @@ def snapshot_ap(model_dir: Path, config: TrainConfig) -> dict[str, float]:
 
     from .engine.trainer import build_datasets, evaluate  # noqa: PLC0415
     from .inference import optimize_for_inference  # noqa: PLC0415
-    from .registry import create  # noqa: PLC0415
+    from .factory import create  # noqa: PLC0415
 
     model = create(f"local-dir:{model_dir}").eval()
     _, val_set = build_datasets(config.data, config.seed)
@@ -92,7 +94,8 @@ def snapshot_ap(model_dir: Path, config: TrainConfig) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynamic_atss demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dynamic_atss demo", description=__doc__, allow_abbrev=False,
+                                     epilog="config overrides: --section.key value (as for train), e.g. --optim.lr 0.001")
     parser.add_argument("--config", help="a YAML recipe instead of the embedded default")
     parser.add_argument("--out", help="output folder (default outputs/demo)")
     parser.add_argument("--iters", type=int, help="training iterations (default 600)")
@@ -102,8 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="head family of the demo: atss (default), gfl, gflv2 (Figure 3 with --compare), vfnet (Figure 4)")
     parser.add_argument("--snapshot-ap", action="store_true",
                         help="also evaluate the saved model as optimize_for_inference snapshots (float32, bfloat16)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.lr=0.001")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    # One override syntax with `train`: --section.key value. The old positional `section.key=value` still works,
+    # with a deprecation message (it goes in a later version).
+    old_style = [item for item in rest if not item.startswith("-") and "=" in item]
+    if old_style:
+        print(f"warning: positional overrides ({' '.join(old_style)}) are deprecated; write them as `train` takes "
+              f"them: {' '.join('--' + item.replace('=', ' ', 1) for item in old_style)}", file=sys.stderr)
+    args.overrides = old_style + cli_overrides([item for item in rest if item not in old_style], parser.error)
 
     if args.config:
         config = load_config(args.config, args.overrides)

@@ -420,6 +420,41 @@ _SUMMARY_LINES = {  # name -> (AP/AR, IoU, area, maxDets), as COCOeval.summarize
 }  # fmt: skip
 
 
+def evaluator_for(dataset: Any) -> CocoEvaluator:
+    """A `CocoEvaluator` for a detection dataset (`CocoDetection`, `HFDetection`, the synthetic one, or a
+    `Subset` of one): its already-indexed COCO ground truth (`.coco`) when it has one, else `to_coco_dict()`,
+    with its `label_to_cat_id` and `class_names`."""
+    import torch  # noqa: PLC0415
+
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    coco_gt = getattr(dataset, "coco", None)
+    return CocoEvaluator(coco_gt if coco_gt is not None else dataset.to_coco_dict(), dataset.label_to_cat_id,
+                         class_names=dataset.class_names)
+
+
+def evaluate_detections(
+    model: Any, loader: Any, evaluator: CocoEvaluator, accelerator: Any = None, *,
+    autocast: Any = contextlib.nullcontext, progress: Any = None,
+) -> CocoEvaluator:
+    """The one COCO evaluation loop (trainer and `benchmark coco`): `model(images)` on every batch of `loader`
+    (`(images, targets)` as `collate_fn` makes them) without gradients, detections into `evaluator` by
+    `image_id`, then gathered across processes. `autocast`: a context factory around the model call;
+    `progress`: a tqdm bar updated once per batch."""
+    import torch  # noqa: PLC0415
+
+    with torch.no_grad():
+        for images, targets in loader:
+            with autocast():
+                detections = model(list(images))
+            evaluator.update([int(t["image_id"]) for t in targets],
+                             [{k: v.cpu() for k, v in d.items()} for d in detections])
+            if progress is not None:
+                progress.update(1)
+    evaluator.gather(accelerator)
+    return evaluator
+
+
 def format_coco_summary(metrics: Mapping[str, Any]) -> str:
     """The 12 lines of ``COCOeval.summarize()`` for ``metrics`` (same text for both backends)."""
     lines = []

@@ -30,8 +30,9 @@ import torch
 
 from .data.coco import load_image
 from .errors import UserInputError
+from .factory import create
 from .inference.optimize import optimize_for_inference
-from .registry import NoPretrainedWeightsError, create
+from .registry import NoPretrainedWeightsError
 from .visualize import draw_detections, save_png
 
 

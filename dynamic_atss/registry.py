@@ -1,16 +1,20 @@
-"""A timm-style registry: named constructors, short aliases, `name.tag` pretrained weights, one `create()`.
+"""The tables of the zoo, timm-style: registered model names (and short aliases), `name.tag` pretrained weights,
+the converters that can load other libraries' weights, and the errors that say what exists. Nothing here builds
+or loads a model (that is `dynamic_atss.factory`), and this module imports nothing else of the package
+but `errors` (the base class of the user-input errors).
 
 The weights are listed in `model_index.json`, one entry per `name.tag`, as data:
 
 - published dynamic-atss weights: `hf_hub_id` + pinned `revision` (a Hub repo written by `push_to_hub`);
 - another library's public checkpoint: `url` + `hash_prefix` (its published SHA-256 prefix) + `converter`
-  (`mmdet_<family>`, see `dynamic_atss.convert.available_converters`), downloaded, converted and cached on first use
+  (`mmdet_<family>`, see `available_converters`), downloaded, converted and cached on first use
   (`dynamic_atss/convert/url.py`);
 - with `metrics` (the AP published for those weights, and by whom), `description` (how they were trained) and
   `family` (the head family they need). Entries of a family this version does not have yet are listed, and
   `create()` on them says the family is not available yet.
 
-`register_pretrained()` adds entries at run time (tests, private mirrors).
+`register_pretrained()` adds entries at run time (tests, private mirrors). Registering a model name twice is an
+error, as for every registry of the package (head families, mmdetection head mappings).
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import UserInputError
 
-_MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import ModelConfig
+
 _PREFIX = "dynamic_atss_"
 INDEX_FILE = Path(__file__).with_name("model_index.json")
 # The recipe that turns converted ATSS weights into Dynamic ATSS (combined-IoU assigner, short schedule).
@@ -49,9 +53,7 @@ class PretrainedCfg:
     family: str = "atss"  # head family the weights need
     recipe: str | None = None  # configs/<recipe>.yaml that trained it (dynamic-atss recipes)
     description: str = ""  # how the weights were trained, by whom
-    dataset: str = "coco"
     metrics: dict[str, Any] = field(default_factory=dict)  # e.g. {"split": "val2017", "AP": 39.4, "source": ...}
-    notes: str = ""
 
     @property
     def name(self) -> str:
@@ -75,14 +77,49 @@ class FamilyNotAvailableError(NotImplementedError):
     """Weights of a head family (or converter) that this version of the library does not have yet."""
 
 
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model name: its head family, backbone token ("r101", "x101_32x8d") and DCN flag (which rank
+    the nearest weights in error messages), and the function that returns its `ModelConfig`."""
+
+    name: str
+    family: str
+    trunk: str
+    dcn: bool
+    config: Callable[[], ModelConfig]
+    doc: str = ""
+
+
+_MODELS: dict[str, ModelEntry] = {}
 _PRETRAINED: dict[str, PretrainedCfg] = {}
 _DEFAULT_TAG: dict[str, str] = {}
+_CONVERTER_SOURCES: list[Callable[[], dict[str, Callable[..., Any]]]] = []
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator for the constructors in `models/zoo.py`."""
-    _MODEL_ENTRYPOINTS[fn.__name__] = fn
-    return fn
+def register_model(entry: ModelEntry) -> ModelEntry:
+    """Add a model name (`models/zoo.py` registers every `HeadFamily` variant); a name registered twice raises."""
+    if entry.name in _MODELS:
+        raise ValueError(f"model {entry.name!r} is registered twice")
+    _MODELS[entry.name] = entry
+    return entry
+
+
+def model_entry(name: str) -> ModelEntry | None:
+    """The entry of a registered name or alias ('r50' -> dynamic_atss_r50), None if there is none."""
+    return _MODELS.get(_canonical(name))
+
+
+def register_converter_source(source: Callable[[], dict[str, Callable[..., Any]]]) -> None:
+    """`source()` -> the converters it provides now, by name (`dynamic_atss.convert` adds one per library)."""
+    _CONVERTER_SOURCES.append(source)
+
+
+def available_converters() -> dict[str, Callable[..., Any]]:
+    """Converter name (model_index.json "converter") -> checkpoint dict -> (ModelConfig, state dict)."""
+    converters: dict[str, Callable[..., Any]] = {}
+    for source in _CONVERTER_SOURCES:
+        converters.update(source())
+    return converters
 
 
 def register_pretrained(cfg: PretrainedCfg, default: bool = False) -> None:
@@ -105,14 +142,12 @@ def list_pretrained_cfgs() -> list[PretrainedCfg]:
 
 def _canonical(name: str) -> str:
     """'r50' / 'dynamic_atss_r50' -> 'dynamic_atss_r50' (unknown names are returned unchanged)."""
-    if name in _MODEL_ENTRYPOINTS:
+    if name in _MODELS:
         return name
-    return _PREFIX + name if _PREFIX + name in _MODEL_ENTRYPOINTS else name
+    return _PREFIX + name if _PREFIX + name in _MODELS else name
 
 
-def _converter_available(cfg: PretrainedCfg) -> bool:
-    from .convert import available_converters  # noqa: PLC0415  (lazy: convert imports the hub and the models)
-
+def converter_available(cfg: PretrainedCfg) -> bool:
     return cfg.converter in available_converters()
 
 
@@ -120,10 +155,10 @@ def _loadable(cfg: PretrainedCfg) -> bool:
     """This version can load these weights (published on the Hub, or at a URL with an available converter).
 
     Saved and converted weights carry their own config, so no registered constructor is needed to load them."""
-    return bool(cfg.hf_hub_id) or (bool(cfg.url) and _converter_available(cfg))
+    return bool(cfg.hf_hub_id) or (bool(cfg.url) and converter_available(cfg))
 
 
-def _family_not_available(cfg: PretrainedCfg) -> FamilyNotAvailableError:
+def family_not_available(cfg: PretrainedCfg) -> FamilyNotAvailableError:
     available = ", ".join(c.name for c in _PRETRAINED.values() if _loadable(c)) or "none"
     return FamilyNotAvailableError(
         f"{cfg.name} ({cfg.description or cfg.family}) needs the '{cfg.family}' head family"
@@ -137,10 +172,10 @@ def split_name(name: str) -> tuple[str, str | None]:
     """'r50.coco_1x' -> ('dynamic_atss_r50', 'coco_1x'); raises with the closest names if unknown."""
     model, _, tag = name.partition(".")
     model = _canonical(model)
-    if model not in _MODEL_ENTRYPOINTS:
+    if model not in _MODELS:
         if any(cfg.model == model for cfg in _PRETRAINED.values()):
             return model, tag or None  # weights of a family without a constructor here: loadable by tag, if at all
-        candidates = list(_MODEL_ENTRYPOINTS) + [n[len(_PREFIX):] for n in _MODEL_ENTRYPOINTS]
+        candidates = list(_MODELS) + [n[len(_PREFIX):] for n in _MODELS]
         close = difflib.get_close_matches(name.partition(".")[0], candidates, n=4, cutoff=0.4)
         hint = f"; closest: {close}" if close else ""
         looks_like_path = os.sep in name or name.startswith((".", "~"))
@@ -157,13 +192,13 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     if tag is None:  # a model nobody has published weights of (no entry at all)
         raise NoPretrainedWeightsError(
             f"{model} has no published weights yet: no checkpoint of it has been trained and published.\n"
-            + _what_is_available(model)
+            + what_is_available(model)
         )
     if key not in _PRETRAINED:
         known = sorted(k for k in _PRETRAINED if k.startswith(model + "."))
         raise ValueError(
             f"no pretrained tag {key if tag else model!r}; tags for {model}: {known or 'none'}.\n"
-            + _what_is_available(model)
+            + what_is_available(model)
         )
     return _PRETRAINED[key]
 
@@ -177,29 +212,25 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     if pretrained:
         names = [k for k, cfg in _PRETRAINED.items() if _loadable(cfg)]
     else:
-        names = list(_MODEL_ENTRYPOINTS)
+        names = list(_MODELS)
     return sorted(
         n for n in names if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.removeprefix(_PREFIX), pattern)
     )
 
 
 # ---------------------------------------------------------------------------------------------- weights
-_BACKBONE_TOKEN = re.compile(r"^(r\d+|x\d+(_\d+x\d+d)?)$")
-
-
 def _backbone_tokens(model: str) -> tuple[str, bool]:
-    """'dynamic_atss_r101_dcn' -> ('r101', True); 'atss_x101_32x8d' -> ('x101_32x8d', False)."""
-    rest = model.removeprefix(_PREFIX)
-    rest = re.sub(r"^(dynamic_)?(atss|gflv2|gfl|vfnet)_", "", rest)
-    dcn = rest.endswith("_dcn")
-    return rest.removesuffix("_dcn"), dcn
+    """'dynamic_atss_r101_dcn' -> ('r101', True), from its entry; ('', False) for a name without one."""
+    entry = _MODELS.get(model)
+    return (entry.trunk, entry.dcn) if entry else ("", False)
 
 
 def _family_of(model: str) -> str:
-    """The head family a registered model name belongs to (its `head.kind`), from the name alone: building the
-    model to read its config would be far slower than this error path deserves."""
-    match = re.search(r"(?:^|_)(atss|gflv2|gfl|vfnet)_", model)
-    return {"gflv2": "gfl"}.get(match.group(1), match.group(1)) if match else "atss"
+    """The head family (`head.kind`) of a model name: its entry's, else that of weights indexed under it."""
+    entry = _MODELS.get(model)
+    if entry:
+        return entry.family
+    return next((cfg.family for cfg in _PRETRAINED.values() if cfg.model == model), "atss")
 
 
 def _nearest_weights(model: str, limit: int = 4) -> list[PretrainedCfg]:
@@ -222,7 +253,7 @@ def _describe(cfg: PretrainedCfg) -> str:
     return f"{cfg.description or cfg.name}" + (f"; {ap} box AP ({where})" if ap is not None else "")
 
 
-def _what_is_available(model: str, recipe: str | None = None) -> str:
+def what_is_available(model: str, recipe: str | None = None) -> str:
     nearest = _nearest_weights(model)
     lines = []
     if nearest:
@@ -234,90 +265,54 @@ def _what_is_available(model: str, recipe: str | None = None) -> str:
             "plain detectors (anchor IoUs only), not their combined-IoU versions")
         lines.append(
             f"Those are {plain}. To get combined-IoU weights, fine-tune one with the combined-IoU "
-            f"assigner (one GPU, short schedule):\n    accelerate launch train.py --config {FINETUNE_RECIPE} "
-            "--push-to-hub org/name\n(its `init_from:` names the converted tag; set `init_from` and `model` for "
-            "another backbone). `--push-to-hub` shares the result; `python hub/push.py --model OUT/model --repo "
-            f"org/name --update-index {model}.TAG` pins it in the model index."
+            f"assigner (one GPU, short schedule):\n    accelerate launch -m dynamic_atss train --config "
+            f"{FINETUNE_RECIPE} --push-to-hub org/name\n(its `init_from:` names the converted tag; set `init_from` "
+            "and `model` for another backbone). `--push-to-hub` shares the result; `dynamic-atss push --model "
+            f"OUT/model --repo org/name --update-index {model}.TAG` pins it in the model index."
         )
     pending = sorted({c.family for c in _PRETRAINED.values() if c.has_weights and not _loadable(c)})
     if pending:
         lines.append(f"Public COCO weights of the {', '.join(pending)} families are indexed too and load once those "
                      "families are available (dynamic_atss.registry.list_pretrained_cfgs()).")
     if recipe:
-        lines.append(f"Or train from ImageNet weights: accelerate launch train.py --config configs/{recipe}.yaml")
+        lines.append(f"Or train from ImageNet weights: accelerate launch -m dynamic_atss train --config {recipe}")
     lines.append("Weights you already have: create('path/to/folder') or create('hf-hub:org/name').")
     return "\n".join(lines)
 
 
-def load_pretrained_tag(name: str, **kwargs: Any) -> nn.Module:
-    """The model with the weights of `name` ('model' for its default tag, or 'model.tag').
-
-    `kwargs`: `num_classes`, load-time config overrides, and for Hub weights `cache_dir`, `local_files_only`,
-    `force_download`, `token`, `endpoint`; for URL weights `cache_dir`, `local_files_only`, `force_download`,
-    `progress`.
-    """
-    cfg = get_pretrained_cfg(name)
-    kwargs.pop("backbone_pretrained", None)  # the checkpoint holds the backbone too
-    if cfg.hf_hub_id:
-        from .hub import load_pretrained  # noqa: PLC0415
-
-        revision = f"@{cfg.revision}" if cfg.revision else ""
-        model = load_pretrained(f"hf-hub:{cfg.hf_hub_id}{revision}", **kwargs)
-        model.pretrained_info["tag"] = cfg.name
-        return model
-    if cfg.url:
-        if not _converter_available(cfg):
-            raise _family_not_available(cfg)
-        from .convert import load_url_weights  # noqa: PLC0415
-
-        return load_url_weights(cfg, **kwargs)
-    raise NoPretrainedWeightsError(
-        f"{cfg.name} has no published weights yet: no checkpoint of it has been trained and published.\n"
-        + _what_is_available(cfg.model, cfg.recipe)
-    )
+# ---------------------------------------------------------------------------------------------- locations
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-def create(name: str | os.PathLike, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """The one way to build or load a model.
+def is_model_folder(name: str | os.PathLike) -> bool:
+    """Whether `name` is an existing folder (the way `create()` tells a folder from a registered name)."""
+    return Path(os.fspath(name)).expanduser().is_dir()
 
-    `name`:
-    - a registered name or alias (`"r50"`, `"dynamic_atss_r101_dcn"`, `"atss_r50"`): random weights, or with
-      `pretrained=True` the weights of its default tag;
-    - `"name.tag"` (`"atss_r50.mmdet_coco_1x"`): those weights (`pretrained` is implied);
-    - `"hf-hub:org/name[@revision]"`, `"local-dir:/path"` or a path to an existing folder holding
-      `config.json` + `model.safetensors` (a registered name wins over a folder of the same name: use
-      `"./name"` or `"local-dir:name"` for the folder).
-    `kwargs`: `num_classes`, `min_size`, `max_size`, `backbone="<timm name>"`, `backbone_pretrained`, and any
-    config field as a dotted key (`**{"head.quality": "centerness"}`); for saved weights only the load-time
-    fields (`dynamic_atss.hub.LOAD_TIME_OVERRIDES`), plus the download options of `load_pretrained_tag`.
-    """
+
+def parse_location(name: str | os.PathLike) -> tuple[str, str, str | None] | None:
+    """Where saved weights are: 'hf-hub:org/name[@rev]' -> ("hub", "org/name", rev); 'local-dir:PATH' or an existing
+    folder -> ("dir", PATH, None); anything else (a model name, a missing path) -> None."""
     name = os.fspath(name)
-    registered = _canonical(name.partition(".")[0]) in _MODEL_ENTRYPOINTS
-    if name.startswith(("hf-hub:", "local-dir:")) or (not registered and _is_folder(name)):
-        from .hub import load_pretrained  # noqa: PLC0415
-
-        kwargs.pop("backbone_pretrained", None)
-        return load_pretrained(name, **kwargs)
-    if not registered and (os.sep in name or name.startswith((".", "~"))):  # a path, not a model name
-        path = Path(name).expanduser()
-        if path.is_file():
-            raise ValueError(
-                f"{name} is a file: give the model folder (config.json + model.safetensors, as save_pretrained "
-                "writes it); convert an mmdetection .pth first with `python hub/convert_mmdet.py FILE --out DIR`"
-            )
-        raise FileNotFoundError(f"model folder not found: {name} (nor is it a registered model name)")
-    model, tag = split_name(name)
-    if tag is not None:
-        pretrained = True
-    if model not in _MODEL_ENTRYPOINTS:  # indexed weights of a family without a constructor (e.g. GFL, VFNet)
-        if pretrained:
-            return load_pretrained_tag(name, **kwargs)
-        raise _family_not_available(get_pretrained_cfg(model))
-    return _MODEL_ENTRYPOINTS[model](pretrained=pretrained, pretrained_tag=tag, **kwargs)
+    if name.startswith("hf-hub:"):
+        repo, _, revision = name[len("hf-hub:"):].partition("@")
+        if not _REPO_ID.match(repo):
+            raise ValueError(f"{name!r}: expected 'hf-hub:org/name' or 'hf-hub:org/name@revision'")
+        return "hub", repo, revision or None
+    if name.startswith("local-dir:"):
+        return "dir", name[len("local-dir:"):], None
+    if is_model_folder(name):
+        return "dir", name, None
+    return None
 
 
-def _is_folder(name: str) -> bool:
-    return Path(name).expanduser().is_dir()
+def is_repo_id(name: str) -> bool:
+    """'org/name' (what the Hub accepts as a repo id; not a relative or absolute path)."""
+    return bool(_REPO_ID.match(name)) and not name.startswith((".", "/", "~"))
+
+
+def is_registered(name: str) -> bool:
+    """'r50', 'dynamic_atss_r50', 'r50.coco_1x': the part before the tag is a registered name or alias."""
+    return _canonical(name.partition(".")[0]) in _MODELS
 
 
 _load_index()

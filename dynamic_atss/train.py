@@ -23,6 +23,7 @@ import sys
 
 from .engine.config import config_help, list_recipes, load_config
 from .errors import exits_2_on_user_error
+from .typed import cli_overrides
 
 
 def build_parser(prog: str = "python -m dynamic_atss.train") -> argparse.ArgumentParser:
@@ -45,20 +46,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m dynamic_ats
     """-> (known options, `key=value` overrides, parser)."""
     parser = build_parser(prog)
     args, rest = parser.parse_known_args(argv)
-    overrides = []
-    i = 0
-    while i < len(rest):
-        item = rest[i]
-        if not item.startswith("--"):
-            parser.error(f"unexpected argument {item!r}; overrides look like --section.key value")
-        if "=" in item:
-            overrides.append(item[2:])
-            i += 1
-        elif i + 1 < len(rest):
-            overrides.append(f"{item[2:]}={rest[i + 1]}")
-            i += 2
-        else:
-            parser.error(f"override {item} needs a value")
+    overrides = cli_overrides(rest, parser.error)
     if args.push_to_hub:
         overrides.append(f"push_to_hub={args.push_to_hub}")
     return args, overrides, parser

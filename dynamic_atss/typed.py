@@ -37,7 +37,7 @@ import yaml
 
 from .errors import UserInputError
 
-__all__ = ["ConfigError", "convert", "convert_dotted", "describe_type", "field_rows", "field_types", "from_dict",
+__all__ = ["ConfigError", "cli_overrides", "convert", "convert_dotted", "describe_type", "field_rows", "field_types", "from_dict",
            "resolve_dotted"]
 
 _NONE_WORDS = {"none", "null", "~", ""}
@@ -263,3 +263,23 @@ def field_rows(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
         else:
             rows.append((f"{prefix}{f.name}", describe_type(tp), default, comments.get(f.name, "")))
     return rows
+
+
+def cli_overrides(rest: list[str], fail: typing.Callable[[str], typing.NoReturn]) -> list[str]:
+    """The command line's config overrides, `--section.key value` or `--section.key=value` (what `train` and
+    `demo` both take) -> ["section.key=value", ...]; `fail(message)` reports anything else (argparse's `error`)."""
+    overrides = []
+    i = 0
+    while i < len(rest):
+        item = rest[i]
+        if not item.startswith("--"):
+            fail(f"unexpected argument {item!r}; overrides look like --section.key value")
+        if "=" in item:
+            overrides.append(item[2:])
+            i += 1
+        elif i + 1 < len(rest):
+            overrides.append(f"{item[2:]}={rest[i + 1]}")
+            i += 2
+        else:
+            fail(f"override {item} needs a value")
+    return overrides

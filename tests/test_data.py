@@ -543,6 +543,20 @@ def test_collate_fn_keeps_per_image_sizes_and_build_dataset(tmp_path):
         build_dataset("voc")
 
 
+def test_every_pipeline_builds_datasets_through_the_one_factory(monkeypatch):
+    """The trainer's and `benchmark coco`'s datasets come from `dynamic_atss.data.build_dataset`."""
+    import ast
+    import inspect
+
+    from dynamic_atss.benchmark import coco as coco_bench
+    from dynamic_atss.engine import trainer
+
+    for module in (trainer, coco_bench):
+        calls = {node.func.id for node in ast.walk(ast.parse(inspect.getsource(module)))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+        assert not {"SyntheticShapes", "CocoDetection", "HFDetection"} & calls, module.__name__
+
+
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     """Issue 18, item 6: a 16-bit greyscale PNG (mode I;16) used to become 99% white (values clipped at 255)."""
     from dynamic_atss.data.coco import load_image

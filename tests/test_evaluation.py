@@ -367,3 +367,36 @@ def test_format_table():
         "| a | 50.0 | b | 25.0 | c | - |",
         "| d | 100.0 |  |  |  |  |",
     ]
+
+
+def test_the_one_evaluation_loop_over_a_dataset_subset(dataset, label_maps):
+    """`evaluator_for` + `evaluate_detections`: what the trainer and `benchmark coco` both run."""
+    from dynamic_atss.evaluation import evaluate_detections, evaluator_for
+
+    label_to_cat_id, cat_id_to_label = label_maps
+
+    class Dataset(torch.utils.data.Dataset):
+        def __init__(self):
+            self.label_to_cat_id, self.class_names, self.ids = label_to_cat_id, NAMES, list(GT)
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, index):
+            return torch.zeros(3, 8, 8), {"image_id": self.ids[index]}
+
+        def to_coco_dict(self):
+            return dataset
+
+    calls = []
+
+    def model(images):
+        calls.append(len(images))
+        return [_perfect_prediction(GT_ORDER.pop(0), cat_id_to_label) for _ in images]
+
+    GT_ORDER = list(GT)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(Dataset(), range(3)), batch_size=2,
+                                         collate_fn=lambda batch: tuple(zip(*batch)))
+    evaluator = evaluate_detections(model, loader, evaluator_for(loader.dataset))
+    assert calls == [2, 1] and len(evaluator) == 3
+    assert evaluator.evaluate()["AP"] == pytest.approx(1.0)

@@ -38,7 +38,7 @@ def test_torch_export_of_forward_raw_matches_eager_for_every_family(tiny_kwargs,
         expected = [t for level in model.forward_raw(x) for t in level]
         got = program.module()(x)
     assert len(got) == len(expected) == len(raw_output_names(model))
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         assert e.shape == g.shape
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
@@ -50,7 +50,7 @@ def test_torch_export_of_a_dcn_model(tiny_kwargs):
     with torch.no_grad():
         expected = [t for level in model.forward_raw(x) for t in level]
         got = program.module()(x)
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
@@ -76,8 +76,8 @@ def test_onnx_runtime_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path, 
     x = torch.randn(3, 3, 256, 288)
     with torch.no_grad():
         raw = model.forward_raw(x)
-    for e_list, g_list in zip(raw, fast.run_raw(x)):
-        for e, g in zip(e_list, g_list):
+    for e_list, g_list in zip(raw, fast.run_raw(x), strict=True):
+        for e, g in zip(e_list, g_list, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
@@ -123,7 +123,7 @@ def test_onnx_dcn_model_exports_through_deformconv(onnx_deps, tiny_kwargs, tmp_p
     runner = OnnxRuntimeDetector(path, model)
     with torch.no_grad():
         expected = model.forward_raw(x)
-    for e_list, g_list in zip(expected, runner.run_raw(x)):
-        for e, g in zip(e_list, g_list):
+    for e_list, g_list in zip(expected, runner.run_raw(x), strict=True):
+        for e, g in zip(e_list, g_list, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 

@@ -25,7 +25,7 @@ from dynamic_atss.detection.assigner import CombinedIoUAssigner
 from dynamic_atss.detection.heads import Targets
 from dynamic_atss.detection.heads.gfl import GFLHead
 from dynamic_atss.detection.losses import distribution_focal_loss, joint_quality_focal_loss
-from dynamic_atss.models.dcn import ModulatedDeformConv2d
+from dynamic_atss.ops.dcn import ModulatedDeformConv2d
 from hub_server import file_server  # noqa: F401  (pytest fixture)
 from test_url_weights import point_tag_at, scratch_registry, torch_cache  # noqa: F401  (pytest fixtures)
 from test_convert import (

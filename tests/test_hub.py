@@ -135,7 +135,7 @@ def test_path_like_names_in_create(tmp_path):
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         dynamic_atss.create(str(tmp_path / "missing"))
     (tmp_path / "weights.pth").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"is a file: give the model folder.*convert_mmdet"):
+    with pytest.raises(ValueError, match=r"is a file: give the model folder.*dynamic-atss convert"):
         dynamic_atss.create(str(tmp_path / "weights.pth"))
 
 

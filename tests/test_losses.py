@@ -111,7 +111,7 @@ def test_reduce_mean_identity_and_distributed(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------------------
-# DetectionLoss
+# The ATSS family: assignment + losses (`ATSSHead.compute_loss`)
 # --------------------------------------------------------------------------------------------------------
 NUM_CLASSES = 3
 STRIDES = [8, 16, 32, 64, 128]
@@ -138,7 +138,7 @@ def detection_problem(seed=0, with_gt=True):
     return anchors, num_per_level, heads, gt_boxes, gt_labels, gt_mask
 
 
-class DetectionLoss:
+class ATSSAssignAndLoss:
     """The ATSS family's `compute_loss` (assignment + losses) on given flattened outputs, as the detector calls it."""
 
     def __init__(self, loss_cfg, assigner_cfg, quality, num_classes):
@@ -196,7 +196,7 @@ def manual_losses(problem, cls_loss, quality, assigner_cfg=AssignerConfig()):
 @pytest.mark.parametrize("cls_loss,quality", [("focal", "centerness"), ("qfl", "iou")])
 def test_detection_loss_matches_manual(cls_loss, quality):
     problem = detection_problem()
-    loss_fn = DetectionLoss(LossConfig(cls_loss=cls_loss), AssignerConfig(), quality, NUM_CLASSES)
+    loss_fn = ATSSAssignAndLoss(LossConfig(cls_loss=cls_loss), AssignerConfig(), quality, NUM_CLASSES)
     losses, stats = call(loss_fn, problem)
     expected, num_pos = manual_losses(problem, cls_loss, quality)
     assert num_pos > 5
@@ -210,7 +210,7 @@ def test_detection_loss_matches_manual(cls_loss, quality):
 @pytest.mark.parametrize("quality", ["centerness", "iou"])
 def test_all_configs_finite_with_gradients(cls_loss, quality):
     problem = detection_problem(1)
-    loss_fn = DetectionLoss(LossConfig(cls_loss=cls_loss), AssignerConfig(), quality, NUM_CLASSES)
+    loss_fn = ATSSAssignAndLoss(LossConfig(cls_loss=cls_loss), AssignerConfig(), quality, NUM_CLASSES)
     losses, stats = call(loss_fn, problem)
     total = sum(losses.values())
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
@@ -227,7 +227,7 @@ def test_all_configs_finite_with_gradients(cls_loss, quality):
 
 def test_no_gt_in_batch_keeps_graph_connected():
     problem = detection_problem(2, with_gt=False)
-    loss_fn = DetectionLoss(LossConfig(cls_loss="qfl"), AssignerConfig(), "iou", NUM_CLASSES)
+    loss_fn = ATSSAssignAndLoss(LossConfig(cls_loss="qfl"), AssignerConfig(), "iou", NUM_CLASSES)
     losses, stats = call(loss_fn, problem)
     assert stats["num_pos"].item() == 0
     assert losses["loss_box"].item() == 0.0 and losses["loss_quality"].item() == 0.0
@@ -246,7 +246,7 @@ def test_no_gt_in_batch_keeps_graph_connected():
 def test_bf16_autocast_cpu():
     problem = detection_problem(3)
     anchors, num_per_level, heads, gt_boxes, gt_labels, gt_mask = problem
-    loss_fn = DetectionLoss(LossConfig(cls_loss="vfl"), AssignerConfig(), "iou", NUM_CLASSES)
+    loss_fn = ATSSAssignAndLoss(LossConfig(cls_loss="vfl"), AssignerConfig(), "iou", NUM_CLASSES)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = {k: (v * 1.0).to(torch.bfloat16) for k, v in heads.items()}  # what a bf16 head returns
         losses, _ = loss_fn(anchors, num_per_level, low["cls_logits"], low["box_deltas"], low["quality_logits"],
@@ -259,9 +259,9 @@ def test_bf16_autocast_cpu():
 
 def test_progress_reaches_the_assigner():
     problem = detection_problem(4)
-    up = DetectionLoss(LossConfig(), AssignerConfig(pred_weight="up"), "iou", NUM_CLASSES)
-    atss = DetectionLoss(LossConfig(), AssignerConfig(pred_weight=0.0), "iou", NUM_CLASSES)
-    combined = DetectionLoss(LossConfig(), AssignerConfig(pred_weight=1.0), "iou", NUM_CLASSES)
+    up = ATSSAssignAndLoss(LossConfig(), AssignerConfig(pred_weight="up"), "iou", NUM_CLASSES)
+    atss = ATSSAssignAndLoss(LossConfig(), AssignerConfig(pred_weight=0.0), "iou", NUM_CLASSES)
+    combined = ATSSAssignAndLoss(LossConfig(), AssignerConfig(pred_weight=1.0), "iou", NUM_CLASSES)
     _, s_up0 = call(up, problem, progress=0.0)
     _, s_atss = call(atss, problem)
     _, s_up1 = call(up, problem, progress=1.0)
@@ -273,6 +273,6 @@ def test_progress_reaches_the_assigner():
 
 def test_bad_config_rejected():
     with pytest.raises(ValueError, match="cls_loss"):
-        DetectionLoss(LossConfig(cls_loss="ce"), AssignerConfig(), "iou", 3)
+        ATSSAssignAndLoss(LossConfig(cls_loss="ce"), AssignerConfig(), "iou", 3)
     with pytest.raises(ValueError, match="quality"):
-        DetectionLoss(LossConfig(), AssignerConfig(), "iou_aware", 3)
+        ATSSAssignAndLoss(LossConfig(), AssignerConfig(), "iou_aware", 3)

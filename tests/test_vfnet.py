@@ -27,7 +27,7 @@ from dynamic_atss.detection.assigner import AssignResult, paired_iou
 from dynamic_atss.detection.heads import Targets
 from dynamic_atss.detection.heads import vfnet as vfnet_module
 from dynamic_atss.detection.heads.vfnet import VFNetHead, distance_to_boxes, star_offsets
-from dynamic_atss.models.dcn import DeformConv2d, ModulatedDeformConv2d
+from dynamic_atss.ops.dcn import DeformConv2d, ModulatedDeformConv2d
 from hub_server import file_server  # noqa: F401  (pytest fixture)
 from test_convert import TINY, TINY_OVERRIDES, _import_mmdet, assert_all_landed, expected_target, mmdet_atss_state_dict
 from test_url_weights import scratch_registry, torch_cache  # noqa: F401  (pytest fixtures)
@@ -416,7 +416,7 @@ def test_indexed_mmdetection_weights_load_by_tag(tmp_path, file_server, torch_ca
 
 
 def test_convert_script_converts_vfnet_checkpoints(tmp_path, scratch_registry):  # noqa: F811
-    """`hub/convert_mmdet.py` (the manual route the URL loader names) takes any registered family; with `--tag`
+    """`dynamic-atss convert` (the manual route the URL loader names) takes any registered family; with `--tag`
     the checkpoint must hold the family of the index entry."""
     import importlib.util
     from pathlib import Path

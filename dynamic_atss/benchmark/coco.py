@@ -1,7 +1,7 @@
 """COCO box AP of a model: val2017 metrics (the paper's columns) or a test-dev2017 submission zip.
 
     python -m dynamic_atss benchmark coco --model r50.coco_1x --data /data/coco --split val2017
-    accelerate launch benchmarks/coco.py --model local-dir:runs/r50 --data /data/coco --split test-dev2017
+    accelerate launch -m dynamic_atss benchmark coco --model local-dir:runs/r50 --data /data/coco --split test-dev2017
 
 COCO folder layout (the official one):
 
@@ -105,16 +105,17 @@ def detect_data_format(data: str) -> str:
     raise FileNotFoundError(f"--data: no such folder: {data}")
 
 
-def build_dataset(data: str, split: str, data_format: str = "auto"):
-    """The evaluation dataset (no transforms: the model resizes) and a description for logs."""
-    from ..data import CocoDetection, HFDetection  # noqa: PLC0415
+def evaluation_dataset(data: str, split: str, data_format: str = "auto"):
+    """The evaluation dataset of `--data` / `--split` (no transforms: the model resizes), made by the one dataset
+    factory (`dynamic_atss.data.build_dataset`), and a description for logs."""
+    from ..data import build_dataset  # noqa: PLC0415
 
     data_format = detect_data_format(data) if data_format == "auto" else data_format
     if data_format == "coco":
         image_dir, ann_file = resolve_coco_split(data, split)
-        return CocoDetection(image_dir, ann_file), f"COCO {split} ({ann_file})"
+        return build_dataset("coco", image_dir=image_dir, ann_file=ann_file), f"COCO {split} ({ann_file})"
     try:
-        return HFDetection(data, split=split), f"Hugging Face {data} [{split}]"
+        return build_dataset("hf", source=data, split=split), f"Hugging Face {data} [{split}]"
     except KeyError as error:  # unknown split of a DatasetDict: KeyError's repr would quote the message
         raise ValueError(f"--data {data}: {error.args[0] if error.args else error}") from error
 
@@ -125,7 +126,7 @@ def load_model(spec: str, random_weights: bool = False, num_classes: int | None 
     """A model and a name for file names, through `dynamic_atss.create()`: a tag or model name with weights,
     ``hf-hub:org/name``, ``local-dir:PATH`` or a folder (``config.json`` + ``model.safetensors``); with
     `random_weights`, a registered name built with random weights (`model_args` / `num_classes` configure it)."""
-    from .. import create  # noqa: PLC0415
+    from ..factory import create  # noqa: PLC0415
     from ..registry import FamilyNotAvailableError, NoPretrainedWeightsError, split_name  # noqa: PLC0415
 
     if random_weights:
@@ -157,12 +158,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     from ..data import collate_fn  # noqa: PLC0415
-    from ..evaluation import CocoEvaluator, format_table  # noqa: PLC0415
+    from ..evaluation import evaluate_detections, evaluator_for, format_table  # noqa: PLC0415
 
     submission = args.split in SUBMISSION_SPLITS or args.submission
     accelerator = Accelerator(cpu=args.cpu)
     torch.manual_seed(args.seed)  # --random-weights: the same weights on every process
-    dataset, description = build_dataset(args.data, args.split, args.data_format)
+    dataset, description = evaluation_dataset(args.data, args.split, args.data_format)
     num_images = len(dataset)
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, num_images)))
@@ -204,24 +205,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     loader = accelerator.prepare(loader)
-    gt = dataset_attr(dataset, "coco", None)
-    evaluator = CocoEvaluator(gt if gt is not None else dataset_attr(dataset, "to_coco_dict")(), label_to_cat_id,
-                              class_names=class_names)
     if accelerator.is_main_process:
         print(f"{name}: {description}, {len(dataset)} images, batch {args.batch_size} x {accelerator.num_processes} "
               f"process(es) on {device}", file=sys.stderr)
     start = time.perf_counter()
     progress = tqdm(total=len(loader), desc=f"{args.split}", unit="batch", disable=not accelerator.is_main_process
                     or args.no_progress, file=sys.stderr, dynamic_ncols=True)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
-    with torch.inference_mode():
-        for images, targets in loader:
-            with autocast:
-                outputs = model(list(images))
-            evaluator.update([int(t["image_id"]) for t in targets], outputs)
-            progress.update(1)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else contextlib.nullcontext
+    evaluator = evaluate_detections(model, loader, evaluator_for(dataset), accelerator, autocast=autocast,
+                                    progress=progress)
     progress.close()
-    evaluator.gather(accelerator)
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {"model": name, "split": args.split, "data": args.data, "num_images": len(evaluator),
                               "seconds": seconds, "images_per_s": len(evaluator) / max(seconds, 1e-9), "files": []}

@@ -55,6 +55,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .timing import timed_method
+
 __all__ = ["Result", "build_ours", "build_peer", "main", "parse_args", "run", "format_markdown"]
 
 PEERS = ("fcos", "retinanet")
@@ -93,7 +95,7 @@ def _split_spec(spec: str) -> tuple[str, set[str]]:
 def build_ours(name: str, num_classes: int = 80, overrides: dict[str, Any] | None = None) -> nn.Module:
     """Our model with random weights: a registered name (``r50``, ``dynamic_atss_r101_dcn``) with config
     overrides, or saved weights (``local-dir:/path``, ``hf-hub:org/name``, or a folder path)."""
-    from .. import create  # noqa: PLC0415
+    from ..factory import create  # noqa: PLC0415
 
     if name.startswith(("local-dir:", "hf-hub:")) or os.path.isdir(name):
         source = name if name.startswith(("local-dir:", "hf-hub:")) else f"local-dir:{name}"
@@ -273,26 +275,6 @@ def _autocast(device: torch.device, amp: bool, bf16: bool = False):
     return contextlib.nullcontext()
 
 
-class _AssignerTimer:
-    """Wraps a model's assigner: accumulates the wall time of its calls (synchronised on CUDA)."""
-
-    def __init__(self, assigner: Any, device: torch.device) -> None:
-        self.assigner, self.device, self.seconds = assigner, device, 0.0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        out = self.assigner(*args, **kwargs)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds += time.perf_counter() - start
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.assigner, name)
-
-
 def _raw_forward(model: nn.Module) -> Callable[[Tensor], Any]:
     if hasattr(model, "forward_raw"):
         return model.forward_raw
@@ -349,25 +331,21 @@ def make_step(contestant: Contestant, mode: str, height: int, width: int, batch:
         optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
         scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
 
-        timer = None
-        if hasattr(model, "assigner"):  # ours: time the label assignment inside the step
-            if not isinstance(model.assigner, _AssignerTimer):
-                model.assigner = _AssignerTimer(model.assigner, device)
-            timer = model.assigner
+        assigner = getattr(model, "assigner", None)  # ours: time the label assignment inside the step
         assign_s: list[float] = []
 
         def step() -> Any:
-            before = timer.seconds if timer is not None else 0.0
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, args.amp):
+            timing = timed_method(type(assigner), "__call__", sync) if assigner is not None else contextlib.nullcontext()
+            with _autocast(device, args.amp), timing as clock:
                 losses = model(images, targets)
                 loss = sum(losses.values())
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             sync()
-            if timer is not None:
-                assign_s.append(timer.seconds - before)
+            if clock is not None:
+                assign_s.append(clock.total_ms / 1000)
             return loss.detach()
 
         step.assign_s = assign_s  # type: ignore[attr-defined]  # per call, warm-up calls included

@@ -5,9 +5,9 @@ The backbone and neck mapping is shared; each head family registers its head map
 
     from dynamic_atss.convert import convert_mmdet_atss
     model = convert_mmdet_atss("atss_r50_fpn_1x_coco_20200209-985f7bd0.pth")   # or a state dict, or .safetensors
-    model.save_pretrained("atss_r50_fpn_1x_coco")                               # then push_to_hub / hub/push.py
+    model.save_pretrained("atss_r50_fpn_1x_coco")                               # then `dynamic-atss push`
 
-The command-line version is `python hub/convert_mmdet.py CHECKPOINT --out DIR [--push org/name]`.
+The command-line version is `dynamic-atss convert CHECKPOINT --out DIR [--push org/name]`.
 
 Key mapping (mmdetection `ATSS` with `ResNet` + `FPN(start_level=1, add_extra_convs="on_output", num_outs=5)`
 + `ATSSHead`, i.e. `atss_r50_fpn_1x_coco` / `atss_r101_fpn_1x_coco`):
@@ -76,8 +76,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
-from ..config import AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig
-from ..config import apply_overrides
+from ..config import BackboneConfig, ModelConfig, apply_overrides
+from ..detection.heads import FAMILIES
 from ..hub import StateDictMismatchError, build_model_from_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,7 +106,7 @@ _NUM_LEVELS = 5
 
 
 class MMDetConversionError(ValueError):
-    """The checkpoint is not an mmdetection ATSS checkpoint this converter understands."""
+    """The checkpoint is not an mmdetection checkpoint of a head family this converter understands."""
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -254,9 +254,12 @@ MMDET_HEADS: dict[str, tuple[str, HeadConverter]] = {}
 
 
 def register_mmdet_head(marker: str, family: str) -> Callable[[HeadConverter], HeadConverter]:
-    """Decorator: convert checkpoints that hold `marker` with the decorated function (family `family`)."""
+    """Decorator: convert checkpoints that hold `marker` with the decorated function (family `family`); a marker
+    registered twice is an error."""
 
     def wrap(fn: HeadConverter) -> HeadConverter:
+        if marker in MMDET_HEADS:
+            raise ValueError(f"mmdetection head marker {marker!r} is registered twice ({MMDET_HEADS[marker][0]}, {family})")
         MMDET_HEADS[marker] = (family, fn)
         return fn
 
@@ -333,15 +336,7 @@ def _convert_atss_head(remaining: dict[str, Tensor], take: Callable[[str, "str |
         raise MMDetConversionError("bbox_head.atss_reg predicts more than one anchor per location; only 1 is supported")
     for i in range(_NUM_LEVELS):
         take(f"bbox_head.scales.{i}.scale", f"head.scales.{i}.scale")
-    num_classes = outputs["cls_logits.weight"].shape[0]
-    return dict(
-        num_classes=num_classes,
-        head=HeadConfig(kind="atss", num_groups=32, quality="centerness", **towers),
-        anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
-        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
-        loss=LossConfig(cls_loss="focal"),
-    )
+    return dict(num_classes=outputs["cls_logits.weight"].shape[0], **FAMILIES["atss"].mmdet_config(**towers))
 
 
 def convert_mmdet_state_dict(
@@ -437,7 +432,7 @@ def convert_mmdet_state_dict(
     if remaining:
         raise MMDetConversionError(
             f"{len(remaining)} tensor(s) of the checkpoint were not converted (not part of an mmdetection "
-            f"ResNet-FPN ATSS model): {', '.join(list(remaining)[:20])}"
+            f"ResNet-FPN model with a {family} head): {', '.join(list(remaining)[:20])}"
         )
 
     num_classes = head_fields["num_classes"]

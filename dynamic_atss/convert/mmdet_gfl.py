@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
-from ..config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig
+from ..detection.heads import FAMILIES
 from .mmdet import MMDetConversionError, convert_gn_towers, convert_mmdet, register_mmdet_head
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,14 +88,7 @@ def _convert_gfl_head(remaining: dict[str, Tensor], take: Callable[[str, "str | 
                 f"{_DGQP}.0.weight takes {first.shape[1]} channels; GFLV2's DGQP takes 4 * (topk + 1) (add_mean=True)"
             )
         dgqp_fields.update(dgqp_topk=first.shape[1] // 4 - 1, dgqp_hidden=first.shape[0])
-    return dict(
-        num_classes=num_classes,
-        head=HeadConfig(kind="gfl", num_groups=32, reg_max=reg_max, **towers, **dgqp_fields),
-        anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
-        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
-        loss=LossConfig(cls_loss="qfl", box_weight=2.0, dfl_weight=0.25),
-    )
+    return dict(num_classes=num_classes, **FAMILIES["gfl"].mmdet_config(reg_max=reg_max, **towers, **dgqp_fields))
 
 
 def convert_mmdet_gfl(state_dict_or_path: dict[str, Any] | str | os.PathLike, **kwargs: Any) -> DynamicATSS:

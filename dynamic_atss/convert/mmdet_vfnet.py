@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from torch import Tensor
 
-from ..config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig
+from ..detection.heads import FAMILIES
 from .mmdet import _NUM_LEVELS, MMDetConversionError, convert_gn_towers, convert_mmdet, register_mmdet_head
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,14 +81,7 @@ def _convert_vfnet_head(remaining: dict[str, Tensor], take: Callable[[str, "str 
     for scales in ("scales", "scales_refine"):
         for i in range(_NUM_LEVELS):
             take(f"bbox_head.{scales}.{i}.scale", f"head.{scales}.{i}.scale")
-    return dict(
-        num_classes=outputs["cls_logits.weight"].shape[0],
-        head=HeadConfig(kind="vfnet", num_groups=32, **towers),
-        anchors=AnchorConfig(center_offset=0.0),
-        conventions=ConventionConfig(relu_before_p7=True, score_sqrt=False, pre_nms_rank_by_joint=False),
-        assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
-        loss=LossConfig(cls_loss="vfl", vfl_alpha=0.75, focal_gamma=2.0, box_weight=2.0, box_init_weight=1.5),
-    )
+    return dict(num_classes=outputs["cls_logits.weight"].shape[0], **FAMILIES["vfnet"].mmdet_config(**towers))
 
 
 def convert_mmdet_vfnet(state_dict_or_path: dict[str, Any] | str | os.PathLike, **kwargs: Any) -> DynamicATSS:

@@ -1,6 +1,6 @@
 """Weights published as another library's checkpoint at a URL: download once, check the hash, convert, cache.
 
-`create("atss_r50.mmdet_coco_1x", pretrained=True)` comes here (through the registry) for a tag whose entry in
+`create("atss_r50.mmdet_coco_1x", pretrained=True)` comes here (through `dynamic_atss.factory`) for a tag whose entry in
 `model_index.json` has a `url`, its published SHA-256 prefix (`hash_prefix`) and a `converter` name:
 
 1. the checkpoint is downloaded once into torch's cache, `$TORCH_HOME/hub/checkpoints/<file>` (where timm and
@@ -15,7 +15,7 @@
 4. the model is loaded from that folder, as any saved model. A second call only reads that folder (no network).
 
 Offline (`HF_HUB_OFFLINE=1` or `local_files_only=True`) nothing is downloaded: a cached conversion or a
-cached checkpoint is used, otherwise the error names the URL and the manual route (`hub/convert_mmdet.py`).
+cached checkpoint is used, otherwise the error names the URL and the manual route (`dynamic-atss convert`).
 
 `DYNAMIC_ATSS_WEIGHTS_MIRROR=http://host/prefix` fetches every URL from that mirror instead (same path below
 it; the hash is still checked): for machines that reach the web through a mirror only.
@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
 from ..hub import build_model_from_state_dict, load_pretrained, offline_requested
-from ..registry import FamilyNotAvailableError, list_pretrained_cfgs
+from ..registry import FamilyNotAvailableError, list_pretrained_cfgs, register_converter_source
 from .mmdet import MMDET_HEADS, convert_mmdet_state_dict, load_checkpoint_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +59,9 @@ def available_converters() -> dict[str, Callable[..., tuple[Any, dict[str, Any]]
     """
     families = sorted({family for family, _ in MMDET_HEADS.values()})
     return {f"mmdet_{family}": partial(convert_mmdet_state_dict, expected_family=family) for family in families}
+
+
+register_converter_source(available_converters)  # the registry lists what loads through these
 
 
 MIRROR_ENV = "DYNAMIC_ATSS_WEIGHTS_MIRROR"
@@ -116,7 +119,7 @@ def _manual_route(url: str, hash_prefix: str, path: Path, tag: str | None) -> st
     return (
         f"Manual route: download {url} where the web is reachable (its SHA-256 starts with {hash_prefix}), then "
         f"either put it at {path} (it is converted from there, offline too) or convert it yourself: "
-        f"`python hub/convert_mmdet.py FILE{tag_option} --out DIR` and `dynamic_atss.create(\"DIR\")`."
+        f"`dynamic-atss convert FILE{tag_option} --out DIR` and `dynamic_atss.create(\"DIR\")`."
     )
 
 
@@ -217,7 +220,7 @@ def fetch_checkpoint(
 
 
 def _conversion_record(cfg: PretrainedCfg) -> dict[str, Any]:
-    from .. import __version__  # noqa: PLC0415
+    from .._version import __version__  # noqa: PLC0415
 
     return {"tag": cfg.name, "url": cfg.url, "hash_prefix": cfg.hash_prefix, "converter": cfg.converter,
             "library_version": __version__}

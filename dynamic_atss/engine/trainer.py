@@ -42,10 +42,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import CocoDetection, DatasetError, DatasetFileNotFoundError, HFDetection, SyntheticShapes, build_transforms, collate_fn
+from ..data import DatasetError, DatasetFileNotFoundError, build_dataset, build_transforms, collate_fn
 from ..data.checks import ImageSubset, scan_dataset
-from ..evaluation import CocoEvaluator, format_per_class_table, format_table
-from ..registry import create
+from ..evaluation import evaluate_detections, evaluator_for, format_per_class_table, format_table
+from ..factory import create
 from ..typed import ConfigError
 from .checkpoint import STATE_FILE, flatten, load_checkpoint, resolve_resume, save_checkpoint
 from .config import DataConfig, TrainConfig, config_to_dict
@@ -103,28 +103,34 @@ class SeededAugmentation(torch.utils.data.Dataset):
 
 
 def build_datasets(config: DataConfig, seed: int) -> tuple[Any, Any | None]:
-    """Train and validation datasets of the configured kind, with train / eval transforms."""
+    """Train and validation datasets of the configured kind, with train / eval transforms (through the one
+    dataset factory, `dynamic_atss.data.build_dataset`)."""
     train_tf = build_transforms(train=True, flip_prob=config.flip_prob, photometric=config.photometric)
     eval_tf = build_transforms(train=False)
     if config.kind == "synthetic":
-        train = SyntheticShapes(config.num_train, config.image_size, seed=seed, split="train", transforms=train_tf)
-        val = SyntheticShapes(config.num_val, config.image_size, seed=seed, split="val", transforms=eval_tf)
+        train = build_dataset("synthetic", num_images=config.num_train, image_size=config.image_size, seed=seed,
+                              split="train", transforms=train_tf)
+        val = build_dataset("synthetic", num_images=config.num_val, image_size=config.image_size, seed=seed, split="val",
+                            transforms=eval_tf)
         return train, (val if config.num_val > 0 else None)
     if config.kind == "coco":
         if not config.train_images or not config.train_annotations:
             raise ConfigError("data.kind=coco needs data.train_images and data.train_annotations")
-        train = CocoDetection(config.train_images, config.train_annotations, transforms=train_tf, keep_empty=config.keep_empty)
+        train = build_dataset("coco", image_dir=config.train_images, ann_file=config.train_annotations, transforms=train_tf,
+                              keep_empty=config.keep_empty)
         val = None
         if config.val_images and config.val_annotations:
-            val = CocoDetection(config.val_images, config.val_annotations, transforms=eval_tf)
+            val = build_dataset("coco", image_dir=config.val_images, ann_file=config.val_annotations, transforms=eval_tf)
         return train, val
     if config.kind == "hf":
         if not config.source:
             raise ConfigError("data.kind=hf needs data.source (a Hub dataset name, save_to_disk folder or Parquet path)")
-        train = HFDetection(config.source, split=config.train_split, box_format=config.box_format, transforms=train_tf)
+        train = build_dataset("hf", source=config.source, split=config.train_split, box_format=config.box_format,
+                              transforms=train_tf)
         val = None
         if config.val_split:
-            val = HFDetection(config.source, split=config.val_split, box_format=config.box_format, transforms=eval_tf)
+            val = build_dataset("hf", source=config.source, split=config.val_split, box_format=config.box_format,
+                                transforms=eval_tf)
         return train, val
     raise ConfigError(f"unknown data.kind {config.kind!r}; choose synthetic, coco or hf")
 
@@ -146,16 +152,11 @@ def evaluate(model: torch.nn.Module, dataset: Any, accelerator: Accelerator, bat
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers))
-    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-    # A COCO folder's already-indexed ground truth, rather than re-indexing its dict at every evaluation.
-    coco_gt = getattr(base, "coco", None) or base.to_coco_dict()
-    evaluator = CocoEvaluator(coco_gt, base.label_to_cat_id, base.class_names)
     was_training = model.training
     model.eval()
-    for images, targets in tqdm(loader, desc="eval", disable=not accelerator.is_main_process, leave=False):
-        detections = model(images)
-        evaluator.update([int(t["image_id"]) for t in targets], [{k: v.cpu() for k, v in d.items()} for d in detections])
-    evaluator.gather(accelerator)
+    bar = tqdm(total=len(loader), desc="eval", disable=not accelerator.is_main_process, leave=False)
+    evaluator = evaluate_detections(model, loader, evaluator_for(dataset), accelerator, progress=bar)
+    bar.close()
     metrics = evaluator.evaluate(per_class=True) if accelerator.is_main_process else {}
     model.train(was_training)
     return metrics
@@ -456,7 +457,6 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
                         unreadable.add(problem)
                         warnings.warn(f"data.skip_unreadable: {problem}; training on the next readable image "
                                       "instead", UserWarning, stacklevel=1)
-            raw_model.train_progress = step / max_steps
             with accelerator.accumulate(model):
                 # Non-finite boxes would make the model refuse the batch: it runs without them (every process
                 # runs its forward, so the processes stay in step) and the batch is skipped below.
@@ -465,7 +465,8 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
                     targets = [_without_boxes(target) for target in targets]
                 images = [image.to(accelerator.device, non_blocking=True) for image in images]
                 norm_stats = [buffer.clone() for buffer in _norm_buffers(raw_model)]
-                losses = model(images, targets)
+                # progress drives the "up"/"down" assigner weights; the step's assignment statistics come back
+                losses, assign_stats = model(images, targets, progress=step / max_steps, return_stats=True)
                 loss = sum(losses.values())  # the model returns the parts (torchvision convention)
                 inputs_finite = _finite_images(images) & targets_finite
                 loss_finite = torch.isfinite(loss.detach())
@@ -492,7 +493,7 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
                         )
                     continue
                 bad_steps = 0
-                window_positives += raw_model.assign_stats["num_pos"].detach().float()
+                window_positives += assign_stats["num_pos"].detach().float()
                 accelerator.backward(loss)
                 if config.optim.grad_clip and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -505,7 +506,7 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
             step += 1
             progress.update(1)
             if step % config.log_every == 0 or step == max_steps:
-                record = _log_record(accelerator, losses, raw_model.assign_stats, lr, step, start)
+                record = _log_record(accelerator, losses, assign_stats, lr, step, start)
                 positives = float(accelerator.reduce(window_positives.reshape(1), reduction="sum").item())
                 if positives == 0 and accelerator.is_main_process:
                     warnings.warn(

@@ -13,10 +13,10 @@ never mix two models. Its cache, `HF_HUB_OFFLINE`, `local_files_only`, `force_do
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..registry import is_model_folder, is_repo_id, parse_location
 from .folder import load_model_dir
 from .serialization import CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME, _library_version, build_model_from_state_dict
 
@@ -24,9 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
 
 __all__ = ["HubFilesMissingError", "HubUnreachableError", "is_model_folder", "load_pretrained", "offline_requested"]
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
 
 class HubUnreachableError(RuntimeError):
     """The Hub could not be reached (or offline mode is on) and the weights are not in the local cache."""
@@ -44,25 +41,15 @@ def offline_requested(local_files_only: bool = False) -> bool:
     return bool(local_files_only or constants.HF_HUB_OFFLINE or env)
 
 
-def is_model_folder(name: str | os.PathLike) -> bool:
-    """Whether `name` is an existing folder (the way `create()` tells a folder from a registry name)."""
-    return Path(os.fspath(name)).expanduser().is_dir()
-
-
 def _parse_name(name: str) -> tuple[str, str, str | None]:
-    """-> ("hub", repo_id, revision) or ("dir", path, None)."""
+    """-> ("hub", repo_id, revision) or ("dir", path, None); `dynamic_atss.registry.parse_location`, plus a bare
+    'org/name[@revision]' (not a local folder) as a Hub repo."""
     name = os.fspath(name)
-    if name.startswith("hf-hub:"):
-        repo, _, revision = name[len("hf-hub:"):].partition("@")
-        if not _REPO_ID.match(repo):
-            raise ValueError(f"{name!r}: expected 'hf-hub:org/name' or 'hf-hub:org/name@revision'")
-        return "hub", repo, revision or None
-    if name.startswith("local-dir:"):
-        return "dir", name[len("local-dir:"):], None
-    if is_model_folder(name):
-        return "dir", name, None
+    location = parse_location(name)
+    if location is not None:
+        return location
     repo, _, revision = name.partition("@")
-    if _REPO_ID.match(repo) and not name.startswith((".", "/", "~")):
+    if is_repo_id(repo):
         return "hub", repo, revision or None
     raise FileNotFoundError(
         f"{name!r} is not a folder; pass a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
@@ -135,7 +122,7 @@ def _download(
         raise HubFilesMissingError(
             f"Hub repo {repo_id!r} (revision {shown_revision!r}, commit {folder.name}) has no {' and no '.join(missing)}; "
             f"a dynamic-atss model repo holds {CONFIG_NAME} and {WEIGHTS_NAME} (written by model.push_to_hub). "
-            "Checkpoints of other libraries need converting first (hub/convert_mmdet.py for mmdetection ATSS)."
+            "Checkpoints of other libraries need converting first (`dynamic-atss convert FILE --out DIR` for mmdetection)."
         )
     return folder
 

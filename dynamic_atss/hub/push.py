@@ -89,7 +89,7 @@ class HubPushError(UserInputError, RuntimeError):
 
 def push_later_command(model_dir: str | os.PathLike, repo_id: str) -> str:
     """The one command that pushes a saved-model folder (what to run when a push after training failed)."""
-    return f"python hub/push.py --model {model_dir} --repo {repo_id}"
+    return f"dynamic-atss push --model {model_dir} --repo {repo_id}"
 
 
 def check_push_access(repo_id: str, *, token: str | None = None, endpoint: str | None = None) -> None:

@@ -64,7 +64,7 @@ class ConfigFormatError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _library_version() -> str:
-    from .. import __version__  # noqa: PLC0415  (the package imports this module)
+    from .._version import __version__  # noqa: PLC0415
 
     return __version__
 
@@ -121,7 +121,7 @@ def parse_config(data: Any, source: str = CONFIG_NAME) -> tuple[ModelConfig, dic
     if architecture != ARCHITECTURE:
         raise ConfigFormatError(
             f"{source}: architecture is {architecture!r}, expected {ARCHITECTURE!r}. This folder or repo does not "
-            "hold a dynamic-atss model (for mmdetection ATSS checkpoints use dynamic_atss.convert.convert_mmdet_atss)"
+            "hold a dynamic-atss model (convert mmdetection checkpoints first: `dynamic-atss convert FILE --out DIR`)"
         )
     version = data.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -301,7 +301,7 @@ def build_model_from_state_dict(
         leftover = [k for k in result.missing_keys if not k.startswith(CLASSIFIER_PREFIX)] + list(result.unexpected_keys)
         if leftover:  # pragma: no cover - check_state_dict already caught these
             raise StateDictMismatchError(f"{source}: could not load {leftover}")
-        # head.cls_logits keeps the fresh initialisation the model was just built with (ATSSHead.__init__).
+        # head.cls_logits keeps the fresh initialisation the model was just built with (the head family's __init__).
         names = "" if "class_names" in overrides else " class_names were reset (pass class_names= to name the classes)."
         warnings.warn(
             f"{source}: num_classes={config.num_classes} differs from the checkpoint's {checkpoint_classes}, so the "

@@ -132,7 +132,7 @@ class Float32(nn.Module):
 
 
 def _keep_deformable_convs_float32(root: nn.Module) -> None:
-    from ..models.dcn import DeformConv2d, ModulatedDeformConv2d  # noqa: PLC0415
+    from ..ops.dcn import DeformConv2d, ModulatedDeformConv2d  # noqa: PLC0415
 
     for module in list(root.modules()):
         for name, child in module.named_children():

@@ -17,18 +17,20 @@ relative, same labels), because resizing, anchors, decoding and NMS are the mode
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .export import export_onnx, raw_output_names
+__all__ = ["OnnxRuntimeDetector", "raw_output_names"]
 
-__all__ = ["OnnxRuntimeDetector", "onnx_runtime"]
+
+def raw_output_names(model: nn.Module) -> list[str]:
+    """``<name>_p<level>`` for each of `model.head.output_names` and each FPN level, in `forward_raw` order."""
+    levels = [int(round(math.log2(s))) for s in model.config.anchors.strides]
+    return [f"{name}_p{level}" for name in model.head.output_names for level in levels]
 
 
 def _session(path: str | os.PathLike[str], threads: int | None):
@@ -82,22 +84,8 @@ class OnnxRuntimeDetector:
 
     def _detect_in_graph(self, images: list[Tensor] | Tensor) -> list[dict[str, Tensor]]:
         model = self.model
-        images = model._check_images(images)
-        original = [(int(i.shape[1]), int(i.shape[2])) for i in images]
-        resized = []
-        for image, (height, width) in zip(images, original):
-            size = model._target_size(height, width)
-            image = image.detach().float().cpu()
-            if size != (height, width):
-                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-            resized.append(image)
-        divisor = model.config.size_divisible
-        pad_h = -(-max(i.shape[1] for i in resized) // divisor) * divisor
-        pad_w = -(-max(i.shape[2] for i in resized) // divisor) * divisor
-        batch = torch.zeros(len(resized), 3, pad_h, pad_w)
-        for slot, image in zip(batch, resized):
-            slot[:, : image.shape[1], : image.shape[2]] = image
-        sizes = np.array([i.shape[1:] for i in resized], dtype=np.int64)
+        batch, sizes, original = model.preprocess(images, normalize=False)  # the graph normalises
+        batch, sizes = batch.detach().float().cpu(), sizes.numpy()
         boxes, scores, labels, batch_index = (
             torch.from_numpy(o) for o in self.session.run(None, {"images": batch.numpy(), "image_sizes": sizes})
         )
@@ -107,14 +95,3 @@ class OnnxRuntimeDetector:
             ratio = torch.tensor([orig_w / width, orig_h / height, orig_w / width, orig_h / height])
             detections.append({"boxes": boxes[mine] * ratio, "scores": scores[mine], "labels": labels[mine]})
         return detections
-
-
-def onnx_runtime(model: nn.Module, path: str | os.PathLike[str] | None = None, threads: int | None = None
-                 ) -> OnnxRuntimeDetector:
-    """Export `model.forward_raw` to ONNX (to `path`, default a temporary file), check it against PyTorch and
-    return the ONNX Runtime detector (see the module docstring)."""
-    if path is None:
-        directory = tempfile.mkdtemp(prefix="dynamic_atss_onnx_")
-        path = Path(directory) / "model.onnx"
-    export_onnx(model, path, with_postprocess=False)
-    return OnnxRuntimeDetector(path, model, threads)

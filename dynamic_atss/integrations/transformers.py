@@ -114,7 +114,7 @@ class DynamicATSSForObjectDetection(PreTrainedModel):
         classes is that same file). Options of transformers' loader that do nothing here are accepted at their
         neutral values (`dtype="auto"`, `subfolder=""`, ...); any other value is refused by name.
         """
-        from ..registry import create  # noqa: PLC0415
+        from ..factory import create  # noqa: PLC0415
 
         _refuse_unsupported(model_args, kwargs)
         path = os.fspath(pretrained_model_name_or_path)

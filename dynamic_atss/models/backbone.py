@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import BackboneConfig
-from .dcn import patch_resnet_dcn
+from ..ops.dcn import patch_resnet_dcn
 
 
 class OneKernelFrozenBatchNorm2d(FrozenBatchNorm2d):

@@ -28,8 +28,10 @@ class DynamicATSS(HubMixin, nn.Module):
     """A dense one-stage detector with the combined-IoU assigner, in torchvision's detection calling convention.
 
     - `model.train(); model(images, targets)` -> the loss parts of the head family, e.g. `{"loss_cls",
-      "loss_box", "loss_quality"}` for ATSS (`sum(losses.values())` is the training loss); the
-      label-assignment statistics of that step are left in `model.assign_stats`.
+      "loss_box", "loss_quality"}` for ATSS (`sum(losses.values())` is the training loss);
+      `model(images, targets, progress=p, return_stats=True)` -> `(losses, stats)`: `progress` (iter / max_iter)
+      drives the "up" / "down" assigner weights, `stats` are that step's label-assignment statistics (also
+      left in `model.assign_stats` for inspection).
     - `model.eval(); model(images)` -> per image `{"boxes": (N,4) xyxy, "scores": (N,), "labels": (N,)}`,
       boxes in that image's own pixel coordinates.
 
@@ -49,8 +51,8 @@ class DynamicATSS(HubMixin, nn.Module):
         self.assigner = CombinedIoUAssigner.from_config(config.assigner)
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(-1, 1, 1), persistent=False)
-        self.train_progress = 0.0  # iter / max_iter, set by the training loop; drives "up"/"down" weights
-        self.assign_stats: dict[str, Tensor] = {}
+        self.train_progress = 0.0  # the default `progress` of a training call that passes none
+        self.assign_stats: dict[str, Tensor] = {}  # the last training call's statistics (a record, never read)
         expected = list(self.backbone.strides) + [self.backbone.strides[-1] * 2, self.backbone.strides[-1] * 4]
         if expected != list(config.anchors.strides):
             raise ValueError(
@@ -117,9 +119,17 @@ class DynamicATSS(HubMixin, nn.Module):
         scale = min(min_size / min(height, width), self.config.max_size / max(height, width))
         return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def preprocess(self, images: list[Tensor] | Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-        """Resize, normalise and pad. Returns the batch (B, 3, H', W'), the resized sizes (B, 2) as
-        (height, width) (int64, on the CPU), and the original sizes."""
+    def normalize(self, images: Tensor) -> Tensor:
+        """(..., 3, H, W) in [0, 1] -> normalised by the model's `image_mean` / `image_std`."""
+        return (images - self.image_mean) / self.image_std
+
+    def preprocess(
+        self, images: list[Tensor] | Tensor, normalize: bool = True
+    ) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+        """The one input transform (the model, ONNX Runtime and export share it): check, resize, normalise (unless
+        `normalize=False`: a graph that normalises inside gets the resized [0, 1] images) and pad with zeros.
+        Returns the batch (B, 3, H', W'), the resized sizes (B, 2) as (height, width) (int64, on the CPU), and
+        the original sizes."""
         images = self._check_images(images)
         original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         resized = []
@@ -128,7 +138,7 @@ class DynamicATSS(HubMixin, nn.Module):
             image = image.to(self.image_mean.device, self.image_mean.dtype)
             if size != (height, width):
                 image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-            resized.append((image - self.image_mean) / self.image_std)
+            resized.append(self.normalize(image) if normalize else image)
         divisor = self.config.size_divisible
         pad_h = int(math.ceil(max(img.shape[1] for img in resized) / divisor) * divisor)
         pad_w = int(math.ceil(max(img.shape[2] for img in resized) / divisor) * divisor)
@@ -141,8 +151,9 @@ class DynamicATSS(HubMixin, nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None, *,
+        progress: float | None = None, return_stats: bool = False,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]] | tuple[dict[str, Tensor], dict[str, Tensor]]:
         if self.training and targets is None:
             raise ValueError("in train mode, model(images, targets) needs targets; call model.eval() for inference")
         batch, sizes, original_sizes = self.preprocess(images)
@@ -156,12 +167,14 @@ class DynamicATSS(HubMixin, nn.Module):
         scales = [(h / oh, w / ow) for (h, w), (oh, ow) in zip(sizes.tolist(), original_sizes)]
         targets = Targets(*self._prepare_targets(targets, scales, batch.device))
         flat = {name: torch.cat([level[name] for level in flat_levels], 1) for name in flat_levels[0]}
-        losses, self.assign_stats = self.head.compute_loss(
-            flat, anchors, num_per_level, strides, targets, self.assigner, self.train_progress,
+        losses, stats = self.head.compute_loss(
+            flat, anchors, num_per_level, strides, targets, self.assigner,
+            self.train_progress if progress is None else progress,
             # one anchor per location, row-major per level: the assigner may search a window of the grid
             level_shapes=feature_sizes,
         )
-        return losses
+        self.assign_stats = stats
+        return (losses, stats) if return_stats else losses
 
     def detections_from_raw(
         self, raw: tuple[list[Tensor], ...], sizes: Tensor, original_sizes: list[tuple[int, int]]

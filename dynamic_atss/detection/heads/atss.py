@@ -26,16 +26,18 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ...config import ModelConfig
+from ...config import BackboneConfig, HeadConfig, ModelConfig
 from ..anchors import BoxCoder
 from ..assigner import AssignResult
 from ..losses import centerness_target, quality_focal_loss, reduce_mean, sigmoid_focal_loss, varifocal_loss
-from .base import DenseHead, Scale, ScoreMaps, Targets, conv_gn_tower, connected, gather_positive, init_head_weights, register_head
+from .base import (
+    BACKBONES, DenseHead, HeadFamily, Scale, ScoreMaps, Targets, Variant, conv_gn_tower, connected, gather_positive,
+    init_head_weights, register_family,
+)
 
 _WEIGHT_EPS = 1e-6
 
 
-@register_head("atss")
 class ATSSHead(DenseHead):
     """Shared across levels; see the module docstring for outputs, losses and scores."""
 
@@ -45,13 +47,6 @@ class ATSSHead(DenseHead):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         head, loss = config.head, config.loss
-        if loss.cls_loss not in ("focal", "qfl", "vfl"):
-            raise ValueError(f"loss.cls_loss={loss.cls_loss!r} is unknown for head.kind='atss'; use 'focal', 'qfl' or 'vfl'")
-        if head.dgqp:
-            raise ValueError(
-                "head.dgqp=True needs box distributions (GFLV2's quality predictor); head.kind='atss' regresses "
-                "deltas: use head.kind='gfl' or set head.dgqp=False"
-            )
         if head.quality not in ("centerness", "iou"):
             raise ValueError(f"head.quality={head.quality!r} is unknown; use 'centerness' or 'iou'")
         self.loss_cfg = loss
@@ -130,3 +125,44 @@ class ATSSHead(DenseHead):
         rank = joint if self.conventions.pre_nms_rank_by_joint else cls_prob
         # sqrt is monotonic: ranking and NMS order are those of the joint score either way.
         return ScoreMaps(select=cls_prob, rank=rank, score=joint.sqrt() if self.conventions.score_sqrt else joint)
+
+
+# ---------------------------------------------------------------------------------------------- family
+def _variant_config(variant: Variant) -> ModelConfig:
+    backbone = BackboneConfig(name=BACKBONES[variant.trunk], dcn=variant.dcn)
+    if not variant.combined_ious:
+        # Plain ATSS as mmdetection trains it (anchor IoUs only, focal loss, centerness; anchors at offset 0, P7
+        # from P6 without ReLU, score cls x centerness, no conv bias before GroupNorm): what the mmdetection
+        # converter builds from its checkpoints (tests/test_url_weights.py checks that the two agree).
+        return ModelConfig(backbone=backbone, **ATSS.mmdet_config())
+    # The published Dynamic ATSS models: combined IoUs + QFL + IoU branch (paper, Tables II and IV), the authors'
+    # conventions (ModelConfig's defaults).
+    return ModelConfig(backbone=backbone, head=HeadConfig(kind="atss", dcn_last_conv=variant.dcn, quality="iou"))
+
+
+ATSS = register_family(HeadFamily(
+    kind="atss",
+    head=ATSSHead,
+    cls_losses=("focal", "qfl", "vfl"),
+    mmdet_head=dict(conv_bias=False, num_groups=32, quality="centerness"),
+    mmdet_conventions=dict(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+    mmdet_loss=dict(cls_loss="focal"),
+    variant_config=_variant_config,
+    variants=(
+        Variant("dynamic_atss_r50", "r50", doc="Dynamic ATSS, ResNet-50 FPN (paper: 40.3 AP on COCO test-dev, 1x)."),
+        Variant("dynamic_atss_r101", "r101",
+                doc="Dynamic ATSS, ResNet-101 FPN (paper: 44.7 AP on COCO test-dev, 2x multi-scale)."),
+        Variant("dynamic_atss_r50_dcn", "r50", dcn=True,
+                doc="Dynamic ATSS, ResNet-50-DCN FPN (paper: 44.4 AP on COCO test-dev, 1x)."),
+        Variant("dynamic_atss_r101_dcn", "r101", dcn=True,
+                doc="Dynamic ATSS, ResNet-101-DCN FPN (paper: 47.3 AP on COCO test-dev, 2x multi-scale)."),
+        Variant("dynamic_atss_x101_32x8d", "x101_32x8d", doc="Dynamic ATSS, ResNeXt-101 32x8d FPN."),
+        Variant("dynamic_atss_x101_64x4d", "x101_64x4d", doc="Dynamic ATSS, ResNeXt-101 64x4d FPN."),
+        Variant("dynamic_atss_x101_32x8d_dcn", "x101_32x8d", dcn=True, doc="Dynamic ATSS, ResNeXt-101 32x8d-DCN FPN."),
+        Variant("dynamic_atss_x101_64x4d_dcn", "x101_64x4d", dcn=True, doc="Dynamic ATSS, ResNeXt-101 64x4d-DCN FPN."),
+        Variant("atss_r50", "r50", combined_ious=False, doc="Plain ATSS, ResNet-50 FPN, mmdetection's conventions "
+                "(`atss_r50.mmdet_coco_1x`: its 39.4 AP COCO weights)."),
+        Variant("atss_r101", "r101", combined_ious=False, doc="Plain ATSS, ResNet-101 FPN, mmdetection's conventions "
+                "(`atss_r101.mmdet_coco_1x`: its 41.5 AP COCO weights)."),
+    ),
+))

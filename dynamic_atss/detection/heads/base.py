@@ -11,7 +11,8 @@ The detector (`dynamic_atss.models.detector.DynamicATSS`) runs
             head.decode_boxes(...)                 ranks and reports, and the boxes of the kept anchors
 
 and knows no family by name. A family is one module under `detection/heads/` that subclasses `DenseHead`,
-is decorated with `@register_head("kind")`, and is imported by `detection/heads/__init__.py`.
+declares its `HeadFamily` (mmdetection settings, config checks, registered constructors) with `register_family`,
+and is imported by `detection/heads/__init__.py`.
 
 Conventions every family keeps, because code outside the family relies on them:
 - one anchor per location; flattened outputs are ordered row-major over (y, x) per level, levels P3 -> P7,
@@ -25,13 +26,14 @@ Conventions every family keeps, because code outside the family relies on them:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ...config import HeadConfig, ModelConfig
-from ...models.dcn import ModulatedDeformConv2d
+from ...config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig
+from ...ops.dcn import ModulatedDeformConv2d
 from ..assigner import AssignResult, CombinedIoUAssigner
 
 
@@ -67,11 +69,13 @@ class DenseHead(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    family: ClassVar[HeadFamily]  # set by `register_family`
     output_names: tuple[str, ...] = ()  # per class, or per instance where the config adds an output (GFLV2)
     box_outputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.family.check(config)
         self.num_classes = config.num_classes
         self.num_levels = len(config.anchors.strides)
 
@@ -147,21 +151,99 @@ class DenseHead(nn.Module):
         return f"{type(self).__name__}"
 
 
-# ---------------------------------------------------------------------------------------------- registry
+# ---------------------------------------------------------------------------------------------- families
+# Short backbone tokens of the registered model names -> timm names (shared by every family's variants).
+BACKBONES: dict[str, str] = {
+    "r50": "resnet50", "r101": "resnet101", "x101_32x4d": "resnext101_32x4d", "x101_32x8d": "resnext101_32x8d",
+    "x101_64x4d": "resnext101_64x4d",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One registered constructor of a family: `name` (e.g. "dynamic_gflv2_r101_dcn"), its backbone token (a key
+    of `BACKBONES`), DCN backbone, whether it assigns with the combined IoUs (False: the family's own anchor-IoU
+    assignment), `options` for the family's `config` (e.g. {"dgqp": True}) and the constructor's docstring."""
+
+    name: str
+    trunk: str
+    dcn: bool = False
+    combined_ious: bool = True
+    doc: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def named(cls, prefix: str, backbone: str, combined_ious: bool, doc: str, **options: Any) -> Variant:
+        """`prefix`_`backbone`, "dynamic_" first with the combined IoUs; a backbone token "r101_dcn" means DCN."""
+        name = f"{'dynamic_' if combined_ious else ''}{prefix}_{backbone}"
+        return cls(name, backbone.removesuffix("_dcn"), backbone.endswith("_dcn"), combined_ious, doc, options)
+
+
+@dataclass(frozen=True)
+class HeadFamily:
+    """Everything about one head family outside its network, read by the zoo, the converters and the registry.
+
+    kind: `HeadConfig.kind`; head: the `DenseHead` subclass; cls_losses: the `loss.cls_loss` values it trains
+    with; box_distributions: whether it predicts box distributions (needed by `head.dgqp`);
+    mmdet_head / mmdet_conventions / mmdet_loss: the `HeadConfig`, `ConventionConfig` and `LossConfig` fields
+    that mmdetection's configs of this detector set (what a converted checkpoint computes with; `mmdet_config`);
+    variant_config: `Variant` -> `ModelConfig` of a registered constructor; variants: those constructors.
+    """
+
+    kind: str
+    head: type[DenseHead]
+    cls_losses: tuple[str, ...]
+    mmdet_head: dict[str, Any]
+    mmdet_conventions: dict[str, Any]
+    mmdet_loss: dict[str, Any]
+    variant_config: Callable[[Variant], ModelConfig]
+    variants: tuple[Variant, ...] = ()
+    box_distributions: bool = False
+    cls_loss_note: str = ""  # why only `cls_losses`, said with the error
+
+    def mmdet_config(self, **head_fields: Any) -> dict[str, Any]:
+        """The `ModelConfig` fields of this family as mmdetection sets them: `head` (mmdetection's head fields,
+        then `head_fields`, e.g. what a converter read from a checkpoint), `anchors`, `conventions`, `assigner`
+        (anchor IoUs only: mmdetection's detectors are the plain ones) and `loss`. Every mmdetection dense
+        detector here centres its anchors at (x, y) * stride."""
+        return dict(
+            head=HeadConfig(kind=self.kind, **{**self.mmdet_head, **head_fields}),
+            anchors=AnchorConfig(center_offset=0.0),
+            conventions=ConventionConfig(**self.mmdet_conventions),
+            assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
+            loss=LossConfig(**self.mmdet_loss),
+        )
+
+    def check(self, config: ModelConfig) -> None:
+        """Clear errors for settings every family checks the same way (raised when the head is built)."""
+        head, loss = config.head, config.loss
+        if loss.cls_loss not in self.cls_losses:
+            raise ValueError(
+                f"loss.cls_loss={loss.cls_loss!r} is not available for head.kind={self.kind!r}; use "
+                + " or ".join(repr(c) for c in self.cls_losses) + (f" ({self.cls_loss_note})" if self.cls_loss_note else "")
+            )
+        if head.dgqp and not self.box_distributions:
+            raise ValueError(
+                f"head.dgqp=True needs box distributions (GFLV2's quality predictor); head.kind={self.kind!r} "
+                "regresses boxes directly: use head.kind='gfl' or set head.dgqp=False"
+            )
+
+
 HEAD_FAMILIES: dict[str, type[DenseHead]] = {}
+FAMILIES: dict[str, HeadFamily] = {}
 
 
-def register_head(kind: str) -> Callable[[type[DenseHead]], type[DenseHead]]:
-    """Class decorator: make a `DenseHead` subclass buildable with `HeadConfig(kind=kind)`."""
-
-    def wrap(cls: type[DenseHead]) -> type[DenseHead]:
-        if kind in HEAD_FAMILIES:
-            raise ValueError(f"head kind {kind!r} is registered twice ({HEAD_FAMILIES[kind].__name__}, {cls.__name__})")
-        cls.kind = kind
-        HEAD_FAMILIES[kind] = cls
-        return cls
-
-    return wrap
+def register_family(family: HeadFamily) -> HeadFamily:
+    """Make `family.head` buildable with `HeadConfig(kind=family.kind)` and its spec readable (`FAMILIES`);
+    a kind registered twice is an error."""
+    if family.kind in FAMILIES:
+        raise ValueError(f"head kind {family.kind!r} is registered twice ({FAMILIES[family.kind].head.__name__}, "
+                         f"{family.head.__name__})")
+    family.head.kind = family.kind
+    family.head.family = family
+    HEAD_FAMILIES[family.kind] = family.head
+    FAMILIES[family.kind] = family
+    return family
 
 
 def build_head(config: ModelConfig) -> DenseHead:
@@ -170,7 +252,7 @@ def build_head(config: ModelConfig) -> DenseHead:
     if kind not in HEAD_FAMILIES:
         raise ValueError(
             f"head.kind={kind!r} is not a known head family; known: {sorted(HEAD_FAMILIES)} "
-            "(a family registers itself with @register_head in dynamic_atss/detection/heads/)"
+            "(a family registers itself with register_family in dynamic_atss/detection/heads/)"
         )
     return HEAD_FAMILIES[kind](config)
 

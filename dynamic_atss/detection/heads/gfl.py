@@ -29,7 +29,7 @@ plain GFL / GFLV2 baseline of the paper's Table V, `1` the "+CIoUs" row):
 Inference: the score (joint for GFLV2) is thresholded (`test.score_thresh`), ranked for the per-level top-k and
 reported; `conventions.score_sqrt` / `pre_nms_rank_by_joint` are ATSS-family conventions and do not apply.
 
-Defaults of the registered constructors (`models/zoo.py`, "GFL family"): the GFL / GFLV2 authors' settings,
+Defaults of the registered constructors (`GFL` below): the GFL / GFLV2 authors' settings,
 which are mmdetection's GFL config (`gfl_r50_fpn_1x_coco`): towers of 4 convs, 256 channels, GN(32), no conv
 bias before GN (`head.conv_bias=False`); reg_max 16; DGQP top-4 + mean, 64 hidden; QFL weight 1, GIoU 2.0, DFL
 0.25; anchors of side 8 x stride centred at (x, y) * stride (`anchors.center_offset=0.0`); P7 = conv(P6) without
@@ -46,10 +46,13 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ...config import ModelConfig
+from ...config import BackboneConfig, ModelConfig
 from ..assigner import AssignResult
 from ..losses import distribution_focal_loss, joint_quality_focal_loss, quality_focal_loss, reduce_mean
-from .base import DenseHead, Scale, ScoreMaps, Targets, connected, conv_gn_tower, gather_positive, init_head_weights, register_head
+from .base import (
+    BACKBONES, DenseHead, HeadFamily, Scale, ScoreMaps, Targets, Variant, connected, conv_gn_tower, gather_positive,
+    init_head_weights, register_family,
+)
 
 # DFL targets stay strictly below reg_max so that both neighbouring bins exist (GFL's `bbox2distance` eps).
 _TARGET_EPS = 0.01
@@ -62,11 +65,6 @@ def check_gfl_config(config: ModelConfig) -> None:
         raise ValueError(
             f"head.reg_max={head.reg_max!r}: the box distributions need at least 2 bins (reg_max >= 1); GFL uses 16"
         )
-    if loss.cls_loss != "qfl":
-        raise ValueError(
-            f"loss.cls_loss={loss.cls_loss!r} is not available for head.kind='gfl': GFL / GFLV2 train their joint "
-            "classification-quality score with QFL; set loss.cls_loss='qfl'"
-        )
     if head.dgqp:
         bins = head.reg_max + 1
         if not 1 <= head.dgqp_topk <= bins:
@@ -78,7 +76,6 @@ def check_gfl_config(config: ModelConfig) -> None:
             raise ValueError(f"head.dgqp_hidden={head.dgqp_hidden} must be >= 1; GFLV2 uses 64")
 
 
-@register_head("gfl")
 class GFLHead(DenseHead):
     """GFL / GFLV2 head, shared across levels; see the module docstring for outputs, losses and scores."""
 
@@ -207,3 +204,54 @@ class GFLHead(DenseHead):
         if self.dgqp is not None:
             score = score * flat["quality_logits"].float().sigmoid()
         return ScoreMaps(select=score, rank=score, score=score)
+
+
+# ---------------------------------------------------------------------------------------------- family
+def _variant_config(variant: Variant) -> ModelConfig:
+    # mmdetection's GFL settings (= the GFL / GFLV2 authors'); `gfl_*` / `gflv2_*` assign with anchor IoUs only,
+    # `dynamic_*` with combined IoUs. score_sqrt / pre_nms_rank_by_joint are ATSS-family conventions (no effect).
+    config = ModelConfig(
+        backbone=BackboneConfig(name=BACKBONES[variant.trunk], dcn=variant.dcn,
+                                dcn_stages=variant.options.get("dcn_stages", (2, 3, 4))),
+        **GFL.mmdet_config(dgqp=variant.options.get("dgqp", False)),
+    )
+    if variant.combined_ious:
+        config.assigner.pred_weight = 1.0
+    return config
+
+
+def _variants() -> tuple[Variant, ...]:
+    variants = [
+        Variant("gfl_x101_32x4d", "x101_32x4d", combined_ious=False, doc="GFL (v1), anchor IoUs only; ResNeXt-101 32x4d "
+                "FPN (mmdetection's GFL X-101, `.mmdet_coco_2x_ms`: 45.9 AP)."),
+        Variant("gfl_x101_32x4d_dcn_c4", "x101_32x4d", dcn=True, combined_ious=False, options={"dcn_stages": (3, 4)},
+                doc="GFL (v1), anchor IoUs only; ResNeXt-101 32x4d FPN, DCN in stages 3-4 only (mmdetection's "
+                "dconv-c4-c5)."),
+    ]
+    names = {"r50": "ResNet-50", "r101": "ResNet-101", "r101_dcn": "ResNet-101-DCN",
+             "x101_32x8d": "ResNeXt-101 32x8d", "x101_64x4d": "ResNeXt-101 64x4d"}
+    for version, dgqp in (("gfl", False), ("gflv2", True)):
+        for combined in (False, True):
+            what = ("GFLV2" if dgqp else "GFL (v1)") + (
+                " with combined IoUs" + (' (Table V "+CIoUs")' if dgqp else "") if combined
+                else ", anchor IoUs only" + (" (Table V baseline)" if dgqp else ""))
+            for token, backbone in names.items():
+                paper = ""
+                if dgqp and token == "r50":
+                    paper = f" (paper: {41.1 if combined else 40.6} AP val2017, 1x)"
+                variants.append(Variant.named(version, token, combined, f"{what}; {backbone} FPN{paper}.", dgqp=dgqp))
+    return tuple(variants)
+
+
+GFL = register_family(HeadFamily(
+    kind="gfl",
+    head=GFLHead,
+    cls_losses=("qfl",),
+    cls_loss_note="GFL / GFLV2 train their joint classification-quality score with QFL",
+    box_distributions=True,
+    mmdet_head=dict(conv_bias=False, num_groups=32, reg_max=16, dgqp_topk=4, dgqp_hidden=64),
+    mmdet_conventions=dict(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
+    mmdet_loss=dict(cls_loss="qfl", box_weight=2.0, dfl_weight=0.25),
+    variant_config=_variant_config,
+    variants=_variants(),
+))

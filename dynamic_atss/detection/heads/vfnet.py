@@ -50,11 +50,14 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from ...config import ModelConfig
-from ...models.dcn import DeformConv2d
+from ...config import BackboneConfig, ModelConfig
+from ...ops.dcn import DeformConv2d
 from ..assigner import AssignResult, paired_iou
 from ..losses import reduce_mean, varifocal_loss
-from .base import DenseHead, Scale, ScoreMaps, Targets, connected, conv_gn_tower, gather_positive, init_head_weights, register_head
+from .base import (
+    BACKBONES, DenseHead, HeadFamily, Scale, ScoreMaps, Targets, Variant, connected, conv_gn_tower, gather_positive,
+    init_head_weights, register_family,
+)
 
 # Gradient multiplier from the initial box into the star-shaped offsets (VarifocalNet's `gradient_mul`).
 OFFSET_GRADIENT_SCALE = 0.1
@@ -103,7 +106,6 @@ def _iou_weighted_giou(
     return connected((giou * iou).sum() / normaliser * weight, distances), iou
 
 
-@register_head("vfnet")
 class VFNetHead(DenseHead):
     """Shared across levels; see the module docstring for the architecture, outputs, losses and assignment."""
 
@@ -113,16 +115,6 @@ class VFNetHead(DenseHead):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         head, loss = config.head, config.loss
-        if loss.cls_loss != "vfl":
-            raise ValueError(
-                f"loss.cls_loss={loss.cls_loss!r} is not supported by head.kind='vfnet' (its IoU-aware classification "
-                "score is trained with the Varifocal loss); set loss.cls_loss='vfl'"
-            )
-        if head.dgqp:
-            raise ValueError(
-                "head.dgqp=True needs box distributions (GFLV2's quality predictor); head.kind='vfnet' regresses "
-                "distances: use head.kind='gfl' or set head.dgqp=False"
-            )
         if head.assign_boxes not in ("initial", "refined"):
             raise ValueError(f"head.assign_boxes={head.assign_boxes!r} is unknown; use 'initial' or 'refined'")
         self.loss_cfg = loss
@@ -195,3 +187,47 @@ class VFNetHead(DenseHead):
     def detection_scores(self, flat: dict[str, Tensor]) -> ScoreMaps:
         iacs = flat["cls_logits"].float().sigmoid()
         return ScoreMaps(select=iacs, rank=iacs, score=iacs)
+
+
+# ---------------------------------------------------------------------------------------------- family
+def _variant_config(variant: Variant) -> ModelConfig:
+    # VarifocalNet's mmdetection configs: 3-conv towers without conv bias (GN follows), anchors centred at
+    # (x, y) * stride, P7 = conv(relu(P6)); `vfnet_*` assign with anchor IoUs only (VFNet itself, Table V "VFNet"),
+    # `dynamic_vfnet_*` with the combined IoUs (Table V "+CIoUs").
+    config = ModelConfig(backbone=BackboneConfig(name=BACKBONES[variant.trunk], dcn=variant.dcn),
+                         **VFNET.mmdet_config(dcn_last_conv=variant.dcn))
+    if variant.combined_ious:
+        config.assigner.pred_weight = 1.0
+    return config
+
+
+def _variants() -> tuple[Variant, ...]:
+    paper = {("r50", False): 41.3, ("r50", True): 41.6}
+    backbones = {"r50": "ResNet-50", "r50_dcn": "ResNet-50-DCN", "r101": "ResNet-101", "r101_dcn": "ResNet-101-DCN",
+                 "x101_32x8d": "ResNeXt-101 32x8d", "x101_64x4d": "ResNeXt-101 64x4d"}
+    variants = []
+    for token, backbone in backbones.items():
+        for combined in (False, True):
+            ap = paper.get((token, combined))
+            doc = ("VFNet + combined IoUs, " if combined else "VFNet, ") + f"{backbone} FPN"
+            if not combined and token == "r50":
+                doc += ", ATSS assignment"
+            if token == "r50_dcn" and not combined:
+                doc += " (DCNv2 in stages 2-4 and the last tower convs)"
+            if ap is not None:
+                doc += f" (paper, Table V: {ap} AP on COCO val2017, 1x)"
+            variants.append(Variant.named("vfnet", token, combined, doc + "."))
+    return tuple(variants)
+
+
+VFNET = register_family(HeadFamily(
+    kind="vfnet",
+    head=VFNetHead,
+    cls_losses=("vfl",),
+    cls_loss_note="its IoU-aware classification score is trained with the Varifocal loss",
+    mmdet_head=dict(num_convs=3, conv_bias=False, num_groups=32),
+    mmdet_conventions=dict(relu_before_p7=True, score_sqrt=False, pre_nms_rank_by_joint=False),
+    mmdet_loss=dict(cls_loss="vfl", vfl_alpha=0.75, focal_gamma=2.0, box_weight=2.0, box_init_weight=1.5),
+    variant_config=_variant_config,
+    variants=_variants(),
+))

@@ -1,0 +1,68 @@
+"""factory.py: the one door (`create` / `load_model`) for names, tags, folders and Hub repos."""
+
+import pytest
+import torch
+
+import dynamic_atss as da
+from dynamic_atss import factory, registry
+from dynamic_atss.registry import NoPretrainedWeightsError
+
+
+def test_constructors_and_names_build_the_same_model(tiny_kwargs):
+    torch.manual_seed(0)
+    by_name = da.create("dynamic_gflv2_r50", **tiny_kwargs)
+    torch.manual_seed(0)
+    by_constructor = da.dynamic_gflv2_r50(**tiny_kwargs)
+    assert by_name.config == by_constructor.config
+    for (name, a), (_, b) in zip(by_name.state_dict().items(), by_constructor.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_constructors_only_name_their_variant(monkeypatch):
+    """A constructor hands its name (and tag) to the factory: no loading of its own."""
+    calls = []
+    monkeypatch.setattr(da.models.zoo, "create", lambda name, pretrained=False, **kw: calls.append((name, pretrained, kw)))
+    da.vfnet_r50(pretrained=True, pretrained_tag="mmdet_coco_1x", num_classes=3)
+    da.atss_r50(num_classes=5)
+    assert calls == [("vfnet_r50.mmdet_coco_1x", True, {"num_classes": 3}), ("atss_r50", False, {"num_classes": 5})]
+
+
+def test_overrides_reach_the_config(tiny_kwargs):
+    model = da.create("atss_r50", **tiny_kwargs, **{"head.quality": "iou", "assigner.pred_weight": 1.0})
+    assert model.config.head.quality == "iou" and model.config.assigner.pred_weight == 1.0
+    assert model.config.anchors.center_offset == 0.0  # the variant's own settings stay
+
+
+def test_load_model_needs_weights():
+    with pytest.raises(NoPretrainedWeightsError, match="no published weights"):
+        da.load_model("r50")
+
+
+def test_folders_and_local_dir_load_through_the_factory(tmp_path, tiny_kwargs):
+    model = da.create("r50", **tiny_kwargs).eval()
+    model.save_pretrained(tmp_path / "saved")
+    for name in (str(tmp_path / "saved"), f"local-dir:{tmp_path / 'saved'}"):
+        loaded = da.load_model(name)
+        assert loaded.config == model.config
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_a_file_is_not_a_model_folder(tmp_path):
+    (tmp_path / "weights.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="dynamic-atss convert FILE"):
+        da.create(str(tmp_path / "weights.pth"))
+
+
+def test_entry_points_load_through_the_factory():
+    """predict / export, the benchmarks, the trainer and the demo import `create` from the factory only."""
+    import ast
+    from pathlib import Path
+
+    root = Path(factory.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and any(alias.name == "create" for alias in node.names):
+                assert node.module and node.module.endswith("factory") or path.name == "__init__.py", \
+                    f"{path.relative_to(root)} imports create from {node.module}"
+    assert not hasattr(registry, "create") and not hasattr(registry, "load_pretrained_tag")

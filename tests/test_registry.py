@@ -1,0 +1,106 @@
+"""registry.py: the tables (model names, `name.tag` weights, converters) and the errors that say what exists."""
+
+import json
+import re
+
+import pytest
+
+import dynamic_atss
+import dynamic_atss as da
+from dynamic_atss import registry
+from dynamic_atss.convert import available_converters
+from dynamic_atss.detection.heads import FAMILIES
+
+TAG = "atss_r50.mmdet_coco_1x"
+REAL_URL = ("https://download.openmmlab.com/mmdetection/v2.0/atss/atss_r50_fpn_1x_coco/"
+            "atss_r50_fpn_1x_coco_20200209-985f7bd0.pth")
+ALL_MODELS = da.list_models()
+
+
+def test_aliases_wildcards_and_unknown_names():
+    dcn_models = da.list_models("*dcn*")  # every family's DCN variants
+    assert {n for n in ALL_MODELS if "dcn" in n} <= set(dcn_models) and all("dcn" in n for n in dcn_models)
+    assert da.list_models("r101*") == ["dynamic_atss_r101", "dynamic_atss_r101_dcn"]
+    with pytest.raises(ValueError, match=r"closest: .*r101_dcn"):
+        da.create("r101_dnc")
+    with pytest.raises(ValueError, match="no pretrained tag"):
+        da.get_pretrained_cfg("r50.nonexistent")
+    with pytest.raises(RuntimeError, match="no published weights"):
+        da.create("r50.coco_1x")
+
+
+def test_index_entries_are_honest():
+    entries = json.loads(registry.INDEX_FILE.read_text())["weights"]
+    mmdet = [e for e in entries if e.get("url")]
+    assert {e["model"] + "." + e["tag"] for e in mmdet} >= {TAG, "atss_r101.mmdet_coco_1x"}
+    for entry in mmdet:
+        name = entry["url"].rsplit("/", 1)[1]
+        assert entry["url"].startswith("https://download.openmmlab.com/mmdetection/v2.0/"), entry
+        assert re.fullmatch(r"[0-9a-f]{8}", entry["hash_prefix"]) and name.endswith(f"-{entry['hash_prefix']}.pth")
+        assert entry["metrics"]["source"] == "mmdetection" and entry["metrics"]["AP"] > 35
+        assert not entry["model"].startswith("dynamic_atss"), "plain ATSS / GFL / VFNet weights are not Dynamic ATSS"
+        assert entry["converter"] == f"mmdet_{entry['family']}" and entry["description"]
+    assert registry.get_pretrained_cfg(TAG).url == REAL_URL
+    assert registry.get_pretrained_cfg("atss_r50").tag == "mmdet_coco_1x"
+    loadable = {f"{e['model']}.{e['tag']}" for e in mmdet if f"mmdet_{e['family']}" in available_converters()}
+    assert dynamic_atss.list_models(pretrained=True) == sorted(loadable)  # the families this version has
+    assert {"atss_r101.mmdet_coco_1x", "atss_r50.mmdet_coco_1x"} <= loadable
+
+
+def test_every_family_variant_is_registered_once_with_its_family():
+    variants = [(family.kind, variant) for family in FAMILIES.values() for variant in family.variants]
+    assert sorted(v.name for _, v in variants) == da.list_models()
+    for kind, variant in variants:
+        entry = registry.model_entry(variant.name)
+        assert (entry.family, entry.trunk, entry.dcn) == (kind, variant.trunk, variant.dcn)
+        assert entry.config().head.kind == kind
+
+
+def test_a_name_registered_twice_raises():
+    entry = registry.model_entry("r50")
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register_model(entry)
+    from dynamic_atss.detection.heads import register_family
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_family(FAMILIES["atss"])
+    from dynamic_atss.convert import register_mmdet_head
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_mmdet_head("bbox_head.atss_centerness.weight", "atss")(lambda remaining, take: {})
+
+
+def test_pretrained_cfg_has_no_dead_fields():
+    fields = set(registry.PretrainedCfg.__dataclass_fields__)
+    assert not {"dataset", "notes"} & fields
+    entries = json.loads(registry.INDEX_FILE.read_text())["weights"]
+    assert all(set(entry) <= fields for entry in entries)
+
+
+def test_nearest_weights_rank_by_the_entry_not_the_name(monkeypatch):
+    """The family and backbone of a name come from its registry entry (no family-name regexes)."""
+    nearest = registry._nearest_weights("dynamic_vfnet_r101_dcn")
+    assert nearest[0].family == "vfnet"
+    nearest = registry._nearest_weights("dynamic_gflv2_x101_32x8d")
+    assert nearest[0].family == "gfl"
+
+
+def test_locations_are_parsed_in_one_place(tmp_path):
+    assert registry.parse_location("hf-hub:org/name@v1") == ("hub", "org/name", "v1")
+    assert registry.parse_location(f"local-dir:{tmp_path}") == ("dir", str(tmp_path), None)
+    assert registry.parse_location(str(tmp_path)) == ("dir", str(tmp_path), None)
+    assert registry.parse_location("r50") is None
+    with pytest.raises(ValueError, match="hf-hub:org/name"):
+        registry.parse_location("hf-hub:not a repo")
+    from dynamic_atss.hub import download
+
+    assert download.is_model_folder is registry.is_model_folder
+
+
+def test_the_registry_imports_nothing_of_the_package():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(registry.__file__).read_text())
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+    assert sorted(node.module for node in imports) == ["config", "errors"]  # config under TYPE_CHECKING only
