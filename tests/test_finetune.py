@@ -159,6 +159,8 @@ def test_readme_own_dataset_commands_fine_tune_evaluate_push_and_load(tmp_path, 
         card = repo_files["README.md"].decode()
         assert "coco" not in card.lower(), card  # trained and measured on the user's data, never COCO
         assert str(tmp_path) not in card and "outputs/" not in card  # no local paths
+        published = repo_files["config.json"].decode()  # the recipe keeps names, never the trainer's folders
+        assert str(tmp_path) not in published and json.loads(published)["recipe"]["data"]["name"]
         assert f"{len(classes)} class{'es' if len(classes) > 1 else ''}:" in card
         data = ModelCard(card).data.to_dict()
         split = "validation" if "hf" in repo else "val"

@@ -211,12 +211,13 @@ def _training_data(recipe: dict[str, Any]) -> tuple[str | None, str | None]:
     name = data.get("name")
     source = data.get("source")
     hub_id = None
-    if data.get("kind") == "hf" and isinstance(source, str) and not _looks_local(source):
+    if data.get("kind") == "hf" and isinstance(source, str) and not is_local_path(source):
         hub_id = source
     return (str(name) if name else None), hub_id
 
 
-def _looks_local(text: str) -> bool:
+def is_local_path(text: str) -> bool:
+    """Whether `text` is a path on this machine rather than a Hub id (`name` or `org/name`)."""
     return text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or Path(text).expanduser().exists()
 
 
@@ -239,7 +240,7 @@ def _recipe_summary(recipe: dict[str, Any]) -> str:
             value = value.get(part) if isinstance(value, dict) else None
         if value is None or (key == "model" and recipe.get("init_from")):  # with init_from the checkpoint decides
             continue
-        if key == "init_from" and _looks_local(str(value).removeprefix("local-dir:")):
+        if key == "init_from" and is_local_path(str(value).removeprefix("local-dir:")):
             value = "a local saved model"
         parts.append(f"{label}: {value}")
     return ", ".join(parts)

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserInputError
-from .card import CARD_MARKER, card_kwargs_from_existing, generate_model_card
+from .card import CARD_MARKER, card_kwargs_from_existing, generate_model_card, is_local_path
 from .download import load_pretrained
 from .serialization import CARD_NAME, CONFIG_NAME, PREPROCESSOR_NAME, WEIGHTS_NAME, preprocessor_config, read_config
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import CommitInfo, HfApi
 
-__all__ = ["HubPushError", "check_push_access", "push_later_command", "push_model_dir"]
+__all__ = ["HubPushError", "check_push_access", "publishable_config", "push_later_command", "push_model_dir"]
 
 def push_model_dir(
     model_dir: str | os.PathLike,
@@ -64,7 +64,7 @@ def push_model_dir(
     if revision is not None and revision != "main" and not create_pr:
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model", token=token)
     operations = [
-        CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=str(directory / CONFIG_NAME)),
+        CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=publishable_config(document)),
         CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(directory / WEIGHTS_NAME)),
         CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card_bytes),
         CommitOperationAdd(path_in_repo=PREPROCESSOR_NAME, path_or_fileobj=_preprocessor_bytes(directory)),
@@ -74,6 +74,31 @@ def push_model_dir(
         repo_id, operations, commit_message=message, commit_description=commit_description, token=token,
         repo_type="model", revision=revision, create_pr=create_pr,
     )
+
+
+# Recipe fields that hold paths on the training machine: published as their last component (a name, as the card).
+_RECIPE_PATH_KEYS = ("output_dir", "init_from", "data.train_images", "data.train_annotations", "data.val_images",
+                     "data.val_annotations", "data.source")
+
+
+def publishable_config(document: dict) -> bytes:
+    """config.json as published: the saved document with the recipe's local paths (data folders, annotation files,
+    output folder, a local `init_from`) reduced to their last component, so a push never reveals the training
+    machine's folders. A Hub dataset id (`data.source: org/name`) or an `hf-hub:` init_from is kept as it is."""
+    document = json.loads(json.dumps(document))  # a deep copy of plain JSON
+    recipe = document.get("recipe")
+    for key in _RECIPE_PATH_KEYS if isinstance(recipe, dict) else ():
+        *parents, leaf = key.split(".")
+        section = recipe
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        value = section.get(leaf) if isinstance(section, dict) else None
+        hub_id = key == "data.source" and not is_local_path(value) if isinstance(value, str) else False
+        if not isinstance(value, str) or value.startswith("hf-hub:") or hub_id:
+            continue
+        prefix = "local-dir:" if value.startswith("local-dir:") else ""
+        section[leaf] = prefix + Path(value.removeprefix("local-dir:")).name
+    return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
 
 def _preprocessor_bytes(directory: Path) -> bytes:
