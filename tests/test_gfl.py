@@ -27,8 +27,8 @@ from dynamic_atss.detection.heads.gfl import GFLHead
 from dynamic_atss.detection.losses import distribution_focal_loss, joint_quality_focal_loss
 from dynamic_atss.ops.dcn import ModulatedDeformConv2d
 from hub_server import file_server  # noqa: F401  (pytest fixture)
-from test_url_weights import point_tag_at, scratch_registry, torch_cache  # noqa: F401  (pytest fixtures)
-from test_convert import (
+from test_url import point_tag_at, scratch_registry, torch_cache  # noqa: F401  (pytest fixtures)
+from test_mmdet import (
     TINY, TINY_OVERRIDES, _import_mmdet, assert_all_landed, compare_with_mmdetection, expected_target,
     mmdet_atss_state_dict,
 )
@@ -504,7 +504,7 @@ def test_recipes_build_their_model(recipe, model, pred_weight, dgqp):
 def test_demo_compares_gflv2_with_and_without_combined_ious(tmp_path):
     import yaml
     from dynamic_atss.__main__ import main as cli
-    from test_train import TINY_RECIPE
+    from test_trainer import TINY_RECIPE
 
     recipe = dict(TINY_RECIPE, output_dir=str(tmp_path / "demo"), checkpoint_every=0)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))

@@ -29,8 +29,8 @@ from dynamic_atss.detection.heads import vfnet as vfnet_module
 from dynamic_atss.detection.heads.vfnet import VFNetHead, distance_to_boxes, star_offsets
 from dynamic_atss.ops.dcn import DeformConv2d, ModulatedDeformConv2d
 from hub_server import file_server  # noqa: F401  (pytest fixture)
-from test_convert import TINY, TINY_OVERRIDES, _import_mmdet, assert_all_landed, expected_target, mmdet_atss_state_dict
-from test_url_weights import scratch_registry, torch_cache  # noqa: F401  (pytest fixtures)
+from test_mmdet import TINY, TINY_OVERRIDES, _import_mmdet, assert_all_landed, expected_target, mmdet_atss_state_dict
+from test_url import scratch_registry, torch_cache  # noqa: F401  (pytest fixtures)
 
 VFNET_MODELS = [
     f"{prefix}vfnet_{variant}" for prefix in ("", "dynamic_")

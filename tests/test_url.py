@@ -1,7 +1,7 @@
 """`create("atss_r50.mmdet_coco_1x", pretrained=True)`: public checkpoints by URL, hash-checked, converted, cached.
 
 Nothing leaves the machine: a loopback `FileServer` (tests/hub_server.py) serves a tiny checkpoint written in
-mmdetection's layout (tests/test_convert.py builds it). The real index entries are never weakened: a test
+mmdetection's layout (tests/test_mmdet.py builds it). The real index entries are never weakened: a test
 registers a copy of the entry whose `url` / `hash_prefix` point at the loopback file (a scratch registry), or
 sets `DYNAMIC_ATSS_WEIGHTS_MIRROR` so that the real entry is fetched from the loopback server.
 """
@@ -20,7 +20,7 @@ import huggingface_hub
 import pytest
 import torch
 from hub_server import file_server  # noqa: F401  (pytest fixture)
-from test_convert import TINY, mmdet_atss_state_dict
+from test_mmdet import TINY, mmdet_atss_state_dict
 
 import dynamic_atss
 from dynamic_atss import registry

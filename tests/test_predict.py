@@ -8,7 +8,7 @@ import yaml
 import dynamic_atss as da
 from dynamic_atss.__main__ import main as cli
 from dynamic_atss.visualize import save_png
-from test_train import TINY_RECIPE
+from test_trainer import TINY_RECIPE
 
 
 @pytest.fixture
