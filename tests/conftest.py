@@ -4,6 +4,10 @@ import sys
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+import dynamic_atss as da
+import huggingface_hub
+from dynamic_atss import registry
+from dynamic_atss.convert import MIRROR_ENV
 
 # Tiny models keep the suite fast on 2 CPU cores: timm's test_resnet trunk, 32-channel FPN/head.
 TINY = {
@@ -93,3 +97,46 @@ def _assert_same_detections(expected, got, rtol=1e-3):
 @pytest.fixture
 def assert_same_detections():
     return _assert_same_detections
+
+
+
+# ----------------------------------------------------------------------------------------------- ONNX
+@pytest.fixture(scope="module")
+def onnx_deps():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty Hub cache; also the default one, so nothing of the user's cache is read."""
+    path = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return path
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    monkeypatch.setattr(registry, "_PRETRAINED", dict(registry._PRETRAINED))
+    monkeypatch.setattr(registry, "_DEFAULT_TAG", dict(registry._DEFAULT_TAG))
+
+
+@pytest.fixture
+def saved_tiny_model(tmp_path, tiny_kwargs):
+    model = da.create("r50", num_classes=3, class_names=["a", "b", "c"], **tiny_kwargs)
+    with torch.no_grad():
+        model.head.cls_logits.bias.fill_(2.0)  # confident random model: plenty of boxes to draw
+    model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+@pytest.fixture
+def torch_cache(tmp_path, monkeypatch):
+    """An empty torch hub cache (where URL weights go), online."""
+    path = tmp_path / "torch-hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    return path / "checkpoints"

@@ -1,4 +1,4 @@
-"""Run by `accelerate launch` in test_train: the root train.py's `main`, with each rank writing its view of
+"""Run by `accelerate launch` in test_trainer.py: the root train.py's `main`, with each rank writing its view of
 the process group once its Accelerator exists (so the test can assert that two processes trained together)."""
 
 import json

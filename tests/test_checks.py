@@ -20,7 +20,7 @@ from dynamic_atss.data.checks import scan_dataset
 from dynamic_atss.engine import load_config, train
 from dynamic_atss.engine import trainer
 from dynamic_atss.engine.trainer import DataCheckError
-from test_trainer import TINY_RECIPE, write_recipe
+from helpers_trainer import TINY_RECIPE, write_recipe
 
 
 def write_coco(folder, num_images=6, crowd=False, truncate=(), wrong_size=(), fmt="JPEG"):
@@ -162,7 +162,7 @@ def test_a_category_missing_from_categories_stops_before_the_folder_is_claimed(t
 def test_two_processes_skip_an_image_that_fails_to_decode_in_step(tmp_path):
     """Issue 18, item 2 with a real 2-process CPU launch: both processes replace the image alike (no hang, no
     crash) and the final report names the file."""
-    from test_trainer import ROOT, _free_port
+    from helpers_trainer import ROOT, free_port
 
     images_dir, ann_file = write_coco(tmp_path, num_images=8, fmt="PNG")
     corrupt_png_data(images_dir / "img1.png")
@@ -171,7 +171,7 @@ def test_two_processes_skip_an_image_that_fails_to_decode_in_step(tmp_path):
     result = subprocess.run(
         [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-         str(_free_port()), str(ROOT / "train.py"), "--config", str(recipe), "--optim.max_iters", "4",
+         str(free_port()), str(ROOT / "train.py"), "--config", str(recipe), "--optim.max_iters", "4",
          "--batch_size", "1"],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )

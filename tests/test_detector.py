@@ -1,4 +1,6 @@
-"""The default path computes from the parameters and buffers the model holds at each call (no cache derived from
+"""models/detector.py: forward, preprocessing, training forward and the weights the model follows.
+
+The default path computes from the parameters and buffers the model holds at each call (no cache derived from
 weights), so every ordinary way of changing, saving, copying, hooking, tracing, differentiating or sharing a model
 works; the `optimize_for_inference` snapshot keeps its own weights (source edits do not reach it, a new snapshot
 follows them) and behaves the same way otherwise.
@@ -14,6 +16,7 @@ import pickle
 import sys
 import threading
 import warnings
+import math
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import dynamic_atss as da
+from dynamic_atss.data import SyntheticShapes
 
 MEDIUM = {"backbone": "test_resnet", "fpn_channels": 128, "head.channels": 128, "head.num_groups": 8,
           "head.num_convs": 1, "min_size": 128, "max_size": 128}  # fmt: skip
@@ -362,3 +366,193 @@ def test_default_inference_runs_channels_last_on_cpu(x):
     assert all(t.is_contiguous(memory_format=torch.channels_last) for t in raw(model, x))
     assert all(p.is_contiguous() for p in model.parameters())  # the parameters keep their layout
     assert all(t.is_contiguous() for t in model.state_dict().values())
+
+
+def test_forward_raw_shapes(tiny_kwargs):
+    model = da.create("r50", num_classes=7, **tiny_kwargs).eval()
+    cls, box, quality = model.forward_raw(torch.randn(2, 3, 128, 192))
+    for level, stride in enumerate((8, 16, 32, 64, 128)):
+        h, w = math.ceil(128 / stride), math.ceil(192 / stride)
+        assert cls[level].shape == (2, 7, h, w)
+        assert box[level].shape == (2, 4, h, w)
+        assert quality[level].shape == (2, 1, h, w)
+
+
+def test_eval_forward_two_image_sizes(tiny_kwargs):
+    model = da.create("r50", num_classes=3, **tiny_kwargs).eval()
+    model.config.test.score_thresh = 0.0  # random weights score ~0.01: keep everything
+    images = [torch.rand(3, 90, 150), torch.rand(3, 200, 120)]
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for det, image in zip(out, images, strict=True):
+        assert set(det) == {"boxes", "scores", "labels"}
+        assert 0 < len(det["boxes"]) <= 100
+        assert det["labels"].dtype == torch.int64 and det["labels"].max() < 3
+        height, width = image.shape[1:]
+        assert (det["boxes"][:, 0::2] >= 0).all() and (det["boxes"][:, 0::2] <= width + 1e-3).all()
+        assert (det["boxes"][:, 1::2] >= 0).all() and (det["boxes"][:, 1::2] <= height + 1e-3).all()
+        # a box beyond the image would have been clipped to it: some must touch the far edges
+        assert det["boxes"][:, 2].max() > 0.5 * width
+
+
+def test_resize_respects_min_and_max_size(tiny_kwargs):
+    model = da.create("r50", **tiny_kwargs).eval()
+    batch, sizes, original = model.preprocess([torch.rand(3, 100, 1000), torch.rand(3, 64, 64)])
+    assert sizes.tolist() == [[19, 192], [128, 128]]  # longer side capped at 192; shorter side to 128
+    assert batch.shape == (2, 3, 128, 192) and batch.shape[-1] % 32 == 0
+    assert original == [(100, 1000), (64, 64)]
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        ([torch.rand(3, 32, 32), torch.rand(1, 32, 32)], "image 1: expected shape"),
+        ([torch.rand(3, 32, 32), torch.rand(3, 0, 32)], "image 1: has a zero side"),
+        ([torch.zeros(3, 32, 32, dtype=torch.uint8)], r"image 0: .*float"),
+        ([], "non-empty"),
+    ],
+)
+def test_bad_images_name_the_index(tiny_kwargs, images, match):
+    model = da.create("r50", **tiny_kwargs).eval()
+    with pytest.raises(ValueError, match=match):
+        model(images)
+
+
+def test_scores_follow_the_score_convention(tiny_kwargs):
+    model = da.create("r50", **tiny_kwargs).eval()
+    model.config.test.score_thresh = 0.0
+    image = [torch.rand(3, 128, 128)]
+    with torch.no_grad():
+        sqrt_scores = model(image)[0]["scores"]
+        model.config.conventions.score_sqrt = False
+        plain_scores = model(image)[0]["scores"]
+    torch.testing.assert_close(sqrt_scores[:5] ** 2, plain_scores[:5], rtol=1e-4, atol=1e-6)
+
+
+def test_one_public_preprocessing(tiny_kwargs):
+    """`preprocess(normalize=False)` is what graphs that normalise inside get; nothing outside the detector
+    calls its private checks (ONNX Runtime and export share the public transform)."""
+    import ast
+    from pathlib import Path
+
+    model = da.create("r50", **tiny_kwargs).eval()
+    images = [torch.rand(3, 70, 90), torch.rand(3, 50, 40)]
+    normalised, sizes, original = model.preprocess(images)
+    plain, plain_sizes, _ = model.preprocess(images, normalize=False)
+    assert torch.equal(sizes, plain_sizes) and original == [(70, 90), (50, 40)]
+    for index, (height, width) in enumerate(sizes.tolist()):
+        torch.testing.assert_close(normalised[index, :, :height, :width],
+                                   model.normalize(plain[index, :, :height, :width]))
+    package = Path(da.__file__).parent
+    for path in (package / "inference").glob("*.py"):
+        private = {node.attr for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)
+                   and node.attr in ("_check_images", "_target_size")}
+        assert not private, f"{path.name} calls {private}"
+
+
+def test_float_images_in_0_255_are_refused_with_the_fix(tiny_kwargs):
+    """Issue 18, item 9: `model(images)` with floats in 0..255 used to give wrong boxes silently."""
+    model = da.create("r50", num_classes=3, **tiny_kwargs).eval()
+    with pytest.raises(ValueError, match=r"image 1: values in \[0, 255\], expected floats in \[0, 1\]; divide 0-255 "
+                                         r"images by 255"):
+        model([torch.rand(3, 64, 64), torch.full((3, 64, 64), 255.0).index_fill_(1, torch.tensor([0]), 0.0)])
+    with pytest.raises(ValueError, match="pass the images unnormalised"):
+        model([torch.randn(3, 64, 64) * 2])
+    assert len(model([torch.rand(3, 64, 64)])) == 1  # [0, 1] passes
+
+
+def one_image(size=128):
+    image, target = SyntheticShapes(1, (size, size), seed=3, min_objects=3, max_objects=4)[0]
+    return [image], [{"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"]}]
+
+
+def test_tiny_model_overfits_one_image(tiny_kwargs):
+    torch.manual_seed(0)
+    model = da.create("r50", num_classes=6, **{**tiny_kwargs, "backbone.norm": "bn", "backbone.frozen_stages": -1}).train()
+    images, targets = one_image()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    history = []
+    for _ in range(50):
+        losses = model(images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        history.append(float(sum(losses.values()).detach()))
+    assert history[-1] < 0.5 * history[0], history[::10]
+    assert float(model.assign_stats["num_pos"]) > 0
+
+
+def test_every_head_parameter_gets_a_gradient_even_without_gt(tiny_kwargs):
+    model = da.create("r50", num_classes=6, **tiny_kwargs).train()
+    images, targets = one_image()
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    for batch_images, batch_targets in (([images[0], images[0]], [targets[0], empty]), ([images[0]], [empty])):
+        model.zero_grad()
+        losses = model(batch_images, batch_targets)
+        assert set(losses) == {"loss_cls", "loss_box", "loss_quality"}  # parts only: sum() is the loss
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        missing = [n for n, p in model.head.named_parameters() if p.grad is None]
+        assert not missing, missing
+    assert float(losses["loss_box"].detach()) == 0.0 and float(losses["loss_quality"].detach()) == 0.0  # the all-empty batch
+
+
+@pytest.mark.parametrize("cls_loss", ["focal", "qfl", "vfl"])
+@pytest.mark.parametrize("quality", ["centerness", "iou"])
+@pytest.mark.parametrize("weights", [(0.0, 1.0), (1.0, 0.0), (1.0, 1.0), ("up", "down")])
+def test_table_ii_and_iii_switches_run(tiny_kwargs, cls_loss, quality, weights):
+    model = da.create("r50", num_classes=6, **tiny_kwargs, **{
+        "loss.cls_loss": cls_loss, "head.quality": quality,
+        "assigner.pred_weight": weights[0], "assigner.anchor_weight": weights[1],
+    }).train()
+    images, targets = one_image(96)
+    losses, stats = model(images, targets, progress=0.3, return_stats=True)  # training state passed, not set
+    assert all(torch.isfinite(v) for v in losses.values())
+    if weights == ("up", "down"):
+        assert float(stats["pred_weight"]) == pytest.approx(0.3)
+        assert float(stats["anchor_weight"]) == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(
+    "boxes, labels, match",
+    [
+        ([[10.0, 10.0, 10.0, 40.0]], [0], r"image 1: box 0 .*zero or negative width"),
+        ([[10.0, 10.0, 50.0, float("nan")]], [0], r"image 1: box 0 .*not finite"),
+        ([[10.0, 10.0, 50.0, 50.0]], [6], r"image 1: label 6 is outside \[0, 6\)"),
+        ([[10.0, 10.0, 50.0, 50.0]], [0, 1], r"image 1: 1 boxes but 2 labels"),
+    ],
+)
+def test_bad_targets_name_the_image(tiny_kwargs, boxes, labels, match):
+    model = da.create("r50", num_classes=6, **tiny_kwargs).train()
+    images, targets = one_image()
+    bad = {"boxes": torch.tensor(boxes), "labels": torch.tensor(labels)}
+    with pytest.raises(ValueError, match=match):
+        model(images * 2, targets + [bad])
+
+
+def test_train_mode_needs_targets(tiny_kwargs):
+    model = da.create("r50", **tiny_kwargs).train()
+    with pytest.raises(ValueError, match="needs targets"):
+        model([torch.rand(3, 64, 64)])
+
+
+# Every host-device synchronisation of a training step (forward + backward), by the function it is in. On a GPU
+# each one waits for the queued kernels, so the list is kept short and each entry is justified:
+ALLOWED_SYNCS = {
+    ("detector.py", "_prepare_targets", "__bool__"): 1,  # bad boxes / labels, one check per batch, on the host
+    # where the targets are (the trainer keeps them there: no device involved)
+    ("detector.py", "forward", "tolist"): 1,  # resized image sizes: a CPU tensor, no device involved
+    ("assigner.py", "__call__", "tolist"): 1,  # CPU only: exactness of every level's window search at once
+    ("base.py", "gather_positive", "nonzero"): 1,  # indices of the positives: their number sets the loss shapes
+}
+
+
+@pytest.mark.parametrize("kind", ["atss", "gfl", "vfnet"])
+def test_training_step_host_synchronisations_are_the_justified_ones(tiny_kwargs, kind, train_batch, host_syncs):
+    model = da.create(f"dynamic_{kind}_r50", num_classes=4, **tiny_kwargs).train()
+    images, targets = train_batch
+    with host_syncs() as syncs:
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+    assert dict(syncs.seen) == ALLOWED_SYNCS

@@ -1,29 +1,14 @@
 """Export: ONNX (raw and with NMS in the graph, dynamic batch and size, DCN through DeformConv),
-ONNX Runtime detections equal to eager PyTorch, torch.export of forward_raw for every head family, the CLI."""
+ONNX Runtime detections equal to eager PyTorch, torch.export of forward_raw for every head family, the CLI.
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import dynamic_atss as da
-from dynamic_atss.detection.heads import HEAD_FAMILIES
 from dynamic_atss.inference import export_program, raw_output_names
 
-# A tiny model whose random weights give many detections (prior 0.3: most anchors pass the 0.05 threshold), so
-# the comparisons below exercise top-k, NMS and the per-image cap rather than empty outputs.
-EXPORT_TINY = {"head.prior_prob": 0.3}
-
-
-def _tiny(tiny_kwargs, kind="atss", **overrides):
-    """A tiny model of head family `kind` (its registered `dynamic_<kind>_r50` variant)."""
-    name = f"dynamic_{kind}_r50"
-    assert name in da.list_models(), f"register {name} (or teach this test the family's model name)"
-    torch.manual_seed(0)
-    return da.create(name, num_classes=4, **{**tiny_kwargs, **EXPORT_TINY, **overrides}).eval()
-
-
-FAMILIES = sorted(HEAD_FAMILIES)
+from helpers_export import FAMILIES, _tiny
 
 
 # ----------------------------------------------------------------------------------------------- torch.export
@@ -52,33 +37,6 @@ def test_torch_export_of_a_dcn_model(tiny_kwargs):
         got = program.module()(x)
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
-
-
-# ----------------------------------------------------------------------------------------------- ONNX
-@pytest.fixture(scope="module")
-def onnx_deps():
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-
-
-@pytest.mark.parametrize("kind", FAMILIES)
-def test_onnx_runtime_equals_the_default_path(onnx_deps, tiny_kwargs, tmp_path, kind, assert_same_detections):
-    """ONNX Runtime gives the default path's detections (same labels, boxes within 1e-3 relative)
-    on real-sized images of different sizes in one batch, and the raw outputs at another batch / size."""
-    from dynamic_atss.inference import onnx_runtime
-
-    model = _tiny(tiny_kwargs, kind, min_size=480, max_size=640)
-    fast = onnx_runtime(model, tmp_path / "raw.onnx")
-    images = [torch.rand(3, 480, 640), torch.rand(3, 375, 500)]
-    with torch.no_grad():
-        expected = model(images)
-    assert_same_detections(expected, fast(images))
-    x = torch.randn(3, 3, 256, 288)
-    with torch.no_grad():
-        raw = model.forward_raw(x)
-    for e_list, g_list in zip(raw, fast.run_raw(x), strict=True):
-        for e, g in zip(e_list, g_list, strict=True):
-            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", FAMILIES)

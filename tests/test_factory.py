@@ -1,11 +1,23 @@
 """factory.py: the one door (`create` / `load_model`) for names, tags, folders and Hub repos."""
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 import dynamic_atss as da
 from dynamic_atss import factory, registry
 from dynamic_atss.registry import NoPretrainedWeightsError
+import dynamic_atss
+from dynamic_atss import registry
+from dynamic_atss import registry
+from dynamic_atss.registry import NoPretrainedWeightsError
+
+from hub_server import file_server  # noqa: F401  (pytest fixture)
+from helpers_url import TAG, assert_same_raw_outputs, point_tag_at, serve_tiny
 
 
 def test_constructors_and_names_build_the_same_model(tiny_kwargs):
@@ -66,3 +78,47 @@ def test_entry_points_load_through_the_factory():
                 assert node.module and node.module.endswith("factory") or path.name == "__init__.py", \
                     f"{path.relative_to(root)} imports create from {node.module}"
     assert not hasattr(registry, "create") and not hasattr(registry, "load_pretrained_tag")
+
+
+def test_path_like_names_in_create(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        dynamic_atss.create(str(tmp_path / "missing"))
+    (tmp_path / "weights.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"is a file: give the model folder.*dynamic-atss convert"):
+        dynamic_atss.create(str(tmp_path / "weights.pth"))
+
+
+def test_pretrained_without_weights_explains_what_is_available(monkeypatch):
+    from dynamic_atss.convert import mmdet
+
+    # the ATSS weights only (other families' weights are listed too where they are nearer, e.g. VFNet R-101)
+    for marker in [k for k, (family, _) in mmdet.MMDET_HEADS.items() if family != "atss"]:
+        monkeypatch.delitem(mmdet.MMDET_HEADS, marker)
+    with pytest.raises(NoPretrainedWeightsError) as caught:
+        dynamic_atss.create("dynamic_atss_r101_dcn", pretrained=True)
+    message = str(caught.value)
+    assert "dynamic_atss_r101_dcn.coco_2x_ms has no published weights yet" in message
+    assert message.index("atss_r101.mmdet_coco_1x") < message.index("atss_r50.mmdet_coco_1x")  # nearest first
+    assert "41.5 box AP" in message and "plain ATSS, not Dynamic ATSS" in message
+    assert registry.FINETUNE_RECIPE in message and "--push-to-hub" in message
+    assert Path(registry.FINETUNE_RECIPE).name in os.listdir(Path(__file__).resolve().parents[1] / "configs")
+    with pytest.raises(NoPretrainedWeightsError, match="no published weights"):
+        dynamic_atss.create("r50", pretrained=True)
+
+
+def test_benchmark_and_trainer_load_the_tag_through_create(tmp_path, file_server, torch_cache,  # noqa: F811
+                                                           scratch_registry):
+    from dynamic_atss.benchmark import coco as coco_bench
+    from dynamic_atss.engine.config import load_config
+    from dynamic_atss.engine.trainer import build_model
+
+    url, _, prefix = serve_tiny(file_server, tmp_path)
+    point_tag_at(url, prefix)
+    model, name = coco_bench.load_model(TAG)
+    assert name == TAG and model.pretrained_info["url"] == url
+    # the fine-tune recipe's model: converted weights, combined-IoU assigner
+    recipe = load_config(Path(__file__).resolve().parents[1] / registry.FINETUNE_RECIPE)
+    tuned = build_model(recipe, num_classes=3, class_names=["cat", "dog", "bird"])
+    assert tuned.config.assigner.pred_weight == 1.0 and tuned.config.assigner.anchor_weight == 1.0
+    assert_same_raw_outputs(model, tuned)  # the assignment changes training only
+    assert len(file_server.requests) == 1

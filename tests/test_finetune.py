@@ -11,21 +11,19 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import pytest
 import torch
-from hub_server import hub_server  # noqa: F401  (pytest fixture)
 from huggingface_hub import ModelCard
 
 import dynamic_atss
-from dynamic_atss.hub.card import generate_model_card
-from dynamic_atss.train import main as train_main
+
+from helpers_trainer import free_port
+from hub_server import hub_server  # noqa: F401  (pytest fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"backbone": "test_resnet", "fpn_channels": 32, "head.channels": 32, "head.num_groups": 8, "min_size": 64,
@@ -99,12 +97,6 @@ def write_hf_dataset(path: Path, coco_root: Path) -> None:
     ).save_to_disk(str(path))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_command(command: str, cwd: Path, env: dict[str, str], extra: list[str]) -> subprocess.CompletedProcess:
     """One README command: `dynamic-atss` and `accelerate` from this interpreter's environment, N = 2 CPU
     processes (a free port, so parallel test runs do not collide)."""
@@ -112,7 +104,7 @@ def run_command(command: str, cwd: Path, env: dict[str, str], extra: list[str]) 
     if argv[0] == "dynamic-atss":
         argv = [sys.executable, "-m", "dynamic_atss", *argv[1:]]
     elif argv[0] == "accelerate":
-        argv = [str(Path(sys.executable).parent / "accelerate"), "launch", "--main_process_port", str(_free_port()),
+        argv = [str(Path(sys.executable).parent / "accelerate"), "launch", "--main_process_port", str(free_port()),
                 *["2" if a == "N" else a for a in argv[2:]]]
     else:
         raise AssertionError(f"unexpected command in the README: {command}")
@@ -172,71 +164,3 @@ def test_readme_own_dataset_commands_fine_tune_evaluate_push_and_load(tmp_path, 
     result = run_command(predict, tmp_path, env, [])
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "predictions" / "detections.json").read_text())[0]["image"].endswith("0.jpg")
-
-
-def _demo_model_folder(path: Path) -> None:
-    """A model saved with the architecture of the `demo_cpu` recipe (as `make demo` leaves in outputs/demo/model)."""
-    demo = {"backbone": "resnet10t", "backbone.norm": "bn", "backbone.frozen_stages": -1, "fpn_channels": 64,
-            "head.channels": 64, "head.num_groups": 16, "head.num_convs": 2, "min_size": 96, "max_size": 96}
-    dynamic_atss.create("r50", num_classes=3, **demo).save_pretrained(path)
-
-
-def test_init_from_accepts_a_recipe_that_restates_the_checkpoint(tmp_path):
-    """`--config demo_cpu --init_from <a demo model>`: every architecture field equals the checkpoint's."""
-    from dynamic_atss.engine.config import load_config  # noqa: PLC0415
-    from dynamic_atss.engine.trainer import build_model  # noqa: PLC0415
-
-    _demo_model_folder(tmp_path / "demo")
-    config = load_config("demo_cpu", [f"init_from=local-dir:{tmp_path / 'demo'}"])
-    with pytest.warns(UserWarning, match="classification layer"):
-        model = build_model(config, 1, ["tree"])  # the class count and names come from the data
-    assert model.config.num_classes == 1 and model.config.class_names == ["tree"]
-    assert model.config.head.channels == 64 and model.config.backbone.name == "resnet10t"
-
-
-def test_init_from_refuses_a_differing_architecture_field(tmp_path, capsys):
-    _demo_model_folder(tmp_path / "demo")
-    code = train_main(["--config", "demo_cpu", "--init_from", f"local-dir:{tmp_path / 'demo'}",
-                       "--model_overrides.head.channels", "32", "--output_dir", str(tmp_path / "run"),
-                       "--data.num_train", "2", "--data.num_val", "0", "--data.image_size", "64,64"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "head.channels: checkpoint 64, requested 32" in err
-
-
-def test_card_of_a_hub_dataset_fine_tune_links_the_dataset_and_labels_the_split():
-    config = dynamic_atss.ModelConfig(num_classes=1, class_names=["tree"])
-    recipe = {"model": "r50", "init_from": "local-dir:/home/me/runs/base", "output_dir": "/home/me/out",
-              "data": {"kind": "hf", "source": "org/tree-crowns", "name": "org/tree-crowns",
-                       "train_images": "/home/me/x"}}
-    card = generate_model_card(config, repo_id="org/trees", recipe=recipe,
-                               metrics={"dataset": "org/tree-crowns", "split": "validation", "AP": 2.5})
-    data = ModelCard(card).data.to_dict()
-    assert data["datasets"] == ["org/tree-crowns"]
-    results = data["model-index"][0]["results"][0]
-    assert results["dataset"] == {"name": "org/tree-crowns", "type": "org/tree-crowns", "split": "validation"}
-    assert "coco" not in card.lower() and "/home/me" not in card
-    assert "1 class: tree" in card and "1 classes" not in card
-    assert "https://huggingface.co/datasets/org/tree-crowns" in card and "split `validation`" in card
-    assert "pypi.org" not in card  # no package index page: the package is not published there
-    # COCO-trained metrics are still labelled COCO
-    coco = generate_model_card(dynamic_atss.ModelConfig(), metrics={"dataset": "coco", "split": "val2017", "AP": 40.3})
-    assert ModelCard(coco).data.to_dict()["datasets"] == ["coco"] and "COCO 2017" in coco
-
-
-def test_card_links_the_repository_only_when_the_package_metadata_names_one(monkeypatch):
-    import importlib.metadata  # noqa: PLC0415
-    from email.message import Message  # noqa: PLC0415
-
-    def metadata_with(urls: list[str]):
-        message = Message()
-        for url in urls:
-            message["Project-URL"] = url
-        return lambda name: message
-
-    monkeypatch.setattr(importlib.metadata, "metadata", metadata_with(["Paper, https://arxiv.org/abs/2201.09396"]))
-    card = generate_model_card(dynamic_atss.ModelConfig())
-    assert "for the `dynamic-atss` library" in card
-    monkeypatch.setattr(importlib.metadata, "metadata", metadata_with(["Repository, https://example.org/dynamic-atss"]))
-    assert "[`dynamic-atss`](https://example.org/dynamic-atss)" in generate_model_card(dynamic_atss.ModelConfig())

@@ -5,6 +5,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+
+import dynamic_atss
+from dynamic_atss import DynamicATSS
+
+
 PACKAGE = Path(__file__).resolve().parents[1] / "dynamic_atss"
 
 
@@ -95,3 +100,20 @@ def test_the_graph_sees_function_level_imports(tmp_path):
     (package / "a.py").write_text("from .b import f\n")
     (package / "b.py").write_text("def f():\n    from .a import g  # noqa\n")
     assert find_cycles(import_graph(package)) == [["dynamic_atss.a", "dynamic_atss.b"]]
+
+
+def test_hub_package_does_not_import_the_models():
+    """One direction: models -> hub (HubMixin). Nothing in dynamic_atss/hub imports the model code, even lazily."""
+    import ast
+
+    package = Path(dynamic_atss.hub.__file__).parent
+    offenders = []
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        type_checking = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                         and getattr(block.test, "id", "") == "TYPE_CHECKING" for node in ast.walk(block)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and id(node) not in type_checking and "models" in (node.module or ""):
+                offenders.append(f"{path.name}:{node.lineno} from {'.' * node.level}{node.module}")
+    assert offenders == []
+    assert dynamic_atss.hub.registered_model_class() is DynamicATSS

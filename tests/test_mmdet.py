@@ -1,6 +1,6 @@
-"""mmdetection ATSS -> DynamicATSS conversion (dynamic_atss.convert).
+"""mmdetection ATSS -> DynamicATSS conversion (dynamic_atss.convert.mmdet).
 
-State dicts are built here from mmdetection's layout (ResNet + FPN(start_level=1, add_extra_convs="on_output")
+State dicts are built (helpers_mmdet.py) from mmdetection's layout (ResNet + FPN(start_level=1, add_extra_convs="on_output")
 + ATSSHead key names and shapes) with distinct random values, so that every tensor can be traced to where it
 must land. The optional last test compares with the real mmdetection model (skipped unless mmdet is installed).
 """
@@ -8,8 +8,7 @@ must land. The optional last test compares with the real mmdetection model (skip
 from __future__ import annotations
 
 import math
-import re
-from collections import OrderedDict
+import dataclasses
 
 import pytest
 import torch
@@ -22,125 +21,11 @@ from dynamic_atss.convert import (
     infer_mmdet_backbone,
 )
 from dynamic_atss.hub import StateDictMismatchError
-from hub_server import hub_server  # noqa: F401  (pytest fixture)
+import dynamic_atss
+from dynamic_atss.convert import convert_mmdet_atss
+from dynamic_atss.convert import convert_mmdet_state_dict
 
-TINY = dict(layers=(1, 1, 2, 1), planes=(8, 16, 32, 64), stem=64, fpn=32, head=32, num_convs=2, num_classes=3)
-TINY_OVERRIDES = {"head.num_groups": 8, "min_size": 64, "max_size": 96}
-
-
-def mmdet_atss_state_dict(
-    layers=(3, 4, 6, 3), planes=(64, 128, 256, 512), stem=64, bottleneck=True, groups=1, base_width=64,
-    fpn=256, head=256, num_convs=4, num_classes=80, dcn=False, head_dcn=False, device="cpu", seed=0,
-) -> OrderedDict[str, torch.Tensor]:
-    """An mmdetection ATSS state dict (exact key names and shapes), filled with distinct random values."""
-    shapes: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-
-    def bn(prefix: str, channels: int) -> None:
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{prefix}.{name}"] = (channels,)
-        shapes[f"{prefix}.num_batches_tracked"] = ()
-
-    shapes["backbone.conv1.weight"] = (stem, 3, 7, 7)
-    bn("backbone.bn1", stem)
-    inplanes, expansion = stem, (4 if bottleneck else 1)
-    out_channels = []
-    for stage, (blocks, plane) in enumerate(zip(layers, planes), start=1):
-        for i in range(blocks):
-            p = f"backbone.layer{stage}.{i}"
-            stride = 2 if (i == 0 and stage > 1) else 1
-            if bottleneck:
-                width = int(plane * (base_width / 64)) * groups
-                shapes[f"{p}.conv1.weight"] = (width, inplanes, 1, 1)
-                bn(f"{p}.bn1", width)
-                shapes[f"{p}.conv2.weight"] = (width, width // groups, 3, 3)
-                if dcn and stage > 1:
-                    shapes[f"{p}.conv2.conv_offset.weight"] = (27, width, 3, 3)
-                    shapes[f"{p}.conv2.conv_offset.bias"] = (27,)
-                bn(f"{p}.bn2", width)
-                shapes[f"{p}.conv3.weight"] = (plane * 4, width, 1, 1)
-                bn(f"{p}.bn3", plane * 4)
-            else:
-                shapes[f"{p}.conv1.weight"] = (plane, inplanes, 3, 3)
-                bn(f"{p}.bn1", plane)
-                shapes[f"{p}.conv2.weight"] = (plane, plane, 3, 3)
-                bn(f"{p}.bn2", plane)
-            if i == 0 and (stride != 1 or inplanes != plane * expansion):
-                shapes[f"{p}.downsample.0.weight"] = (plane * expansion, inplanes, 1, 1)
-                bn(f"{p}.downsample.1", plane * expansion)
-            inplanes = plane * expansion
-        out_channels.append(inplanes)
-    for i, channels in enumerate(out_channels[1:]):
-        shapes[f"neck.lateral_convs.{i}.conv.weight"] = (fpn, channels, 1, 1)
-        shapes[f"neck.lateral_convs.{i}.conv.bias"] = (fpn,)
-    for i in range(5):
-        shapes[f"neck.fpn_convs.{i}.conv.weight"] = (fpn, fpn, 3, 3)
-        shapes[f"neck.fpn_convs.{i}.conv.bias"] = (fpn,)
-    for tower in ("cls_convs", "reg_convs"):
-        for i in range(num_convs):
-            shapes[f"bbox_head.{tower}.{i}.conv.weight"] = (head, fpn if i == 0 else head, 3, 3)
-            if head_dcn and i == num_convs - 1:
-                shapes[f"bbox_head.{tower}.{i}.conv.conv_offset.weight"] = (27, head, 3, 3)
-                shapes[f"bbox_head.{tower}.{i}.conv.conv_offset.bias"] = (27,)
-            shapes[f"bbox_head.{tower}.{i}.gn.weight"] = (head,)
-            shapes[f"bbox_head.{tower}.{i}.gn.bias"] = (head,)
-    for name, out in (("atss_cls", num_classes), ("atss_reg", 4), ("atss_centerness", 1)):
-        shapes[f"bbox_head.{name}.weight"] = (out, head, 3, 3)
-        shapes[f"bbox_head.{name}.bias"] = (out,)
-    for i in range(5):
-        shapes[f"bbox_head.scales.{i}.scale"] = ()
-    if device == "meta":
-        return OrderedDict((k, torch.empty(s, device="meta")) for k, s in shapes.items())
-    generator = torch.Generator().manual_seed(seed)
-    state = OrderedDict()
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(1234, dtype=torch.int64)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=generator) * 0.5 + 0.75
-        elif len(shape) == 4:
-            state[key] = torch.randn(shape, generator=generator) * math.sqrt(1.0 / math.prod(shape[1:]))
-        elif key.endswith("scale"):
-            state[key] = torch.rand(shape, generator=generator) + 0.5
-        else:
-            state[key] = 1 + 0.1 * torch.randn(shape, generator=generator) if key.endswith("weight") \
-                else 0.1 * torch.randn(shape, generator=generator)
-    return state
-
-
-def expected_target(key: str) -> str | None:
-    """Where an mmdetection key must land, written independently of the converter (None: dropped)."""
-    if key.endswith("num_batches_tracked"):
-        return None
-    if key.startswith("backbone."):
-        return "backbone.trunk." + key[len("backbone."):]
-    if m := re.fullmatch(r"neck\.lateral_convs\.(\d)\.conv\.(weight|bias)", key):
-        return f"fpn.fpn.inner_blocks.{m[1]}.0.{m[2]}"
-    if m := re.fullmatch(r"neck\.fpn_convs\.(\d)\.conv\.(weight|bias)", key):
-        level = int(m[1])
-        return f"fpn.fpn.layer_blocks.{level}.0.{m[2]}" if level < 3 else f"fpn.fpn.extra_blocks.p{level + 3}.{m[2]}"
-    if m := re.fullmatch(r"bbox_head\.(cls|reg)_convs\.(\d+)\.(conv|gn)\.(.+)", key):
-        tower = "cls_tower" if m[1] == "cls" else "box_tower"
-        index = 3 * int(m[2]) + (0 if m[3] == "conv" else 1)
-        return f"head.{tower}.{index}.{m[4]}"
-    if m := re.fullmatch(r"bbox_head\.atss_(cls|reg|centerness)\.(weight|bias)", key):
-        return "head." + {"cls": "cls_logits", "reg": "bbox_pred", "centerness": "quality"}[m[1]] + "." + m[2]
-    if m := re.fullmatch(r"bbox_head\.scales\.(\d)\.scale", key):
-        return f"head.scales.{m[1]}.scale"
-    raise AssertionError(f"unexpected key in the test state dict: {key}")
-
-
-def assert_all_landed(model: torch.nn.Module, source: dict[str, torch.Tensor], expected=expected_target) -> None:
-    """Every source tensor is where `expected(key)` says (None: dropped), and every model tensor was filled."""
-    target = model.state_dict()
-    filled = set()
-    for key, value in source.items():
-        dst = expected(key)
-        if dst is None:
-            continue
-        assert dst in target, f"{key} -> {dst} missing from the model"
-        assert torch.equal(target[dst], value.to(target[dst].dtype)), f"{key} did not land in {dst}"
-        filled.add(dst)
-    assert filled == set(target), f"model tensors not filled from the checkpoint: {sorted(set(target) - filled)}"
+from helpers_mmdet import TINY, mmdet_atss_state_dict, TINY_OVERRIDES, assert_all_landed, _import_mmdet, compare_with_mmdetection
 
 
 def assert_mmdet_conventions(config) -> None:
@@ -292,76 +177,6 @@ def test_pickled_objects_are_refused_not_unpickled(tmp_path):
         convert_mmdet_atss(path, **TINY_OVERRIDES)
 
 
-# ---------------------------------------------------------------------------------------------- real mmdetection
-def _import_mmdet():
-    """mmdetection 3.3 on mmcv-lite (no compiled ops): stub mmcv._ext before importing the models."""
-    pytest.importorskip("mmdet")
-    import importlib.machinery
-    import sys
-    import types
-
-    if "mmcv._ext" not in sys.modules:
-        ext = types.ModuleType("mmcv._ext")
-        ext.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None)
-        ext.__file__ = "mmcv/_ext.stub"
-
-        def missing(*args, **kwargs):
-            raise RuntimeError("mmcv._ext is stubbed in this test")
-
-        def module_getattr(name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return missing
-
-        ext.__getattr__ = module_getattr
-        sys.modules["mmcv._ext"] = ext
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
-    register_all_modules()
-    return MODELS
-
-
-def compare_with_mmdetection(mm, model, height: int = 256, width: int = 320):
-    """One random image through mmdetection's model `mm` and the converted `model`: asserts that the detections
-    (mmdetection's own `predict_by_feat`, with torchvision's NMS for mmcv's compiled one) are the same, and returns
-    both raw head outputs (theirs, ours) for the caller's tolerance."""
-    import mmdet.models.dense_heads.base_dense_head as base_dense_head
-    import torchvision
-
-    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    x = ((image - mean) / std)[None]
-    with torch.no_grad():
-        theirs = mm.bbox_head(mm.extract_feat(x))
-        ours = model.forward_raw(x)
-
-    def batched_nms(boxes, scores, idxs, nms_cfg, class_agnostic=False):  # mmcv.ops needs compiled ops
-        keep = torchvision.ops.batched_nms(boxes, scores, idxs, nms_cfg["iou_threshold"])
-        return torch.cat([boxes[keep], scores[keep, None]], -1), keep
-
-    original = base_dense_head.batched_nms
-    base_dense_head.batched_nms = batched_nms
-    try:
-        meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width), scale_factor=(1.0, 1.0))
-        with torch.no_grad():
-            expected = mm.bbox_head.predict_by_feat(*theirs, batch_img_metas=[meta], rescale=False, with_nms=True)[0]
-    finally:
-        base_dense_head.batched_nms = original
-    model.config.min_size, model.config.max_size = height, width  # no resize: the same input as mmdetection's
-    with torch.no_grad():
-        detections = model([image])[0]
-    assert len(detections["boxes"]) == len(expected.bboxes) > 10
-    print(f"detections: {len(expected.bboxes)}, max abs difference of boxes "
-          f"{(detections['boxes'] - expected.bboxes).abs().max().item():.3g} px, of scores "
-          f"{(detections['scores'] - expected.scores).abs().max().item():.3g}")
-    assert torch.equal(detections["labels"], expected.labels)
-    assert torch.allclose(detections["scores"], expected.scores, atol=1e-4)
-    assert torch.allclose(detections["boxes"], expected.bboxes, atol=1e-2)
-    return theirs, ours
-
-
 @pytest.mark.slow
 def test_matches_real_mmdetection_atss_r50():
     """Gold standard: mmdetection's own ATSS R-50 (random weights) vs the converted model, raw and detections."""
@@ -402,27 +217,10 @@ def test_matches_real_mmdetection_atss_r50():
     assert diff < 1e-3
 
 
-def test_convert_script_writes_and_pushes(tmp_path, hub_server):  # noqa: F811
-    import importlib.util
-    from pathlib import Path
-
-    from dynamic_atss import create
-
-    source = mmdet_atss_state_dict(**TINY, seed=9)
-    checkpoint = tmp_path / "atss_tiny_coco.pth"
-    torch.save({"state_dict": source, "meta": {"CLASSES": ("a", "b", "c")}}, checkpoint)  # mmdetection 2.x meta
-    path = Path(__file__).resolve().parents[1] / "hub" / "convert_mmdet.py"
-    spec = importlib.util.spec_from_file_location("hub_script_convert_mmdet", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    out = tmp_path / "out"
-    assert script.main([str(checkpoint), "--out", str(out), "--push", "org/converted", "--endpoint",
-                        hub_server.endpoint, "--token", "t", "--metrics", '{"AP": 12.5}']) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
-                                                     "preprocessor_config.json"]
-    card = (out / "README.md").read_text()
-    assert "mmdetection" in card and "hf-hub:org/converted" in card
-    loaded = create("hf-hub:org/converted", endpoint=hub_server.endpoint, cache_dir=tmp_path / "cache")
-    assert loaded.config.class_names == ["a", "b", "c"] and loaded.config.head.num_groups == 32
-    assert loaded.pretrained_info["recipe"]["checkpoint"] == "atss_tiny_coco.pth"
-    assert_all_landed(loaded, source)
+def test_atss_constructors_build_what_the_converter_builds():
+    for name, layers in (("atss_r50", (3, 4, 6, 3)), ("atss_r101", (3, 4, 23, 3))):
+        converted, _ = convert_mmdet_state_dict(mmdet_atss_state_dict(layers=layers, device="meta"))
+        built = dynamic_atss.create(name)
+        assert built.config == dataclasses.replace(converted, class_names=None), name
+        assert {k: v.shape for k, v in built.state_dict().items()} == \
+            {k: v.shape for k, v in dynamic_atss.DynamicATSS(converted).state_dict().items()}

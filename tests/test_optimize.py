@@ -3,7 +3,6 @@ float rounding, owns its weights, leaves the source alone, and is what `predict`
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import pytest
@@ -13,23 +12,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import dynamic_atss as da
 from dynamic_atss.inference import InferenceSnapshot, optimize
-from dynamic_atss.visualize import save_png
 
-
-def _randomise_bns(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 1.5)
-    return model
-
-
-def _confident(name: str, tiny_kwargs: dict, **overrides) -> nn.Module:
-    """A tiny model with plenty of detections above the threshold (to compare detections) and non-trivial BNs."""
-    model = _randomise_bns(da.create(name, num_classes=3, **{**tiny_kwargs, **overrides}).eval())
-    with torch.no_grad():
-        model.head.cls_logits.bias.fill_(2.0)
-    return model
+from helpers_optimize import _confident, _randomise_bns
 
 
 def _flat(raw):
@@ -129,35 +113,3 @@ def test_bfloat16_warns_on_a_cpu_without_it(tiny_kwargs, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         da.optimize_for_inference(model, torch.bfloat16)
-
-
-# ------------------------------------------------------------------------------------------------ predict
-def test_predict_runs_the_snapshot(tmp_path, tiny_kwargs, monkeypatch):
-    from dynamic_atss.__main__ import main as cli
-
-    model = _confident("r50", tiny_kwargs)
-    model.config.class_names = ["a", "b", "c"]
-    model.save_pretrained(tmp_path / "model")
-    image = tmp_path / "street.png"
-    save_png((torch.rand(3, 90, 120) * 255).to(torch.uint8), image)
-    made = []
-    real = optimize.optimize_for_inference
-    monkeypatch.setattr("dynamic_atss.predict.optimize_for_inference",
-                        lambda m, dtype=None: made.append(dtype) or real(m, dtype))
-
-    def detections(*flags):
-        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
-        assert cli(["predict", str(image), "--model", str(tmp_path / "model"), "--out", str(out),
-                    "--threshold", "0.1", *flags]) == 0
-        return json.loads((out / "detections.json").read_text())[0]["detections"]
-
-    snapshot, plain = detections(), detections("--plain")
-    assert made == [None]
-    assert [d["label"] for d in snapshot] == [d["label"] for d in plain] and snapshot
-    for s, p in zip(snapshot, plain):
-        assert s["score"] == pytest.approx(p["score"], abs=2e-4)
-        assert s["box_xyxy"] == pytest.approx(p["box_xyxy"], abs=0.02)
-    assert detections("--dtype", "bfloat16") and made == [None, torch.bfloat16]
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["predict", str(image), "--model", str(tmp_path / "model"), "--plain", "--dtype", "bfloat16"])
-    assert exit_info.value.code == 2

@@ -1,23 +1,16 @@
+from __future__ import annotations
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-import dynamic_atss as da
 from dynamic_atss.__main__ import main as cli
 from dynamic_atss.visualize import save_png
-from test_trainer import TINY_RECIPE
+from dynamic_atss.inference import optimize
 
-
-@pytest.fixture
-def saved_tiny_model(tmp_path, tiny_kwargs):
-    model = da.create("r50", num_classes=3, class_names=["a", "b", "c"], **tiny_kwargs)
-    with torch.no_grad():
-        model.head.cls_logits.bias.fill_(2.0)  # confident random model: plenty of boxes to draw
-    model.save_pretrained(tmp_path / "model")
-    return tmp_path / "model"
+from helpers_optimize import _confident
 
 
 def test_predict_writes_pngs_and_json(tmp_path, saved_tiny_model):
@@ -89,24 +82,6 @@ def test_predict_refuses_a_model_without_weights(tmp_path, capsys, tiny_kwargs, 
     assert not model.training and model.pretrained_info is None
 
 
-def test_demo_with_comparison_writes_its_outputs(tmp_path):
-    recipe = dict(TINY_RECIPE, output_dir=str(tmp_path / "demo"), checkpoint_every=0)
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
-    assert cli(["demo", "--config", str(tmp_path / "tiny.yaml"), "--iters", "4", "--compare"]) == 0
-    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
-    assert set(summary["AP"]) == {"Dynamic ATSS (combined IoUs)", "ATSS (anchor IoUs only)"}
-    assert (tmp_path / "demo" / "predictions.png").is_file()
-    assert (tmp_path / "demo" / "losses.png").is_file()  # matplotlib is in the dev set-up (plot extra)
-    baseline = json.loads((tmp_path / "demo" / "atss_baseline" / "model" / "config.json").read_text())
-    assert baseline["model"]["assigner"]["pred_weight"] == 0.0
-
-
-def test_cli_help_and_unknown_command(capsys):
-    assert cli([]) == 0
-    assert "predict" in capsys.readouterr().out
-    assert cli(["bogus"]) == 2
-
-
 # ---------------------------------------------------------------------------------------------- issue 18
 def test_predict_never_writes_over_an_input(tmp_path, saved_tiny_model, capsys):
     """Issue 18, item 7: `predict DIR --out DIR` would have drawn over DIR/a.png: refused, the input untouched."""
@@ -120,34 +95,33 @@ def test_predict_never_writes_over_an_input(tmp_path, saved_tiny_model, capsys):
     assert (folder / "a.png").read_bytes() == before and not (folder / "detections.json").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--opset", "5"], r"--opset 5 is not supported: choose one of \[18, 19, 20, 21, 22, 23\]"),
-    (["--model", "r5O"], r"unknown model 'r5O'"),
-    (["--out", "{tmp}"], r"is an existing folder; give a file name"),
-    (["--out", "{tmp}/a_file/model.onnx"], r"cannot write below .*a_file \(not a writable folder\)"),
-])
-def test_export_mistakes_are_one_line_and_exit_2(tmp_path, saved_tiny_model, capsys, args, message):
-    """Issue 18, items 8 and 17: refused before the model is loaded or anything is written."""
-    import re
+# ------------------------------------------------------------------------------------------------ predict
+def test_predict_runs_the_snapshot(tmp_path, tiny_kwargs, monkeypatch):
+    from dynamic_atss.__main__ import main as cli
 
-    (tmp_path / "a_file").write_text("")
-    options = {"--model": str(saved_tiny_model), "--out": str(tmp_path / "model.onnx")}
-    options.update(dict(zip(args[::2], [a.format(tmp=tmp_path) for a in args[1::2]])))
-    argv = ["export", "--allow-random-weights"] + [item for pair in options.items() for item in pair]
-    assert cli(argv) == 2
-    err = capsys.readouterr().err
-    assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "model.onnx").exists()
+    model = _confident("r50", tiny_kwargs)
+    model.config.class_names = ["a", "b", "c"]
+    model.save_pretrained(tmp_path / "model")
+    image = tmp_path / "street.png"
+    save_png((torch.rand(3, 90, 120) * 255).to(torch.uint8), image)
+    made = []
+    real = optimize.optimize_for_inference
+    monkeypatch.setattr("dynamic_atss.predict.optimize_for_inference",
+                        lambda m, dtype=None: made.append(dtype) or real(m, dtype))
 
+    def detections(*flags):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert cli(["predict", str(image), "--model", str(tmp_path / "model"), "--out", str(out),
+                    "--threshold", "0.1", *flags]) == 0
+        return json.loads((out / "detections.json").read_text())[0]["detections"]
 
-def test_a_truncated_model_file_names_its_path(tmp_path, saved_tiny_model, capsys):
-    """Issue 18, item 18: `SafetensorError: incomplete metadata` without the path became one line naming it."""
-    weights = saved_tiny_model / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:5])
-    with pytest.raises(ValueError, match=rf"{weights} cannot be read .*truncated or corrupt"):
-        da.create(str(saved_tiny_model))
-    image = tmp_path / "a.png"
-    save_png((torch.rand(3, 40, 50) * 255).to(torch.uint8), image)
-    assert cli(["predict", str(image), "--model", str(saved_tiny_model), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert str(weights) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    snapshot, plain = detections(), detections("--plain")
+    assert made == [None]
+    assert [d["label"] for d in snapshot] == [d["label"] for d in plain] and snapshot
+    for s, p in zip(snapshot, plain):
+        assert s["score"] == pytest.approx(p["score"], abs=2e-4)
+        assert s["box_xyxy"] == pytest.approx(p["box_xyxy"], abs=0.02)
+    assert detections("--dtype", "bfloat16") and made == [None, torch.bfloat16]
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["predict", str(image), "--model", str(tmp_path / "model"), "--plain", "--dtype", "bfloat16"])
+    assert exit_info.value.code == 2

@@ -1,7 +1,10 @@
 """registry.py: the tables (model names, `name.tag` weights, converters) and the errors that say what exists."""
 
+from __future__ import annotations
+
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,10 @@ import dynamic_atss as da
 from dynamic_atss import registry
 from dynamic_atss.convert import available_converters
 from dynamic_atss.detection.heads import FAMILIES
+from dynamic_atss.convert import available_converters
+from dynamic_atss.registry import FamilyNotAvailableError, NoPretrainedWeightsError
+
+from helpers_url import cache_files, without_family
 
 TAG = "atss_r50.mmdet_coco_1x"
 REAL_URL = ("https://download.openmmlab.com/mmdetection/v2.0/atss/atss_r50_fpn_1x_coco/"
@@ -104,3 +111,28 @@ def test_the_registry_imports_nothing_of_the_package():
     tree = ast.parse(Path(registry.__file__).read_text())
     imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
     assert sorted(node.module for node in imports) == ["config", "errors"]  # config under TYPE_CHECKING only
+
+
+def test_family_not_available_yet_is_a_clear_error(torch_cache, monkeypatch):
+    without_family(monkeypatch, "gfl")
+    for name in ("gfl_r50.mmdet_coco_1x", "gfl_r101.mmdet_coco_2x_ms"):
+        with pytest.raises(FamilyNotAvailableError, match=r"head family.*not available in this version.*atss_r50"):
+            dynamic_atss.create(name, pretrained=True)
+    assert cache_files(torch_cache) == []
+
+
+def test_suggested_weights_for_an_atss_model_are_atss_weights_first():
+    with pytest.raises(NoPretrainedWeightsError) as caught:
+        dynamic_atss.create("dynamic_atss_r101_dcn", pretrained=True)
+    suggested = re.findall(r"create\('([^']+)'", str(caught.value))
+    assert suggested[0].startswith("atss_"), suggested
+    assert "plain ATSS, not Dynamic ATSS" in str(caught.value)
+
+
+def test_suggested_weights_follow_the_head_family():
+    for model, family in (("dynamic_vfnet_r101", "vfnet_"), ("dynamic_gflv2_r50", "gfl_")):
+        with pytest.raises(NoPretrainedWeightsError) as caught:
+            dynamic_atss.create(model, pretrained=True)
+        suggested = re.findall(r"create\('([^']+)'", str(caught.value))
+        assert suggested[0].startswith(family), (model, suggested)
+        assert "plain ATSS" not in str(caught.value) and "not their combined-IoU versions" in str(caught.value)

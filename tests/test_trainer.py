@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import json
 import os
 import shutil
@@ -8,46 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from dynamic_atss.engine import NonFiniteLossError, load_config, train, trainer
 from dynamic_atss.engine.checkpoint import CheckpointError, list_checkpoints
 from dynamic_atss.engine.config import OptimConfig, TrainConfig
-from dynamic_atss.engine.output import OutputDirError
 from dynamic_atss.engine.schedule import lr_factor
 from dynamic_atss.typed import ConfigError
+import dynamic_atss
+from dynamic_atss.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers_trainer import NO_VAL_DATA, ROOT, TINY_RECIPE, free_port, write_recipe
+from hub_server import hub_server  # noqa: F401  (pytest fixture)
+
 sys.path.insert(0, str(ROOT))
+
 import train as train_script  # noqa: E402  (the root train.py)
-
-TINY_RECIPE = {
-    "model": "r50",
-    "model_overrides": {
-        "backbone.name": "test_resnet", "backbone.norm": "bn", "backbone.frozen_stages": -1,
-        "fpn_channels": 32, "head.channels": 32, "head.num_groups": 8, "head.num_convs": 2,
-        "min_size": 128, "max_size": 128,
-    },
-    "backbone_pretrained": False,
-    "data": {"kind": "synthetic", "num_train": 24, "num_val": 4, "image_size": [128, 128], "num_workers": 0},
-    "optim": {"name": "sgd", "lr": 0.01, "base_batch_size": 2, "warmup_iters": 3, "max_iters": 10, "steps": [8]},
-    "batch_size": 2,
-    "log_every": 1,
-    "checkpoint_every": 5,
-    "keep_checkpoints": 2,
-    "tracker": "none",
-}
-
-
-NO_VAL_DATA = {**TINY_RECIPE["data"], "num_val": 0}
-
-
-def write_recipe(path: Path, **changes) -> Path:
-    recipe = json.loads(json.dumps(TINY_RECIPE))
-    for key, value in changes.items():
-        recipe[key] = value
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 def losses_by_step(log: Path) -> dict[int, dict]:
@@ -198,82 +175,6 @@ def test_a_window_without_positives_warns(tmp_path, monkeypatch):
         train(load_config(recipe))
 
 
-# ---------------------------------------------------------------------------------------------- output folders
-def test_output_folder_of_another_run_is_refused_unless_resume_or_overwrite(tmp_path):
-    short = {"optim": {**TINY_RECIPE["optim"], "max_iters": 2}, "checkpoint_every": 1, "data": NO_VAL_DATA}
-    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), **short)
-    train(load_config(recipe, ["optim.max_iters=4"]))  # an earlier run: checkpoints 3 and 4 survive
-    with pytest.raises(OutputDirError, match=r"different configuration \(optim\.lr: 0\.01 -> 0\.02\)"):
-        train(load_config(recipe, ["optim.lr=0.02"]))
-    with pytest.raises(OutputDirError, match="earlier run of this configuration.*--resume latest"):
-        train(load_config(recipe, ["optim.max_iters=4"]))
-    with pytest.raises(CheckpointError, match=r"different configuration \(optim\.lr: 0\.01 -> 0\.02\)"):
-        train(load_config(recipe, ["optim.lr=0.02"]), resume="latest")
-    # --overwrite: the new run's checkpoints are not rotated away by the old run's higher step numbers.
-    train(load_config(recipe), overwrite=True)
-    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["checkpoint-00000001",
-                                                                                   "checkpoint-00000002"]
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2]
-    unrelated = tmp_path / "notes"
-    unrelated.mkdir()
-    (unrelated / "todo.txt").write_text("mine")
-    with pytest.raises(OutputDirError, match="not empty"):
-        train(load_config(recipe, [f"output_dir={unrelated}"]))
-
-
-def test_a_second_concurrent_run_is_stopped_by_the_lock(tmp_path):
-    from filelock import FileLock
-
-    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"))
-    (tmp_path / "run").mkdir()
-    with FileLock(tmp_path / "run" / ".lock"):  # the first run, still training
-        with pytest.raises(OutputDirError, match="another training run is writing to"):
-            train(load_config(recipe))
-    assert not (tmp_path / "run" / "log.jsonl").exists()
-
-
-# ---------------------------------------------------------------------------------------------- configuration
-def test_config_base_overrides_and_errors(tmp_path):
-    config = load_config(ROOT / "configs" / "dynamic_atss_r101_2x_ms.yaml", ["optim.lr=0.02", "model_overrides.assigner.pred_weight=up"])
-    assert config.model == "r101" and config.optim.max_iters == 180_000 and config.optim.steps == (120_000, 160_000)
-    assert config.optim.lr == 0.02 and config.optim.warmup_iters == 500  # from the base file
-    assert config.model_overrides["min_size"] == (640, 672, 704, 736, 768, 800)
-    assert config.model_overrides["assigner.pred_weight"] == "up"
-    with pytest.raises(ValueError, match=r"unknown override 'lr'"):
-        load_config(None, ["lr=0.1"])
-    with pytest.raises(FileNotFoundError, match="neither a file nor a packaged recipe"):
-        load_config(tmp_path / "missing.yaml")
-
-
-def test_packaged_recipes_load_by_name_or_path():
-    by_name = load_config("dynamic_atss_r50_1x")
-    assert by_name == load_config(ROOT / "configs" / "dynamic_atss_r50_1x.yaml")
-    assert load_config("ablations/table1_qfl").model_overrides["assigner.pred_weight"] == 0.0
-    with pytest.raises(FileNotFoundError, match="did you mean 'demo_cpu'"):
-        load_config("demo_cpuu")
-    from dynamic_atss.engine.config import RECIPES_DIR, list_recipes
-
-    assert RECIPES_DIR.parent == ROOT / "dynamic_atss" and "demo_cpu" in list_recipes()
-    for name in list_recipes():  # every packaged recipe is valid
-        load_config(name)
-
-
-def test_demo_yaml_matches_the_embedded_default():
-    from dynamic_atss.demo import DEMO_CONFIG
-
-    assert load_config(ROOT / "configs" / "demo_cpu.yaml") == DEMO_CONFIG == load_config("demo_cpu")
-
-
-def test_warmup_and_step_schedule():
-    config = OptimConfig(warmup_iters=500, warmup_factor=1 / 3, steps=(60_000, 80_000))
-    assert lr_factor(0, config) == pytest.approx(1 / 3)
-    assert lr_factor(250, config) == pytest.approx(2 / 3)
-    assert lr_factor(500, config) == 1.0
-    assert lr_factor(60_000, config) == pytest.approx(0.1)
-    assert lr_factor(85_000, config) == pytest.approx(0.01)
-
-
 # ---------------------------------------------------------------------------------------------- processes
 LR_RECIPE = {"warmup_iters": 3, "max_iters": 8, "steps": [5, 7], "lr": 0.01, "base_batch_size": 2}
 
@@ -297,7 +198,7 @@ def test_two_processes_follow_the_one_process_lr_schedule(tmp_path):
     env.pop("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", None)
     result = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(ROOT / "tests" / "ddp_probe.py"),
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(ROOT / "tests" / "ddp_probe.py"),
          str(tmp_path / "ranks"), "--config", str(two)],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )
@@ -314,14 +215,6 @@ def test_two_processes_follow_the_one_process_lr_schedule(tmp_path):
     assert effective["num_processes"] == 2 and effective["total_batch_size"] == 2
     assert (tmp_path / "two" / "checkpoints" / "checkpoint-00000008").is_dir()
     assert (tmp_path / "two" / "model" / "model.safetensors").is_file()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------- Accelerate settings
@@ -381,7 +274,6 @@ def test_trackers_get_the_full_config(tmp_path, monkeypatch):
     assert logged["optim.lr"] == 0.01 and logged["model_overrides.head.channels"] == 32
     assert logged["effective.total_batch_size"] == 2 and logged["data.image_size"] == "[128, 128]"
     assert all(isinstance(v, (int, float, str, bool)) for v in logged.values())
-
 
 
 def test_init_from_a_name_without_weights_refuses_instead_of_training_random_weights():
@@ -484,17 +376,13 @@ def test_a_bad_sample_is_skipped_once_and_the_run_goes_on_and_resumes_exactly(tm
         assert resumed[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-5, abs=1e-6), step
 
 
-# ---------------------------------------------------------------------------------------------- issue 18: the Hub push
-from hub_server import hub_server  # noqa: E402,F401  (pytest fixture)
-
-
 def test_push_to_hub_is_checked_before_training(tmp_path, monkeypatch, capsys, refuse):
     """Issue 18, item 3: an unreachable Hub, a missing token or a bad repo id stop the run before anything is
     trained or claimed (exit 2, one line)."""
     import huggingface_hub
 
     refuse(trainer, "build_datasets")
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")  # nobody listens
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nobody listens
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"))
     for repo, message in (("org/name", "the Hub at http://127.0.0.1:"), ("bad name!", "is not a Hub repo id"),
@@ -547,10 +435,32 @@ def test_resume_without_a_checkpoint_is_one_clear_line(tmp_path, capsys):
         assert not (tmp_path / "run" / "train_config.json").exists()
 
 
-def test_an_unwritable_output_folder_is_one_clear_line(tmp_path, capsys):
-    """Issue 18, item 17 (train): an output_dir that cannot be made is refused before any work."""
-    (tmp_path / "a_file").write_text("")
-    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "a_file" / "run"))
-    assert train_script.main(["--config", str(recipe)]) == 2
-    err = capsys.readouterr().err
-    assert "cannot write to the output folder" in err and "Traceback" not in err
+def _demo_model_folder(path: Path) -> None:
+    """A model saved with the architecture of the `demo_cpu` recipe (as `make demo` leaves in outputs/demo/model)."""
+    demo = {"backbone": "resnet10t", "backbone.norm": "bn", "backbone.frozen_stages": -1, "fpn_channels": 64,
+            "head.channels": 64, "head.num_groups": 16, "head.num_convs": 2, "min_size": 96, "max_size": 96}
+    dynamic_atss.create("r50", num_classes=3, **demo).save_pretrained(path)
+
+
+def test_init_from_accepts_a_recipe_that_restates_the_checkpoint(tmp_path):
+    """`--config demo_cpu --init_from <a demo model>`: every architecture field equals the checkpoint's."""
+    from dynamic_atss.engine.config import load_config  # noqa: PLC0415
+    from dynamic_atss.engine.trainer import build_model  # noqa: PLC0415
+
+    _demo_model_folder(tmp_path / "demo")
+    config = load_config("demo_cpu", [f"init_from=local-dir:{tmp_path / 'demo'}"])
+    with pytest.warns(UserWarning, match="classification layer"):
+        model = build_model(config, 1, ["tree"])  # the class count and names come from the data
+    assert model.config.num_classes == 1 and model.config.class_names == ["tree"]
+    assert model.config.head.channels == 64 and model.config.backbone.name == "resnet10t"
+
+
+def test_init_from_refuses_a_differing_architecture_field(tmp_path, capsys):
+    _demo_model_folder(tmp_path / "demo")
+    code = train_main(["--config", "demo_cpu", "--init_from", f"local-dir:{tmp_path / 'demo'}",
+                       "--model_overrides.head.channels", "32", "--output_dir", str(tmp_path / "run"),
+                       "--data.num_train", "2", "--data.num_val", "0", "--data.image_size", "64,64"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "head.channels: checkpoint 64, requested 32" in err

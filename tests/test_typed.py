@@ -12,7 +12,7 @@ from dynamic_atss.engine import load_config, trainer
 from dynamic_atss.engine.config import TrainConfig
 from dynamic_atss.train import main as train_main
 from dynamic_atss.typed import ConfigError, convert, field_rows, field_types
-from test_trainer import TINY_RECIPE, write_recipe
+from helpers_trainer import TINY_RECIPE, write_recipe
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ def _variant_config(variant: Variant) -> ModelConfig:
     if not variant.combined_ious:
         # Plain ATSS as mmdetection trains it (anchor IoUs only, focal loss, centerness; anchors at offset 0, P7
         # from P6 without ReLU, score cls x centerness, no conv bias before GroupNorm): what the mmdetection
-        # converter builds from its checkpoints (tests/test_url_weights.py checks that the two agree).
+        # converter builds from its checkpoints (tests/test_mmdet.py checks that the two agree).
         return ModelConfig(backbone=backbone, **ATSS.mmdet_config())
     # The published Dynamic ATSS models: combined IoUs + QFL + IoU branch (paper, Tables II and IV), the authors'
     # conventions (ModelConfig's defaults).

@@ -1,0 +1,12 @@
+"""Helpers shared by several test files (moved out of test_losses.py)."""
+
+from __future__ import annotations
+
+
+import torch
+
+
+def bce64(logits, targets):
+    p = 1 / (1 + torch.exp(-logits.double()))
+    t = targets.double()
+    return p, -(t * torch.log(p) + (1 - t) * torch.log(1 - p))

@@ -1,0 +1,38 @@
+"""Tests of dynamic_atss.hub.folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import dynamic_atss as da
+from dynamic_atss.__main__ import main as cli
+from dynamic_atss.visualize import save_png
+
+from helpers_hub import tiny_model
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        tiny_model().save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644,  # was 0600 for weights
+                     "preprocessor_config.json": 0o644}
+
+
+def test_a_truncated_model_file_names_its_path(tmp_path, saved_tiny_model, capsys):
+    """Issue 18, item 18: `SafetensorError: incomplete metadata` without the path became one line naming it."""
+    weights = saved_tiny_model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5])
+    with pytest.raises(ValueError, match=rf"{weights} cannot be read .*truncated or corrupt"):
+        da.create(str(saved_tiny_model))
+    image = tmp_path / "a.png"
+    save_png((torch.rand(3, 40, 50) * 255).to(torch.uint8), image)
+    assert cli(["predict", str(image), "--model", str(saved_tiny_model), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
