@@ -1,0 +1,76 @@
+"""Tests of dynamic_atss.detection.heads.base: the family spec's shared checks, head building and the shared parts
+(towers, weight init, `Scale`, `connected`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dynamic_atss.config import HeadConfig, LossConfig, ModelConfig
+from dynamic_atss.detection.heads import FAMILIES, build_head
+from dynamic_atss.detection.heads.base import Scale, Variant, connected, conv_gn_tower, init_head_weights
+from dynamic_atss.ops.dcn import ModulatedDeformConv2d
+
+
+def test_build_head_names_an_unknown_kind_and_the_known_ones():
+    config = ModelConfig(head=HeadConfig(kind="atss"))
+    config.head.kind = "yolo"
+    with pytest.raises(ValueError, match=r"head.kind='yolo' is not a known head family; known: \['atss', 'gfl', 'vfnet'\]"):
+        build_head(config)
+
+
+def test_family_check_names_the_setting_and_the_fix():
+    gfl, vfnet = FAMILIES["gfl"], FAMILIES["vfnet"]
+    with pytest.raises(ValueError, match=r"loss.cls_loss='focal' is not available for head.kind='gfl'; use 'qfl'"):
+        gfl.check(ModelConfig(head=HeadConfig(kind="gfl"), loss=LossConfig(cls_loss="focal")))
+    with pytest.raises(ValueError, match=r"head.dgqp=True needs box distributions .* use head.kind='gfl'"):
+        vfnet.check(ModelConfig(head=HeadConfig(kind="vfnet", dgqp=True), loss=LossConfig(cls_loss="vfl")))
+    gfl.check(ModelConfig(head=HeadConfig(kind="gfl", dgqp=True), loss=LossConfig(cls_loss="qfl")))  # allowed
+
+
+def test_variant_named_puts_dynamic_first_and_reads_dcn_from_the_backbone_token():
+    plain = Variant.named("gflv2", "r101_dcn", combined_ious=False, doc="d", dgqp=True)
+    assert (plain.name, plain.trunk, plain.dcn, plain.combined_ious, plain.options) == (
+        "gflv2_r101_dcn", "r101", True, False, {"dgqp": True})
+    dynamic = Variant.named("atss", "r50", combined_ious=True, doc="")
+    assert (dynamic.name, dynamic.trunk, dynamic.dcn) == ("dynamic_atss_r50", "r50", False)
+
+
+def test_tower_layout_is_conv_gn_relu_with_dcn_only_last():
+    config = HeadConfig(channels=16, num_convs=3, num_groups=4, conv_bias=False, dcn_last_conv=True)
+    tower = conv_gn_tower(config, in_channels=8)
+    assert len(tower) == 9
+    kinds = [type(m).__name__ for m in tower]
+    assert kinds == ["Conv2d", "GroupNorm", "ReLU", "Conv2d", "GroupNorm", "ReLU",
+                     "ModulatedDeformConv2d", "GroupNorm", "ReLU"]
+    assert tower[0].in_channels == 8 and tower[3].in_channels == 16 and tower[0].bias is None
+    assert tower[1].num_groups == 4
+    assert tower(torch.randn(2, 8, 10, 12)).shape == (2, 16, 10, 12)
+
+
+def test_init_sets_the_prior_bias_and_skips_the_dcn_offset_convs():
+    head = torch.nn.Module()
+    head.tower = conv_gn_tower(HeadConfig(channels=8, num_convs=2, num_groups=2, dcn_last_conv=True), 8)
+    head.cls_logits = torch.nn.Conv2d(8, 3, 3, padding=1)
+    for p in head.parameters():
+        torch.nn.init.constant_(p, 0.5)
+    init_head_weights(head, prior_prob=0.01)
+    torch.testing.assert_close(head.cls_logits.bias, torch.full((3,), -math.log(0.99 / 0.01)))
+    assert float(head.tower[0].weight.detach().std()) == pytest.approx(0.01, rel=0.3)
+    assert torch.equal(head.tower[0].bias, torch.zeros(8))
+    dcn = head.tower[3]
+    assert isinstance(dcn, ModulatedDeformConv2d)
+    assert torch.equal(dcn.conv_offset.weight, torch.full_like(dcn.conv_offset.weight, 0.5))  # left alone
+
+
+def test_scale_and_connected():
+    scale = Scale(2.0)
+    x = torch.ones(3)
+    assert torch.equal(scale(x), torch.full((3,), 2.0)) and scale.scale.requires_grad
+    out = torch.randn(4, requires_grad=True)
+    loss = connected(torch.tensor(1.5), out)
+    assert float(loss.detach()) == 1.5
+    loss.backward()
+    assert out.grad is not None and torch.equal(out.grad, torch.zeros(4))
