@@ -6,7 +6,6 @@ import math
 
 import torch
 
-
 from helpers_mmdet import mmdet_atss_state_dict
 
 

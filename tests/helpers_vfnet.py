@@ -8,7 +8,6 @@ from collections import OrderedDict
 
 import torch
 
-
 from helpers_mmdet import TINY, expected_target, mmdet_atss_state_dict
 
 

@@ -1,6 +1,5 @@
 """Tests of dynamic_atss.detection.anchors."""
 
-
 import torch
 
 from dynamic_atss.detection.anchors import AnchorGenerator, BoxCoder

@@ -1,6 +1,5 @@
 """Tests of dynamic_atss.models.backbone."""
 
-
 import torch
 
 import dynamic_atss as da

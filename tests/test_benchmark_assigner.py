@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from dynamic_atss.__main__ import main as cli
 
 

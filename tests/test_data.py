@@ -5,7 +5,6 @@ The synthetic generator, the COCO and Hugging Face adapters and the transforms h
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -1,6 +1,5 @@
 """Tests of dynamic_atss.ops.dcn."""
 
-
 import torch
 
 from dynamic_atss.ops.dcn import ModulatedDeformConv2d, patch_resnet_dcn

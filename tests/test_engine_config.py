@@ -1,6 +1,5 @@
 """Tests of dynamic_atss.engine.config."""
 
-
 import pytest
 
 from dynamic_atss.engine import load_config

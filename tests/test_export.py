@@ -1,5 +1,5 @@
 """Export: ONNX (raw and with NMS in the graph, dynamic batch and size, DCN through DeformConv),
-ONNX Runtime detections equal to eager PyTorch, torch.export of forward_raw for every head family, the CLI.
+ONNX Runtime detections equal to eager PyTorch, torch.export of forward_raw for every head family, the CLI."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-
 import dynamic_atss
 from dynamic_atss import registry
 from dynamic_atss.registry import PretrainedCfg, register_pretrained

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-
 import dynamic_atss
 from dynamic_atss import DynamicATSS
 

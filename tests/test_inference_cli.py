@@ -1,6 +1,5 @@
 """Tests of dynamic_atss.inference.cli."""
 
-
 import pytest
 
 from dynamic_atss.__main__ import main as cli

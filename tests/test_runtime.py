@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-
 from helpers_export import FAMILIES, _tiny
 
 

@@ -1,6 +1,5 @@
 """Tests of dynamic_atss.engine.schedule."""
 
-
 import pytest
 
 from dynamic_atss.engine.config import OptimConfig

@@ -4,7 +4,6 @@ in test_zoo.py."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torchvision
