@@ -14,7 +14,6 @@ import dynamic_atss
 from dynamic_atss import registry
 from dynamic_atss.convert import convert_mmdet_atss
 import dynamic_atss as da
-from dynamic_atss.convert import MMDetConversionError, convert_mmdet_atss
 
 from hub_server import hub_server  # noqa: F401  (pytest fixture)
 from helpers_mmdet import TINY, mmdet_atss_state_dict, assert_all_landed

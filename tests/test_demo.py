@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from dynamic_atss.__main__ import main as cli
-from dynamic_atss.__main__ import main as cli
 
 from helpers_trainer import TINY_RECIPE
 

@@ -13,8 +13,6 @@ from dynamic_atss import factory, registry
 from dynamic_atss.registry import NoPretrainedWeightsError
 import dynamic_atss
 from dynamic_atss import registry
-from dynamic_atss import registry
-from dynamic_atss.registry import NoPretrainedWeightsError
 
 from hub_server import file_server  # noqa: F401  (pytest fixture)
 from helpers_url import TAG, assert_same_raw_outputs, point_tag_at, serve_tiny

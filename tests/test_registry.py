@@ -13,7 +13,6 @@ import dynamic_atss as da
 from dynamic_atss import registry
 from dynamic_atss.convert import available_converters
 from dynamic_atss.detection.heads import FAMILIES
-from dynamic_atss.convert import available_converters
 from dynamic_atss.registry import FamilyNotAvailableError, NoPretrainedWeightsError
 
 from helpers_url import cache_files, without_family

@@ -7,9 +7,7 @@ import torch
 
 import dynamic_atss as da
 from dynamic_atss.ops.dcn import ModulatedDeformConv2d
-from dynamic_atss.ops.dcn import ModulatedDeformConv2d
 from dynamic_atss.detection.heads.vfnet import VFNetHead
-from dynamic_atss.ops.dcn import ModulatedDeformConv2d
 
 
 GFL_NAMES = [f"{family}_{variant}" for family in ("gfl", "dynamic_gfl", "gflv2", "dynamic_gflv2")
@@ -34,6 +32,7 @@ def test_registered_constructors_and_their_defaults():
         baseline = da.create("gfl_x101_64x4d")
     assert baseline.config.assigner.pred_weight == 0.0 and not baseline.config.head.dgqp
     assert baseline.config.backbone.name == "resnext101_64x4d" and baseline.head.dgqp is None
+
 
 ALL_MODELS = [
     "dynamic_atss_r50", "dynamic_atss_r101", "dynamic_atss_r50_dcn", "dynamic_atss_r101_dcn",
@@ -69,6 +68,7 @@ def test_r50_state_dict_matches_mmdetection_size():
     # mmdetection ATSS R-50: 32,295,322 parameter values + 53,173 buffer values. We differ by the tower
     # conv biases of the authors' code (+2,048) and BN's num_batches_tracked (-53).
     assert abs(values - 32_348_495) / 32_348_495 < 1e-3
+
 
 VFNET_MODELS = [
     f"{prefix}vfnet_{variant}" for prefix in ("", "dynamic_")
