@@ -1,4 +1,5 @@
-"""Helpers shared by several test files (moved out of test_data.py)."""
+"""Sample format checks and small synthetic settings shared by the data tests (synthetic, COCO, Hugging Face,
+transforms)."""
 
 from __future__ import annotations
 

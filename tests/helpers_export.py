@@ -1,4 +1,4 @@
-"""Helpers shared by several test files (moved out of test_export.py)."""
+"""Tiny models of every head family with many detections, shared by the export and ONNX Runtime tests."""
 
 from __future__ import annotations
 

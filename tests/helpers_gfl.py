@@ -1,4 +1,4 @@
-"""Helpers shared by several test files (moved out of test_gfl.py)."""
+"""A synthetic mmdetection GFL / GFLV2 state dict, shared by the GFL head and GFL converter tests."""
 
 from __future__ import annotations
 

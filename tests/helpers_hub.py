@@ -1,4 +1,5 @@
-"""Helpers shared by several test files (moved out of test_hub.py)."""
+"""A tiny model, test images and an exact-output comparison shared by the Hub tests (mixin, folder,
+serialization, push, download, card, hub CLI)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers shared by several test files (moved out of test_losses.py)."""
+"""A float64 binary cross-entropy reference shared by the loss tests."""
 
 from __future__ import annotations
 

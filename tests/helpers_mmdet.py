@@ -1,4 +1,5 @@
-"""Helpers shared by several test files (moved out of test_mmdet.py)."""
+"""mmdetection ATSS state dicts (exact key names and shapes, distinct random values), where each tensor must
+land, and the comparison with a real mmdetection model; shared by the converter, URL-weights and family tests."""
 
 from __future__ import annotations
 

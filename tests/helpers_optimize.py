@@ -1,4 +1,4 @@
-"""Helpers shared by several test files (moved out of test_optimize.py)."""
+"""Models with randomised BatchNorm statistics and confident scores, shared by the snapshot and predict tests."""
 
 from __future__ import annotations
 

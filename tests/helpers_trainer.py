@@ -1,4 +1,5 @@
-"""Helpers shared by several test files (moved out of test_trainer.py)."""
+"""A tiny training recipe, its writer and a free loopback port, shared by the trainer, train-command, config,
+output, data-check, typed-config and demo tests."""
 
 import json
 import socket

@@ -1,4 +1,5 @@
-"""Helpers shared by several test files (moved out of test_url.py)."""
+"""A tiny mmdetection checkpoint served on loopback and a registry tag pointed at it, shared by the URL-weights,
+factory, registry and converter-CLI tests."""
 
 from __future__ import annotations
 

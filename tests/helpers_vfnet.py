@@ -1,4 +1,4 @@
-"""Helpers shared by several test files (moved out of test_vfnet.py)."""
+"""A synthetic mmdetection VFNet state dict and where each tensor must land, shared by the VFNet converter tests."""
 
 from __future__ import annotations
 
