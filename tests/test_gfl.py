@@ -270,7 +270,7 @@ def test_assignment_uses_the_decoded_integral_boxes(tiny_kwargs):
     assert not seen["pred_boxes"].requires_grad
 
 
-# ---------------------------------------------------------------------------------------------- recipes and demo
+# ---------------------------------------------------------------------------------------------- recipes
 @pytest.mark.parametrize(("recipe", "model", "pred_weight", "dgqp"), [
     ("gfl_r50_1x", "gfl_r50", 0.0, False), ("gflv2_r50_1x", "gflv2_r50", 0.0, True),
     ("dynamic_gflv2_r50_1x", "dynamic_gflv2_r50", 1.0, True),

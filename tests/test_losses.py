@@ -102,7 +102,7 @@ def test_reduce_mean_identity_and_distributed(monkeypatch):
     assert t.item() == 6.0  # the input is not modified
 
 
-# ---------------------------------------------------------------------------------------------- primitives
+# ---------------------------------------------------------------------------------------------- GFL losses
 def test_joint_quality_focal_loss_formula():
     gen = torch.Generator().manual_seed(0)
     cls = torch.randn(3, 7, 4, generator=gen) * 6  # includes large |logits|

@@ -259,7 +259,7 @@ def test_default_inference_path_keeps_the_outputs(tiny_kwargs):
                 torch.testing.assert_close(new, ref.detach(), rtol=1e-4, atol=1e-4)
 
 
-# ---------------------------------------------------------------------------------------------- recipes, demo
+# ---------------------------------------------------------------------------------------------- recipes
 def test_table_v_recipes_build_the_two_rows():
     from dynamic_atss.engine.config import load_config
 
