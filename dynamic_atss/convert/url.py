@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
+from ..files import sha256_file
 from ..hub import build_model_from_state_dict, load_pretrained, offline_requested
 from ..registry import FamilyNotAvailableError, list_pretrained_cfgs, register_converter_source
 from .mmdet import MMDET_HEADS, convert_mmdet_state_dict, load_checkpoint_file
@@ -103,15 +104,6 @@ def converted_dir(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where its conversion (config.json + model.safetensors) is cached: next to the checkpoint."""
     path = checkpoint_path(url, cache_dir)
     return path.with_name(path.name.split(".")[0] + _CONVERTED_SUFFIX)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manual_route(url: str, hash_prefix: str, path: Path, tag: str | None) -> str:

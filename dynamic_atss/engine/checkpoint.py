@@ -10,7 +10,6 @@ the step, the run's configuration and the size and SHA-256 of every file, so tha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from ..errors import UserInputError
+from ..files import sha256_file
 
 _NAME = re.compile(r"^checkpoint-(\d{8})$")
 STATE_FILE = "trainer_state.json"
@@ -50,14 +50,6 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, keep: int,
                     state: dict[str, Any] | None = None) -> Path:
     """Save model, optimizer, RNG states, the step and `state` (the run's config); keep the newest `keep`."""
@@ -72,7 +64,7 @@ def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {
-            p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(tmp.rglob("*")) if p.is_file()
         }
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **(state or {}), "files": files}, indent=1))
@@ -100,7 +92,7 @@ def read_checkpoint_state(path: Path) -> dict[str, Any]:
         size = file.stat().st_size
         if size != meta["size"]:
             raise CheckpointError(f"{file} has {size} bytes, {meta['size']} were saved (truncated or overwritten)")
-        if _sha256(file) != meta["sha256"]:
+        if sha256_file(file) != meta["sha256"]:
             raise CheckpointError(f"{file} does not match the SHA-256 recorded when it was saved (corrupt)")
     return state
 
