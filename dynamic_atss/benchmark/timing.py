@@ -20,9 +20,10 @@ class Clock:
 def timed_method(owner: type, name: str, sync: Callable[[], None] | None = None) -> Iterator[Clock]:
     """While inside, every call of the method `owner.name` (a class attribute, e.g. `CombinedIoUAssigner.__call__`)
     adds its wall time to the yielded `Clock`; `sync` (e.g. `torch.cuda.synchronize`) runs before and after each
-    call so that asynchronous devices are timed too. The class attribute is restored on exit: the model itself
+    call so that asynchronous devices are timed too. The class is restored on exit (an inherited method is inherited again): the model itself
     runs as built, none of its attributes is replaced."""
     inner = getattr(owner, name)
+    own = name in vars(owner)  # defined on `owner` itself, or inherited (then restoring = deleting the wrapper)
     clock = Clock()
 
     def wrapper(*args, **kwargs):
@@ -39,4 +40,7 @@ def timed_method(owner: type, name: str, sync: Callable[[], None] | None = None)
     try:
         yield clock
     finally:
-        setattr(owner, name, inner)
+        if own:
+            setattr(owner, name, inner)
+        else:
+            delattr(owner, name)
