@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""`accelerate launch train.py --config <recipe> [--section.key value ...]`: a thin wrapper around
-`python -m dynamic_atss.train` (same options; `python train.py --help` lists every config field)."""
+"""`accelerate launch train.py --config <recipe> [--section.key value ...]` from a source checkout: the same
+command as `dynamic-atss train` (installed: `accelerate launch -m dynamic_atss train ...`)."""
 
 import sys
 
-from dynamic_atss.train import main
+from dynamic_atss.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="train.py"))
+    sys.exit(main())

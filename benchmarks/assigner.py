@@ -1,12 +1,10 @@
 #!/usr/bin/env python
-"""Benchmark of the combined-IoU assigner: `dynamic-atss benchmark assigner` (see dynamic_atss/benchmark/assigner.py).
-
-    python benchmarks/assigner.py [--repeats 7] [--threads 2] [--train-step]
-"""
+"""`python benchmarks/assigner.py [options]` from a source checkout: the same as `dynamic-atss benchmark assigner` (see
+`dynamic-atss benchmark assigner --help`; the measurement is dynamic_atss/benchmark/assigner.py)."""
 
 import sys
 
-from dynamic_atss.benchmark.assigner import main
+from dynamic_atss.cli.benchmark import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(command="assigner"))

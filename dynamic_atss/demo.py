@@ -1,27 +1,21 @@
-"""`python -m dynamic_atss demo`: train a small Dynamic ATSS on the embedded synthetic dataset (CPU, minutes),
-evaluate COCO AP on held-out generated images, save the model, draw predictions, plot the losses.
-
-With `--compare`, also trains plain ATSS (anchor IoUs only, everything else equal) and plots both
-regression losses, as in the paper's Figure 2. `--head gflv2` does the same for GFLV2 vs GFLV2 + CIoUs (Figure 3),
-`--head vfnet` for VFNet (Figure 4). With `--snapshot-ap`, the saved model is also evaluated as the float32 and
-bfloat16 snapshots of `optimize_for_inference` (the AP change of the fast inference paths).
-The demo replaces what an earlier demo left in its output folder.
+"""The demo (`dynamic-atss demo`, `dynamic_atss/cli/demo.py`): train a small Dynamic ATSS on the embedded synthetic
+dataset (CPU, minutes), evaluate COCO AP on held-out generated images, save the model, draw predictions, plot the
+losses; optionally the anchor-IoU baseline next to it (the paper's Figures 2-4) and the AP of the inference
+snapshots. The demo replaces what an earlier demo left in its output folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .engine.config import DataConfig, OptimConfig, TrainConfig, config_from_dict, config_to_dict, load_config
 from .evaluation import format_table
-from .typed import cli_overrides
 from .visualize import draw_detections, plot_losses, save_grid
 
 # The embedded default (the packaged recipe `demo_cpu` holds the same, for `dynamic-atss train --config demo_cpu`).
@@ -93,47 +87,38 @@ def snapshot_ap(model_dir: Path, config: TrainConfig) -> dict[str, float]:
             for label, m in variants.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynamic_atss demo", description=__doc__, allow_abbrev=False,
-                                     epilog="config overrides: --section.key value (as for train), e.g. --optim.lr 0.001")
-    parser.add_argument("--config", help="a YAML recipe instead of the embedded default")
-    parser.add_argument("--out", help="output folder (default outputs/demo)")
-    parser.add_argument("--iters", type=int, help="training iterations (default 600)")
-    parser.add_argument("--compare", action="store_true",
-                        help="also train the anchor-IoU baseline (assigner.pred_weight=0) and plot both (Figures 2-4)")
-    parser.add_argument("--head", choices=sorted(HEADS), default="atss",
-                        help="head family of the demo: atss (default), gfl, gflv2 (Figure 3 with --compare), vfnet (Figure 4)")
-    parser.add_argument("--snapshot-ap", action="store_true",
-                        help="also evaluate the saved model as optimize_for_inference snapshots (float32, bfloat16)")
-    args, rest = parser.parse_known_args(argv)
-    # One override syntax with `train`: --section.key value. The old positional `section.key=value` still works,
-    # with a deprecation message (it goes in a later version).
-    old_style = [item for item in rest if not item.startswith("-") and "=" in item]
-    if old_style:
-        print(f"warning: positional overrides ({' '.join(old_style)}) are deprecated; write them as `train` takes "
-              f"them: {' '.join('--' + item.replace('=', ' ', 1) for item in old_style)}", file=sys.stderr)
-    args.overrides = old_style + cli_overrides([item for item in rest if item not in old_style], parser.error)
-
-    if args.config:
-        config = load_config(args.config, args.overrides)
+def demo_config(config_file: str | None, overrides: list[str], out: str | None = None, iters: int | None = None,
+                head: str = "atss") -> TrainConfig:
+    """The demo's training config: a recipe file or the embedded default, with `--section.key value` overrides, the
+    output folder, the iterations (milestones scaled along) and the head family's model."""
+    if config_file:
+        config = load_config(config_file, overrides)
     else:
-        config = config_from_dict(config_to_dict(DEMO_CONFIG), args.overrides, where="embedded demo config")
-    if args.out:
-        config.output_dir = args.out
-    if args.iters:
-        config.optim = dataclasses.replace(config.optim, max_iters=args.iters,
-                                           steps=tuple(int(s * args.iters / config.optim.max_iters) for s in config.optim.steps))
-    model_name, main_label, baseline_label, plotted_losses = HEADS[args.head]
+        config = config_from_dict(config_to_dict(DEMO_CONFIG), overrides, where="embedded demo config")
+    if out:
+        config.output_dir = out
+    if iters:
+        config.optim = dataclasses.replace(config.optim, max_iters=iters,
+                                           steps=tuple(int(s * iters / config.optim.max_iters) for s in config.optim.steps))
+    model_name = HEADS[head][0]
     if model_name:
         config.model = model_name
-    from .engine.trainer import final_report, train  # noqa: PLC0415  (imports accelerate; keep `--help` fast)
+    return config
 
+
+def run_demo(config: TrainConfig, head: str = "atss", compare: bool = False, with_snapshot_ap: bool = False
+             ) -> dict[str, Any]:
+    """Train (and with `compare` the anchor-IoU baseline), report, draw and plot; returns the summary it writes to
+    `OUTPUT_DIR/demo_summary.json`."""
+    from .engine.trainer import final_report, train  # noqa: PLC0415  (imports accelerate)
+
+    _, main_label, baseline_label, plotted_losses = HEADS[head]
     out = Path(config.output_dir)
     start = time.perf_counter()
     runs = {main_label: config}
-    if args.compare:
+    if compare:
         baseline = dataclasses.replace(
-            config, output_dir=str(out / f"{args.head}_baseline"),
+            config, output_dir=str(out / f"{head}_baseline"),
             model_overrides={**config.model_overrides, "assigner.pred_weight": 0.0},
         )
         runs[baseline_label] = baseline
@@ -148,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, summary in summaries.items():
         if label != main_label:
             print(f"\n{label}:\n{format_table(summary['metrics'])}")
-    if args.snapshot_ap:
+    if with_snapshot_ap:
         ap = snapshot_ap(Path(main_summary["model_dir"]), config)
         report_ap = ", ".join(f"{label} {100 * value:.2f}" for label, value in ap.items())
         print(f"\nAP of the saved model: {report_ap} (bf16 - fp32: "
@@ -161,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         "AP": {label: s["metrics"].get("AP") for label, s in summaries.items()},
         "model_dir": main_summary["model_dir"],
     }
-    if args.snapshot_ap:
+    if with_snapshot_ap:
         report["snapshot_AP"] = ap
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
     print(f"\npredictions: {out / 'predictions.png'}")
     print(f"loss plot: {out / 'losses.png'}" if plotted else "loss plot skipped (pip install matplotlib)")
     print(f"wall time: {wall:.0f} s")
-    return 0
+    return report

@@ -11,9 +11,20 @@ from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 
+# A fixed palette (matplotlib's tab10), so a class has the same colour in every drawing and every run.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+def class_colour(label: int) -> str:
+    """The palette colour of class `label` (the palette repeats after 10 classes)."""
+    return PALETTE[int(label) % len(PALETTE)]
+
+
 def draw_detections(image: Tensor, detections: dict[str, Tensor], class_names: list[str] | None = None,
                     score_thresh: float = 0.3) -> Tensor:
-    """(3, H, W) float image in [0, 1] + one image's detections -> (3, H, W) uint8 with labelled boxes."""
+    """(3, H, W) float image in [0, 1] + one image's detections -> (3, H, W) uint8 with boxes coloured by class and
+    labelled "class score"."""
     keep = detections["scores"] >= score_thresh
     boxes = detections["boxes"][keep].detach().cpu()
     labels = [
@@ -23,7 +34,9 @@ def draw_detections(image: Tensor, detections: dict[str, Tensor], class_names: l
     canvas = (image.detach().cpu().clamp(0, 1) * 255).to(torch.uint8)
     if len(boxes) == 0:
         return canvas
-    return draw_bounding_boxes(canvas, boxes, labels=labels, colors="red", width=2)
+    colours = [class_colour(l) for l in detections["labels"][keep].tolist()]
+    return draw_bounding_boxes(canvas, boxes, labels=labels, colors=colours, width=2, label_colors="white",
+                               label_background_colors=colours, fill_labels=True)
 
 
 def save_png(image: Tensor, path: str | Path) -> None:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Convert an mmdetection checkpoint: `dynamic-atss convert` (see dynamic_atss/convert/cli.py)."""
+"""`python hub/convert_mmdet.py CHECKPOINT --out DIR` from a source checkout: the same as `dynamic-atss convert`."""
 
 import sys
 
-from dynamic_atss.convert.cli import main
+from dynamic_atss.cli.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

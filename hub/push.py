@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Push a saved model folder to the Hub: `dynamic-atss push` (see dynamic_atss/hub/cli.py)."""
+"""`python hub/push.py --model DIR --push_to_hub ORG/NAME` from a source checkout: the same as `dynamic-atss push`."""
 
 import sys
 
-from dynamic_atss.hub.cli import main
+from dynamic_atss.cli.push import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dynamic_atss.benchmark import coco as coco_bench
+from dynamic_atss.cli.benchmark import main as benchmark_main, parse_coco_args
 TINY_ARGS = json.dumps({"backbone": "test_resnet", "fpn_channels": 32, "head.channels": 32, "head.num_groups": 8,
                         "min_size": 96, "max_size": 128, "test.score_thresh": 0.0})  # fmt: skip
 
@@ -44,7 +45,7 @@ def _coco_args(root, *extra):
 def test_coco_val_prints_ap_and_writes_json(coco_root, tmp_path, capsys):
     root, _ = coco_root
     out = tmp_path / "out"
-    assert coco_bench.main(_coco_args(root, "--split", "val2017", "--out", str(out), "--batch-size", "3")) == 0
+    assert benchmark_main(command="coco", argv=_coco_args(root, "--split", "val2017", "--out", str(out), "--batch-size", "3")) == 0
     printed = capsys.readouterr().out
     assert "| AP | AP50 | AP75 | APs | APm | APl |" in printed
     metrics = json.loads((out / "metrics_val2017.json").read_text())
@@ -59,7 +60,7 @@ def test_coco_val_prints_ap_and_writes_json(coco_root, tmp_path, capsys):
 def test_coco_test_dev_writes_complete_submission_zip(coco_root, tmp_path):
     root, info = coco_root
     out = tmp_path / "sub"
-    assert coco_bench.main(_coco_args(root, "--split", "test-dev2017", "--out", str(out), "--name", "tiny")) == 0
+    assert benchmark_main(command="coco", argv=_coco_args(root, "--split", "test-dev2017", "--out", str(out), "--name", "tiny")) == 0
     zip_path = out / "detections_test-dev2017_tiny_results.zip"
     with zipfile.ZipFile(zip_path) as zf:
         assert zf.namelist() == ["detections_test-dev2017_tiny_results.json"]
@@ -84,7 +85,7 @@ def test_coco_model_folder_and_onnx(coco_root, tmp_path, capsys):
         out = tmp_path / f"out{len(fuse)}"
         argv = ["--model", str(folder), "--data", str(root), "--workers", "0", "--no-progress", "--cpu",
                 "--out", str(out), *fuse]
-        assert coco_bench.main(argv) == 0
+        assert benchmark_main(command="coco", argv=argv) == 0
         results.append(json.loads((out / "metrics_val2017.json").read_text())["metrics"])
     assert results[0]["AP50"] > 0
     for key in ("AP", "AP50", "AP75"):
@@ -97,9 +98,9 @@ def test_coco_bad_inputs_name_what_is_missing(coco_root, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"annotations/instances_val2017\.json") as error:
-        coco_bench.run(coco_bench.parse_args(_coco_args(empty, "--split", "val2017")))
+        coco_bench.run(parse_coco_args(_coco_args(empty, "--split", "val2017")))
     assert "val2017/" in str(error.value)
-    assert coco_bench.main(_coco_args(empty)) == 1
+    assert benchmark_main(command="coco", argv=_coco_args(empty)) == 2
     assert "error:" in capsys.readouterr().err
 
     # a split that does not exist: the message lists the splits that do
@@ -125,16 +126,16 @@ def test_coco_bad_inputs_name_what_is_missing(coco_root, tmp_path, capsys):
     argv = ["--model", "r50", "--random-weights", "--model-args", bad_classes, "--data", str(root), "--cpu",
             "--workers", "0", "--no-progress"]
     with pytest.raises(ValueError, match="80 classes but .* 6 categories"):
-        coco_bench.run(coco_bench.parse_args(argv))
+        coco_bench.run(parse_coco_args(argv))
     # a submission needs every image
     with pytest.raises(SystemExit):
-        coco_bench.parse_args(_coco_args(root, "--split", "test-dev2017", "--limit", "2"))
+        parse_coco_args(_coco_args(root, "--split", "test-dev2017", "--limit", "2"))
 
 
 def test_coco_limit_evaluates_a_subset(coco_root, tmp_path):
     root, _ = coco_root
     out = tmp_path / "lim"
-    assert coco_bench.main(_coco_args(root, "--limit", "2", "--out", str(out))) == 0
+    assert benchmark_main(command="coco", argv=_coco_args(root, "--limit", "2", "--out", str(out))) == 0
     assert json.loads((out / "metrics_val2017.json").read_text())["num_images"] == 2
 
 
@@ -163,9 +164,9 @@ def test_coco_on_a_hugging_face_dataset(tmp_path, capsys):
     out = tmp_path / "hf_out"
     argv = ["--model", "r50", "--random-weights", "--model-args", TINY_ARGS, "--data", str(folder), "--split",
             "validation", "--workers", "0", "--no-progress", "--cpu", "--out", str(out)]
-    assert coco_bench.main(argv) == 0
+    assert benchmark_main(command="coco", argv=argv) == 0
     assert "| AP |" in capsys.readouterr().out
     assert json.loads((out / "metrics_validation.json").read_text())["num_images"] == 3
     with pytest.raises(ValueError, match="split 'test' not in .*validation"):
-        coco_bench.run(coco_bench.parse_args(["--model", "r50", "--random-weights", "--model-args", TINY_ARGS,
+        coco_bench.run(parse_coco_args(["--model", "r50", "--random-weights", "--model-args", TINY_ARGS,
                                               "--data", str(folder), "--split", "test", "--cpu"]))

@@ -134,7 +134,7 @@ def test_an_image_that_fails_to_decode_at_load_time_is_skipped_and_reported(tmp_
 
     # Without skip_unreadable: exit status 2 and one line naming the file and the option (also when a loader
     # worker process met the file).
-    from dynamic_atss.train import main as train_main
+    from dynamic_atss.cli.train import main as train_main
 
     assert train_main(["--config", str(coco_recipe(tmp_path, images_dir, ann_file)), "--output_dir",
                        str(tmp_path / "strict"), "--optim.max_iters", "4", "--data.num_workers", "1"]) == 2
@@ -145,7 +145,7 @@ def test_an_image_that_fails_to_decode_at_load_time_is_skipped_and_reported(tmp_
 
 def test_a_category_missing_from_categories_stops_before_the_folder_is_claimed(tmp_path, capsys, no_model):
     """Issue 18, item 14: exit 2 with one line naming the annotation, and the corrected rerun is not refused."""
-    from dynamic_atss.train import main as train_main
+    from dynamic_atss.cli.train import main as train_main
 
     images_dir, ann_file = write_coco(tmp_path)
     data = json.loads(ann_file.read_text())

@@ -1,11 +1,10 @@
-"""Tests of dynamic_atss.demo."""
+"""Tests of dynamic_atss.demo (the runs, through `dynamic-atss demo`); the options are in test_cli_demo.py."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
 import yaml
 
 from dynamic_atss.__main__ import main as cli
@@ -28,24 +27,6 @@ def test_demo_compares_gflv2_with_and_without_combined_ious(tmp_path):
     main = json.loads((Path(summary["model_dir"]) / "config.json").read_text())["model"]
     assert main["head"]["dgqp"] and main["assigner"]["pred_weight"] == 1.0
     assert (tmp_path / "demo" / "losses.png").is_file()
-
-
-def test_demo_takes_trains_override_syntax(monkeypatch, capsys):
-    from dynamic_atss import demo
-
-    seen = {}
-
-    def stop(config, overrides, where=""):
-        seen["overrides"] = list(overrides)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(demo, "config_from_dict", stop)
-    with pytest.raises(SystemExit):
-        demo.main(["--optim.lr", "0.002", "--data.batch_size=2"])
-    assert seen["overrides"] == ["optim.lr=0.002", "data.batch_size=2"]
-    with pytest.raises(SystemExit):
-        demo.main(["optim.lr=0.003"])  # the old syntax: still taken, with a deprecation message
-    assert seen["overrides"] == ["optim.lr=0.003"] and "deprecated" in capsys.readouterr().err
 
 
 def test_demo_with_comparison_writes_its_outputs(tmp_path):

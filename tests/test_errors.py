@@ -1,18 +1,17 @@
-"""Tests of dynamic_atss.errors: a user's mistake is one line on stderr and exit status 2; a bug keeps its traceback."""
+"""The one error rule (`dynamic_atss.errors.UserInputError` at the command edge, `dynamic_atss.cli.run_command`): a
+user's mistake is one line on stderr and exit status 2; a bug keeps its traceback and asks to be reported."""
 
 from __future__ import annotations
 
-import pytest
-
-from dynamic_atss.errors import UserInputError, exits_2_on_user_error
+from dynamic_atss.cli import run_command
+from dynamic_atss.errors import UserInputError
 
 
 class BadFileError(UserInputError, FileNotFoundError):
     pass
 
 
-@exits_2_on_user_error("tool")
-def main(argv, prog=None):
+def main(argv):
     if argv == ["bad"]:
         raise BadFileError("data/x.json does not exist; pass --data DIR")
     if argv == ["bug"]:
@@ -21,14 +20,16 @@ def main(argv, prog=None):
 
 
 def test_a_user_error_is_one_line_and_exit_status_2(capsys):
-    assert main(["bad"]) == 2
+    assert run_command("train", main, ["bad"]) == 2
     captured = capsys.readouterr()
-    assert captured.err == "tool: error: data/x.json does not exist; pass --data DIR\n" and captured.out == ""
-    assert main(["bad"], prog="dynamic-atss train") == 2
-    assert capsys.readouterr().err.startswith("dynamic-atss train: error: data/x.json")
+    assert captured.err == "dynamic-atss train: error: data/x.json does not exist; pass --data DIR\n"
+    assert captured.out == ""
 
 
-def test_success_passes_through_and_other_errors_keep_their_traceback():
-    assert main([]) == 0 and main.__name__ == "main"
-    with pytest.raises(KeyError, match="internal"):
-        main(["bug"])
+def test_success_passes_through_and_a_bug_keeps_its_traceback_and_asks_for_a_report(capsys):
+    assert run_command("train", main, []) == 0
+    assert run_command("predict", main, ["bug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'internal'" in err
+    assert err.rstrip().splitlines()[-1].startswith("dynamic-atss predict: internal error: this is a bug in dynamic-atss")
+    assert "please report it" in err

@@ -158,7 +158,7 @@ def test_an_unknown_hub_dataset_is_one_line_in_seconds(tmp_path, monkeypatch, ca
 
     import huggingface_hub
 
-    from dynamic_atss.train import main as train_main
+    from dynamic_atss.cli.train import main as train_main
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -73,12 +73,12 @@ def test_predict_refuses_a_model_without_weights(tmp_path, capsys, tiny_kwargs, 
     save_png((torch.rand(3, 60, 80) * 255).to(torch.uint8), image)
     assert cli(["predict", str(image), "--model", "r50", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "no published weights" in err and "atss_r50.mmdet_coco_1x" in err and "--allow-random-weights" in err
+    assert "no published weights" in err and "atss_r50.mmdet_coco_1x" in err and "--random_weights" in err
     assert not (tmp_path / "out" / "street.png").exists()
-    from dynamic_atss.predict import load_model
+    from dynamic_atss.cli import load_model_arg
 
     with pytest.warns(UserWarning, match="random weights"):  # the escape hatch
-        model = load_model("r50", allow_random_weights=True)
+        model = load_model_arg("r50", random_weights=True)
     assert not model.training and model.pretrained_info is None
 
 
@@ -106,7 +106,7 @@ def test_predict_runs_the_snapshot(tmp_path, tiny_kwargs, monkeypatch):
     save_png((torch.rand(3, 90, 120) * 255).to(torch.uint8), image)
     made = []
     real = optimize.optimize_for_inference
-    monkeypatch.setattr("dynamic_atss.predict.optimize_for_inference",
+    monkeypatch.setattr("dynamic_atss.inference.optimize.optimize_for_inference",
                         lambda m, dtype=None: made.append(dtype) or real(m, dtype))
 
     def detections(*flags):

@@ -98,9 +98,7 @@ def test_locations_are_parsed_in_one_place(tmp_path):
     assert registry.parse_location("r50") is None
     with pytest.raises(ValueError, match="hf-hub:org/name"):
         registry.parse_location("hf-hub:not a repo")
-    from dynamic_atss.hub import download
 
-    assert download.is_model_folder is registry.is_model_folder
 
 
 def test_the_registry_imports_nothing_of_the_package():

@@ -17,7 +17,7 @@ from dynamic_atss.engine.config import OptimConfig, TrainConfig
 from dynamic_atss.engine.schedule import lr_factor
 from dynamic_atss.typed import ConfigError
 import dynamic_atss
-from dynamic_atss.train import main as train_main
+from dynamic_atss.cli.train import main as train_main
 
 from helpers_trainer import NO_VAL_DATA, ROOT, TINY_RECIPE, free_port, write_recipe
 from hub_server import hub_server  # noqa: F401  (pytest fixture)
@@ -387,9 +387,9 @@ def test_push_to_hub_is_checked_before_training(tmp_path, monkeypatch, capsys, r
     recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"))
     for repo, message in (("org/name", "the Hub at http://127.0.0.1:"), ("bad name!", "is not a Hub repo id"),
                           ("name", "give the owner too, as org/name")):
-        assert train_script.main(["--config", str(recipe), "--push-to-hub", repo], prog="train.py") == 2
+        assert train_script.main(["--config", str(recipe), "--push-to-hub", repo]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("train.py: error: --push-to-hub") and message in err and "Traceback" not in err
+        assert err.startswith("dynamic-atss train: error: --push") and message in err and "Traceback" not in err
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
     assert train_script.main(["--config", str(recipe), "--push-to-hub", "org/name"]) == 2

@@ -10,7 +10,7 @@ import yaml
 from dynamic_atss.config import ModelConfig, apply_overrides
 from dynamic_atss.engine import load_config, trainer
 from dynamic_atss.engine.config import TrainConfig
-from dynamic_atss.train import main as train_main
+from dynamic_atss.cli.train import main as train_main
 from dynamic_atss.typed import ConfigError, convert, field_rows, field_types
 from helpers_trainer import TINY_RECIPE, write_recipe
 

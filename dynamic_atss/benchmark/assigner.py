@@ -25,7 +25,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -188,21 +187,9 @@ def _bench_train_step_model(args, device: torch.device, model_name: str) -> list
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dynamic-atss benchmark assigner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--num-gt", type=int, default=50)
-    parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--width", type=int, default=1216)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--train-step", action="store_true", help="also time an R-50 training step")
-    parser.add_argument("--train-repeats", type=int, default=3)
-    parser.add_argument("--train-models", default="r50,gflv2_r50",
-                        help="comma-separated models whose training step --train-step times (one per head family)")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Time the assigner (and with `args.train_step` a training step) as `dynamic-atss benchmark assigner` asks;
+    prints Markdown tables (and writes `args.json`)."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     elif args.train_step:

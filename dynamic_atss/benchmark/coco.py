@@ -29,14 +29,19 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["COCO_SPLITS", "BenchmarkInputError", "load_model", "main", "parse_args", "resolve_coco_split", "run"]
+from .peers import BenchmarkInputError
+
+
+class BenchmarkFileNotFoundError(BenchmarkInputError, FileNotFoundError):
+    """A file or folder that `--data` / `--split` need is missing: the message names it."""
+
+__all__ = ["COCO_SPLITS", "BenchmarkInputError", "load_model", "resolve_coco_split", "run"]
 
 #: split name -> (image folder, annotation file) inside a COCO root
 COCO_SPLITS: dict[str, tuple[str, str]] = {
@@ -47,10 +52,6 @@ COCO_SPLITS: dict[str, tuple[str, str]] = {
 }
 SUBMISSION_SPLITS = ("test-dev2017", "test2017")
 _HF_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
-
-
-class BenchmarkInputError(ValueError):
-    """Bad input (model, data, split): the message says what is missing."""
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -70,7 +71,7 @@ def resolve_coco_split(root: str | os.PathLike, split: str) -> tuple[str, str]:
     """(image folder, annotation file) of `split` in the COCO folder `root`; errors name what is missing."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"COCO root folder not found: {root}")
+        raise BenchmarkFileNotFoundError(f"COCO root folder not found: {root}")
     image_name, ann_name = COCO_SPLITS.get(split, (split, f"instances_{split}.json"))
     image_dir, ann_file = root / image_name, root / "annotations" / ann_name
     missing = [str(p) + ("/" if p is image_dir else "") for p in (image_dir, ann_file) if not p.exists()]
@@ -80,7 +81,7 @@ def resolve_coco_split(root: str | os.PathLike, split: str) -> tuple[str, str]:
             "; there is no annotations/*.json at all: is this a COCO root (ROOT/annotations, ROOT/val2017, ...)?"
         )
         known = "" if split in COCO_SPLITS else f" ('{split}' is not a standard COCO split: {sorted(COCO_SPLITS)})"
-        raise FileNotFoundError(
+        raise BenchmarkFileNotFoundError(
             f"split '{split}' of COCO root {root} needs {image_dir}/ and {ann_file}; missing: "
             f"{', '.join(missing)}{known}{hint}"
         )
@@ -99,10 +100,10 @@ def detect_data_format(data: str) -> str:
     if path.is_file():
         if path.suffix == ".parquet":
             return "hf"
-        raise ValueError(f"--data {data} is a file; give a COCO root folder or a Hugging Face dataset")
+        raise BenchmarkInputError(f"--data {data} is a file; give a COCO root folder or a Hugging Face dataset")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", data) and not data.startswith((".", "/")):
         return "hf"  # a Hub dataset name
-    raise FileNotFoundError(f"--data: no such folder: {data}")
+    raise BenchmarkFileNotFoundError(f"--data: no such folder: {data}")
 
 
 def evaluation_dataset(data: str, split: str, data_format: str = "auto"):
@@ -117,7 +118,7 @@ def evaluation_dataset(data: str, split: str, data_format: str = "auto"):
     try:
         return build_dataset("hf", source=data, split=split), f"Hugging Face {data} [{split}]"
     except KeyError as error:  # unknown split of a DatasetDict: KeyError's repr would quote the message
-        raise ValueError(f"--data {data}: {error.args[0] if error.args else error}") from error
+        raise BenchmarkInputError(f"--data {data}: {error.args[0] if error.args else error}") from error
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -136,7 +137,7 @@ def load_model(spec: str, random_weights: bool = False, num_classes: int | None 
             kwargs.setdefault("num_classes", num_classes)
         return create(canonical, pretrained=False, **kwargs), canonical + "-random"
     if model_args:
-        raise ValueError("--model-args only applies with --random-weights (a trained model has its own config)")
+        raise BenchmarkInputError("--model_args only applies with --random_weights (a trained model has its own config)")
     try:
         model = create(spec, pretrained=True)
     except (NoPretrainedWeightsError, FamilyNotAvailableError) as error:  # say so without a traceback
@@ -161,9 +162,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..evaluation import evaluate_detections, evaluator_for, format_table  # noqa: PLC0415
 
     submission = args.split in SUBMISSION_SPLITS or args.submission
-    accelerator = Accelerator(cpu=args.cpu)
+    accelerator = Accelerator(cpu=args.device == "cpu")
     torch.manual_seed(args.seed)  # --random-weights: the same weights on every process
     dataset, description = evaluation_dataset(args.data, args.split, args.data_format)
+    check_image_files(dataset)  # before the model is loaded and any worker starts
     num_images = len(dataset)
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, num_images)))
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     class_names = dataset_attr(dataset, "class_names")
     config = getattr(model, "config", None)
     if config is not None and config.num_classes != len(label_to_cat_id):
-        raise ValueError(
+        raise BenchmarkInputError(
             f"the model predicts {config.num_classes} classes but {description} has {len(label_to_cat_id)} "
             "categories; evaluate on the dataset the model was trained for"
         )
@@ -192,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = model.to(device).eval()
     if args.onnx:
         if device.type != "cpu":
-            raise SystemExit("--onnx runs the network in ONNX Runtime on CPU; pass --cpu")
+            raise BenchmarkInputError("--onnx runs the network in ONNX Runtime on CPU; pass --device cpu")
         from ..inference import onnx_runtime  # noqa: PLC0415
 
         model = onnx_runtime(model)
@@ -243,6 +245,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def check_image_files(dataset: Any) -> None:
+    """Raise `BenchmarkFileNotFoundError` naming the missing image files of a COCO-folder dataset (its annotation
+    file lists them), so a run never starts to fail in a DataLoader worker; other datasets hold their images."""
+    coco, image_dir = getattr(dataset, "coco", None), getattr(dataset, "image_dir", None)
+    if coco is None or image_dir is None:
+        return
+    missing = [image["file_name"] for image_id, image in sorted(coco.imgs.items())
+               if not os.path.isfile(os.path.join(image_dir, image["file_name"]))]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f", ... ({len(missing)} in all)" if len(missing) > 3 else "")
+        raise BenchmarkFileNotFoundError(
+            f"{len(missing)} of the {len(coco.imgs)} images that {dataset.ann_file} lists are not in {image_dir}: "
+            f"{shown}; download the split's images into that folder"
+        )
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.\-]", "-", name)
 
@@ -252,65 +270,3 @@ def dataset_attr(dataset: Any, attr: str, *default: Any) -> Any:
     while isinstance(dataset, torch.utils.data.Subset):
         dataset = dataset.dataset
     return getattr(dataset, attr, *default)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m dynamic_atss benchmark coco",
-        description="COCO box AP (val2017) or a test-dev2017 submission zip for a Dynamic ATSS model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--model", required=True,
-                        help="registered name with a pretrained tag (r50.coco_1x), a model folder / local-dir:PATH, "
-                             "or hf-hub:org/name")
-    parser.add_argument("--data", required=True, help="COCO root folder, or a Hugging Face dataset")
-    parser.add_argument("--split", default="val2017", help="val2017, test-dev2017, or another split name")
-    parser.add_argument("--data-format", choices=("auto", "coco", "hf"), default="auto")
-    parser.add_argument("--submission", action="store_true",
-                        help="write a submission zip instead of evaluating (implied by test-dev2017 / test2017)")
-    parser.add_argument("--batch-size", type=int, default=2, help="images per process and step")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
-    parser.add_argument("--amp", action="store_true", help="CUDA autocast (float16)")
-    parser.add_argument("--onnx", action="store_true",
-                        help="run the network in ONNX Runtime (CPU; dynamic_atss.inference.onnx_runtime)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only (not with test-dev)")
-    parser.add_argument("--out", default=None, help="output folder (default outputs/coco/<model name>)")
-    parser.add_argument("--name", default=None, help="model name in the output file names")
-    parser.add_argument("--min-size", type=int, default=None, help="override the model's test shorter side")
-    parser.add_argument("--max-size", type=int, default=None, help="override the model's test longer-side cap")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="a registered model with random weights (checks the pipeline; AP ~0)")
-    parser.add_argument("--model-args", type=json.loads, default=None,
-                        help='with --random-weights: JSON config overrides, e.g. \'{"backbone": "resnet18"}\'')
-    parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
-    parser.add_argument("--per-class", action="store_true", help="also compute per-class AP (in the JSON)")
-    parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is available")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="also print COCOeval's 12-line summary")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be >= 1")
-    if args.limit is not None and (args.split in SUBMISSION_SPLITS or args.submission):
-        parser.error(f"--limit cannot be used for a {args.split} submission: the server needs every image")
-    if args.model_args is not None and not isinstance(args.model_args, dict):
-        parser.error("--model-args must be a JSON object")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError) as error:  # bad input: the message names what is missing
-        if os.environ.get("DYNAMIC_ATSS_DEBUG"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,8 +20,9 @@ The dependency goes one way: the model class imports `HubMixin`; nothing here im
 class to rebuild is registered by inheriting the mixin).
 """
 
+from ..registry import is_model_folder
 from .card import CARD_MARKER, CITATION, generate_model_card
-from .download import HubFilesMissingError, HubUnreachableError, is_model_folder, load_pretrained, offline_requested
+from .download import HubFilesMissingError, HubUnreachableError, load_pretrained, offline_requested
 from .folder import load_model_dir, save_model_dir
 from .mixin import HubMixin
 from .push import push_model_dir

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserInputError
 from ..registry import is_model_folder, is_repo_id, parse_location
 from .folder import load_model_dir
 from .serialization import CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME, _library_version, build_model_from_state_dict
@@ -23,13 +24,14 @@ from .serialization import CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME, _library_ver
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
 
-__all__ = ["HubFilesMissingError", "HubUnreachableError", "is_model_folder", "load_pretrained", "offline_requested"]
+__all__ = ["HubFilesMissingError", "HubUnreachableError", "load_pretrained", "offline_requested"]
 
-class HubUnreachableError(RuntimeError):
+
+class HubUnreachableError(UserInputError, RuntimeError):
     """The Hub could not be reached (or offline mode is on) and the weights are not in the local cache."""
 
 
-class HubFilesMissingError(FileNotFoundError):
+class HubFilesMissingError(UserInputError, FileNotFoundError):
     """The Hub repo exists at that revision but lacks `config.json` or `model.safetensors`."""
 
 

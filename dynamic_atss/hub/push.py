@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserInputError
+from ..registry import split_name
 from .card import CARD_MARKER, card_kwargs_from_existing, generate_model_card, is_local_path
 from .download import load_pretrained
 from .serialization import CARD_NAME, CONFIG_NAME, PREPROCESSOR_NAME, WEIGHTS_NAME, preprocessor_config, read_config
@@ -15,7 +16,7 @@ from .serialization import CARD_NAME, CONFIG_NAME, PREPROCESSOR_NAME, WEIGHTS_NA
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import CommitInfo, HfApi
 
-__all__ = ["HubPushError", "check_push_access", "publishable_config", "push_later_command", "push_model_dir"]
+__all__ = ["HubPushError", "check_push_access", "index_entry", "update_index", "publishable_config", "push_later_command", "push_model_dir"]
 
 def push_model_dir(
     model_dir: str | os.PathLike,
@@ -147,3 +148,33 @@ def check_push_access(repo_id: str, *, token: str | None = None, endpoint: str |
             f"--push-to-hub {repo_id}: the Hub at {api.endpoint} does not answer ({type(error).__name__}); check the "
             "network (or HF_ENDPOINT), or train without --push-to-hub and push the saved model later"
         ) from None
+
+
+def index_entry(model_tag: str, repo_id: str, revision: str, document: dict[str, Any]) -> dict[str, Any]:
+    """A `model_index.json` entry for `model.tag` pointing at `repo_id@revision` (recipe/metrics from config.json)."""
+    model, _, tag = model_tag.partition(".")
+    if not model or not tag:
+        raise UserInputError(f"--update_index expects MODEL.TAG, e.g. dynamic_atss_r50.coco_1x; got {model_tag!r}")
+    model, _ = split_name(model)  # 'r50' -> 'dynamic_atss_r50'; 'atss_r50' stays (unknown names are an error)
+    recipe = document.get("recipe") or {}
+    return {
+        "model": model, "tag": tag, "hf_hub_id": repo_id, "revision": revision,
+        "recipe": recipe.get("name") if isinstance(recipe, dict) else None,
+        "metrics": document.get("metrics") or {},
+    }
+
+
+def update_index(entry: dict[str, Any], index_file: Path) -> None:
+    """Replace the entry with the same model and tag (or append it), keeping one entry per line."""
+    data = json.loads(index_file.read_text())
+    weights = data["weights"]
+    for position, old in enumerate(weights):
+        if old["model"] == entry["model"] and old["tag"] == entry["tag"]:
+            merged = {**old, **{k: v for k, v in entry.items() if v not in (None, {})}}
+            merged["hf_hub_id"], merged["revision"] = entry["hf_hub_id"], entry["revision"]
+            weights[position] = merged
+            break
+    else:
+        weights.append(entry)
+    lines = ",\n".join("    " + json.dumps(item) for item in weights)
+    index_file.write_text(f'{{\n  "about": {json.dumps(data["about"])},\n  "weights": [\n{lines}\n  ]\n}}\n')

@@ -51,6 +51,10 @@ class UnsupportedOpsetError(UserInputError, ValueError):
     """An ONNX opset the exporter cannot write."""
 
 
+class OpsetTooOldError(UserInputError, NotImplementedError):
+    """The model holds an operator that the requested ONNX opset cannot express (DCN before opset 19)."""
+
+
 def check_opset(opset: int) -> None:
     """Raise `UnsupportedOpsetError` for an opset outside `SUPPORTED_OPSETS` (the message lists them)."""
     if opset not in SUPPORTED_OPSETS:
@@ -70,7 +74,7 @@ def has_dcn(model: nn.Module) -> bool:
 def check_exportable(model: nn.Module, opset: int) -> None:
     """Raise a clear error, before tracing, for a model this opset cannot express (DCN needs opset >= 19)."""
     if has_dcn(model) and opset < 19:
-        raise NotImplementedError(
+        raise OpsetTooOldError(
             f"this model has deformable convolutions (DCN), which ONNX has only from opset 19 (DeformConv); got "
             f"opset {opset}. Export with opset >= 19, or pick a model without DCN (dynamic_atss_r50, _r101, "
             "_x101_32x8d, _x101_64x4d) for runtimes without DeformConv."
