@@ -170,3 +170,21 @@ def test_coco_on_a_hugging_face_dataset(tmp_path, capsys):
     with pytest.raises(ValueError, match="split 'test' not in .*validation"):
         coco_bench.run(parse_coco_args(["--model", "r50", "--random-weights", "--model-args", TINY_ARGS,
                                               "--data", str(folder), "--split", "test", "--cpu"]))
+
+
+# ----------------------------------------------------------------------------------------------- issue 25
+def test_missing_data_and_missing_image_files_are_one_line_before_the_run(coco_root, tmp_path, capsys, monkeypatch):
+    """`--data missing/` was one line with exit status 1; missing image files were a DataLoader worker's traceback."""
+    from helpers_cli import one_line_error, run_installed
+
+    result = run_installed("benchmark", "coco", "--model", "r50", "--random_weights", "--data", str(tmp_path / "missing"))
+    one_line_error(result, "benchmark coco", "--data: no such folder")
+    root, _ = coco_root
+    images = sorted((root / "val2017").iterdir())
+    images[1].unlink()
+    loaded = []
+    monkeypatch.setattr(coco_bench, "load_model", lambda *a, **k: loaded.append(a))
+    assert benchmark_main(command="coco", argv=_coco_args(root, "--workers", "2")) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 4 images" in err and images[1].name in err and "Traceback" not in err
+    assert loaded == []  # checked before the model is loaded or a worker starts

@@ -88,3 +88,11 @@ def test_convert_script_converts_vfnet_checkpoints(tmp_path, scratch_registry, c
     registry.register_pretrained(dataclasses.replace(atss, hash_prefix=digest), default=True)
     assert script.main([str(checkpoint), "--tag", "atss_r50.mmdet_coco_1x", "--out", str(tmp_path / "out2")]) == 2
     assert re.search("error: .*vfnet head.*not atss", capsys.readouterr().err)
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path):
+    from helpers_cli import one_line_error, run_installed
+
+    result = run_installed("convert", "nope.pth", "--out", str(tmp_path / "d"), cwd=tmp_path)
+    one_line_error(result, "convert", "nope.pth: no such checkpoint file")
+    assert not (tmp_path / "d").exists()

@@ -23,3 +23,22 @@ def test_export_mistakes_are_one_line_and_exit_2(tmp_path, saved_tiny_model, cap
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_rows_of_issue_25(tmp_path):
+    """`export --model ./nope` was a traceback; `--format torch-export --out m.onnx` wrote a .pt2 under .onnx."""
+    from helpers_cli import one_line_error, run_installed
+
+    one_line_error(run_installed("export", "--model", "./nope", "--out", str(tmp_path / "m.onnx")), "export",
+                   "--model ./nope")
+    result = run_installed("export", "--model", "r50", "--random_weights", "--format", "torch-export", "--out",
+                           str(tmp_path / "m.onnx"))
+    one_line_error(result, "export", "--format torch-export writes a .pt2 file")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_dcn_model_at_an_old_opset_is_a_user_error():
+    from dynamic_atss.errors import UserInputError
+    from dynamic_atss.inference.export import OpsetTooOldError
+
+    assert issubclass(OpsetTooOldError, UserInputError)

@@ -52,3 +52,15 @@ def test_push_never_edits_the_installed_index(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # not a checkout: no dynamic_atss/model_index.json here
     assert cli(["push", "--model", str(tmp_path), "--repo", "org/name", "--update-index", "r50.coco_1x"]) == 2
     assert "source checkout" in capsys.readouterr().err
+
+
+def test_push_mistakes_are_one_line(tmp_path):
+    """`push --model nope` was a 23-line traceback from pathlib; a folder with a bad config.json too."""
+    from helpers_cli import one_line_error, run_installed
+
+    one_line_error(run_installed("push", "--model", "nope", "--repo", "org/name", cwd=tmp_path), "push",
+                   "--model nope: no such folder")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{")
+    one_line_error(run_installed("push", "--model", "bad", "--push_to_hub", "org/name", cwd=tmp_path), "push",
+                   "--model bad", "not valid JSON")

@@ -79,3 +79,61 @@ def test_cli_help_and_unknown_command(capsys):
     assert cli(["--help"]) == 0
     assert "predict" in capsys.readouterr().out
     assert cli(["bogus"]) == 2
+
+
+# ------------------------------------------------------------------------------ issue 25: one convention, basics
+def test_bare_version_and_a_misspelt_command():
+    from helpers_cli import run_installed
+
+    bare = run_installed()
+    assert bare.returncode == 2 and "usage: dynamic-atss COMMAND" in bare.stderr and "predict" in bare.stderr
+    version = run_installed("--version")
+    from dynamic_atss import __version__
+
+    assert version.returncode == 0 and version.stdout.strip() == f"dynamic-atss {__version__}"
+    typo = run_installed("trian")
+    assert typo.returncode == 2 and "did you mean 'train'?" in typo.stderr and "Traceback" not in typo.stderr
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_usage_line_reads_dynamic_atss_command_and_every_option_has_help(command, capsys):
+    argv = [command, "speed", "--help"] if command == "benchmark" else [command, "--help"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv)
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and out.startswith(f"usage: dynamic-atss {command}")
+    from dynamic_atss.cli import CommandParser
+
+    module = __import__(COMMANDS[command][0], fromlist=["x"])
+    builders = [getattr(module, name) for name in ("build_parser", "coco_parser", "speed_parser", "assigner_parser")
+                if hasattr(module, name)]
+    for build in builders:
+        parser = build()
+        assert isinstance(parser, CommandParser)
+        for action in parser._actions:
+            assert action.help, (command, action.option_strings)
+            for flag in action.option_strings:  # snake_case; the kebab-case spelling is accepted as well
+                assert "-" not in flag.lstrip("-"), (command, flag)
+
+
+def test_kebab_case_and_old_names_are_aliases():
+    from dynamic_atss.cli import CommandParser
+
+    parser = CommandParser("x", aliases={"--allow_random_weights": "--random_weights", "--cpu": "--device=cpu"})
+    parser.add_argument("--batch_size", type=int)
+    parser.add_argument("--random_weights", action="store_true")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(["--batch-size=3", "--allow-random-weights", "--cpu"])
+    assert (args.batch_size, args.random_weights, args.device) == (3, True, "cpu")
+
+
+def test_running_a_benchmark_module_directly_is_no_traceback():
+    """`python -m dynamic_atss.benchmark.coco` / `.throughput` were tracebacks: the command is `dynamic-atss
+    benchmark`; the modules have no entry point of their own."""
+    import sys
+
+    from helpers_cli import run_installed
+
+    for module in ("dynamic_atss.benchmark.coco", "dynamic_atss.benchmark.throughput"):
+        result = run_installed("-m", module, executable=[sys.executable])
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr

@@ -19,7 +19,6 @@ mmdet_<family>.py) for the mapping and the differences.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,14 +28,15 @@ from . import CommandParser, run_command
 
 
 def build_parser() -> CommandParser:
-    parser = CommandParser("convert", description=__doc__, aliases={"--push": "--push_to_hub", "--repo": "--push_to_hub"})
+    parser = CommandParser("convert", description=__doc__, aliases={"--push": "--push_to_hub", "--repo": "--push_to_hub",
+                                                                 "--no_dcn": "--dcn=false"})
     parser.add_argument("checkpoint", type=Path, help="mmdetection checkpoint (.pth) or .safetensors state dict")
     parser.add_argument("--out", required=True, type=Path, help="output folder (config.json, model.safetensors, README.md)")
     parser.add_argument("--push_to_hub", metavar="ORG/NAME", default=None, help="also push the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private (with --push_to_hub)")
     parser.add_argument("--backbone", default=None, help="expected timm backbone (checked; inferred by default)")
-    parser.add_argument("--dcn", default=None, action=argparse.BooleanOptionalAction,
-                        help="expected DCN (checked; inferred by default)")
+    parser.add_argument("--dcn", default=None, choices=("true", "false"),
+                        help="expected DCN: true or false (checked; inferred by default)")
     parser.add_argument("--class_names", type=Path, default=None,
                         help="text file, one class name per line (default: the checkpoint's meta, if any)")
     parser.add_argument("--tag", default=None, metavar="MODEL.TAG",
@@ -83,8 +83,9 @@ def run(argv: list[str]) -> int:
                                  f"the published hash of {cfg.url}: another or an incomplete file")
         metrics = metrics or dict(cfg.metrics) or None
         description, family = f"Converted with dynamic-atss from {cfg.url}: {cfg.description}", cfg.family
+    dcn = None if args.dcn is None else args.dcn == "true"
     try:
-        model = convert_mmdet(args.checkpoint, backbone=args.backbone, dcn=args.dcn, class_names=class_names,
+        model = convert_mmdet(args.checkpoint, backbone=args.backbone, dcn=dcn, class_names=class_names,
                               expected_family=family)
     except MMDetConversionError as error:  # the file is not a checkpoint this converter knows
         raise UserInputError(f"{args.checkpoint}: {error}") from None
