@@ -5,8 +5,8 @@ weights), so every ordinary way of changing, saving, copying, hooking, tracing, 
 works; the `optimize_for_inference` snapshot keeps its own weights (source edits do not reach it, a new snapshot
 follows them) and behaves the same way otherwise.
 
-The model has 128-channel FPN / head convolutions: main 3853dc2 ran those by a cached Winograd transform (besides
-the cached BatchNorm folding of the backbone), which these tests caught going stale."""
+The model has 128-channel FPN / head convolutions: an earlier main ran those by a cached transform of the weights
+(besides the cached BatchNorm folding of the backbone), which these tests caught going stale."""
 
 from __future__ import annotations
 
@@ -294,7 +294,7 @@ def _custom_functions(loss: torch.Tensor) -> set[str]:
 
 def test_double_backward_through_a_training_loss_on_plain_ops(train_batch):
     images, targets = train_batch
-    model = build(0, min_size=160, max_size=200).train()  # P3 at 20 x 25: main ran its 128-channel convs by Winograd
+    model = build(0, min_size=160, max_size=200).train()  # P3 at 20 x 25: 128-channel convs, plain ops
     loss = sum(model(images, targets).values())
     assert _custom_functions(loss) == set()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -556,3 +556,16 @@ def test_training_step_host_synchronisations_are_the_justified_ones(tiny_kwargs,
         losses = model(images, targets)
         sum(losses.values()).backward()
     assert dict(syncs.seen) == ALLOWED_SYNCS
+
+
+def test_a_non_finite_image_is_refused_naming_its_index():
+    """Issue 25: one NaN pixel gave 0 detections and no error (the range check compares aminmax results, and every
+    comparison with NaN is False); inf was refused already."""
+    model = build(0, min_size=64, max_size=64).eval()
+    images = [torch.rand(3, 40, 50), torch.rand(3, 40, 50)]
+    images[1][0, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="image 1: holds NaN"):
+        model(images)
+    images[1][0, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match="image 1: values in"):
+        model(images)

@@ -105,6 +105,8 @@ class DynamicATSS(HubMixin, nn.Module):
             # inference only: detection synchronises at its end anyway, while a training step keeps its one sync.
             extremes = torch.stack([torch.stack(torch.aminmax(image.detach())) for image in images]).float().cpu()
             for index, (low, high) in enumerate(extremes.tolist()):
+                if low != low or high != high:  # NaN: every comparison below would be False
+                    raise ValueError(f"image {index}: holds NaN (not-a-number) values; expected floats in [0, 1]")
                 if high > 1.5 or low < -0.5:
                     fix = "pass the images unnormalised: the model subtracts its own mean and divides by its std" \
                         if low < -0.5 else "divide 0-255 images by 255 (image.float() / 255)"
