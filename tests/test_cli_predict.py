@@ -157,3 +157,21 @@ def test_boxes_are_coloured_by_class():
     colour = {tuple(int(PALETTE[i][k:k + 2], 16) for k in (1, 3, 5)) for i in (0, 1)}
     left, right = tuple(drawn[:, 29, 5].tolist()), tuple(drawn[:, 49, 40].tolist())  # a pixel of each box's edge
     assert {left, right} == colour
+
+
+def test_predict_draws_and_reports_in_the_frame_viewers_show(tmp_path, saved_tiny_model):
+    """Issue 25: a phone photo stored 160x96 with EXIF orientation 6 was drawn and reported in the stored frame."""
+    import PIL.Image
+    import numpy as np
+
+    photo = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    out = tmp_path / "out"
+    assert cli(["predict", str(tmp_path / "phone.jpg"), "--model", str(saved_tiny_model), "--out", str(out),
+                "--threshold", "0"]) == 0
+    with PIL.Image.open(out / "phone.png") as drawing:
+        assert drawing.size == (96, 160)
+    boxes = [d["box_xyxy"] for d in json.loads((out / "detections.json").read_text())[0]["detections"]]
+    assert boxes and all(x1 <= 96 and y1 <= 160 for _, _, x1, y1 in boxes) and any(y1 > 96 for *_, y1 in boxes)

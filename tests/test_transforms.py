@@ -93,3 +93,57 @@ def test_sanitize_boxes_clips_and_drops_with_labels():
     assert _plain(out["boxes"]).tolist() == [[1, 2, 10, 12], [0, 3, 4, 8]]
     assert out["labels"].tolist() == [0, 1] and out["image_id"] == 9
     assert isinstance(out["boxes"], tv_tensors.BoundingBoxes) and tuple(out["boxes"].canvas_size) == (20, 25)
+
+
+# ------------------------------------------------------------------------------------------- issue 25: EXIF
+def _phone_photo(path, orientation: int = 6):
+    """A JPEG stored 160 wide x 96 high with EXIF orientation 6 (rotate 90 degrees clockwise to view): viewers show
+    it 96 wide x 160 high. A bright block at the stored top-left lands at the displayed top-right."""
+    import PIL.Image
+
+    stored = np.zeros((96, 160, 3), dtype=np.uint8)
+    stored[:20, :30] = 255
+    image = PIL.Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif, quality=95)
+    return path
+
+
+def test_images_are_read_in_the_frame_viewers_show(tmp_path):
+    """A phone photo stored 160x96 with orientation 6 was read (and its boxes drawn and reported) in the stored frame."""
+    import PIL.Image
+
+    from dynamic_atss.data.transforms import displayed_size, load_image
+
+    path = _phone_photo(tmp_path / "phone.jpg")
+    image = load_image(str(path), "test")
+    assert tuple(image.shape) == (3, 160, 96)
+    assert image[:, :20, -20:].float().mean() > 200 and image[:, -20:, :20].float().mean() < 50  # rotated, not flipped
+    with PIL.Image.open(path) as header:
+        assert displayed_size(header) == (96, 160) and header.size == (160, 96)
+
+
+def test_coco_annotations_in_the_displayed_frame_are_accepted(tmp_path):
+    """The COCO file annotates what a person sees (96x160): it was refused as "the file is 160x96"."""
+    import json
+
+    from dynamic_atss.data import CocoDetection
+    from dynamic_atss.data.checks import scan_dataset
+
+    _phone_photo(tmp_path / "phone.jpg")
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "phone.jpg", "width": 96, "height": 160}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [76, 0, 20, 30], "area": 600, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "block"}]}))
+    dataset = CocoDetection(tmp_path, tmp_path / "ann.json")
+    assert scan_dataset(dataset, "train").bad == []
+    image, target = dataset[0]
+    assert tuple(image.shape) == (3, 160, 96)
+    x0, y0, x1, y1 = target["boxes"][0].tolist()
+    assert image[:, int(y0):int(y1), int(x0):int(x1)].mean() > 0.8  # the box holds the bright block
+    # without the sizes in the file, they are read from the header in the displayed frame too
+    document = json.loads((tmp_path / "ann.json").read_text())
+    del document["images"][0]["width"], document["images"][0]["height"]
+    (tmp_path / "ann2.json").write_text(json.dumps(document))
+    assert CocoDetection(tmp_path, tmp_path / "ann2.json").coco.imgs[1]["height"] == 160

@@ -20,6 +20,7 @@ import torch
 
 from .coco import CocoDetection
 from .hf import HFDetection
+from .transforms import displayed_size
 
 __all__ = ["DataReport", "ImageSubset", "scan_dataset"]
 
@@ -78,7 +79,7 @@ def _image_header(opener: Callable[[], Any]) -> tuple[int, int]:
         return int(source.shape[0]), int(source.shape[1])
     with source as f:
         with PIL.Image.open(f) as img:
-            width, height = img.size
+            width, height = displayed_size(img)  # the frame viewers show, as the datasets read it (EXIF)
             kind = img.format
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - 64))
@@ -101,7 +102,8 @@ def _check(item: _Item) -> str | None:
     except _READ_ERRORS as e:
         return f"{item.what}: unreadable ({type(e).__name__}: {e})"
     if item.size is not None and (height, width) != tuple(item.size):
-        return f"{item.what}: the file is {width}x{height} but the annotations say {item.size[1]}x{item.size[0]}"
+        return (f"{item.what}: the file is {width}x{height} (as viewers show it, EXIF orientation applied) but the "
+                f"annotations say {item.size[1]}x{item.size[0]}")
     return None
 
 

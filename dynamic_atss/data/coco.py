@@ -33,25 +33,14 @@ from .transforms import (
     DatasetFileNotFoundError,
     apply_transforms,
     clip_and_filter_boxes,
+    displayed_size,
+    load_image,
     make_target,
-    pil_to_image,
     warn_dropped,
     xywh_to_xyxy,
 )
 
 __all__ = ["CocoDetection", "load_image"]
-
-
-def load_image(path: str, what: str) -> tv_tensors.Image:
-    """Read an image file as uint8 RGB (3, H, W); errors name `path` and `what` (e.g. "image id 7")."""
-    if not os.path.isfile(path):
-        raise DatasetFileNotFoundError(f"image file not found for {what}: {path}")
-    try:
-        with PIL.Image.open(path) as img:
-            img.load()
-            return pil_to_image(img)
-    except (OSError, SyntaxError, ValueError, PIL.UnidentifiedImageError) as e:
-        raise DatasetError(f"cannot read image file for {what}: {path} ({type(e).__name__}: {e})") from e
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -173,8 +162,8 @@ class CocoDetection(torch.utils.data.Dataset):
         if not os.path.isfile(path):
             raise DatasetFileNotFoundError(f"image file not found for {what}: {path}")
         try:
-            with PIL.Image.open(path) as im:  # reads the header only
-                w, h = im.size
+            with PIL.Image.open(path) as im:  # reads the header only; the frame viewers show (EXIF orientation)
+                w, h = displayed_size(im)
         except (OSError, SyntaxError, ValueError, PIL.UnidentifiedImageError) as e:
             raise DatasetError(f"cannot read image file for {what}: {path} ({type(e).__name__}: {e})") from e
         img["height"], img["width"] = h, w

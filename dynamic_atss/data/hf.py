@@ -32,6 +32,7 @@ from .transforms import (
     DegenerateBoxWarning,
     apply_transforms,
     clip_and_filter_boxes,
+    displayed_size,
     make_target,
     pil_to_image,
     warn_dropped,
@@ -395,8 +396,8 @@ class HFDetection(torch.utils.data.Dataset):
         if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
             src = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
             try:
-                with PIL.Image.open(src) as img:  # header only
-                    w, h = img.size
+                with PIL.Image.open(src) as img:  # header only; the frame viewers show (EXIF orientation)
+                    w, h = displayed_size(img)
                 return h, w
             except (OSError, SyntaxError, ValueError, PIL.UnidentifiedImageError) as e:
                 raise DatasetError(f"{self.source_desc}: row {row}: cannot read the image header ({e})") from e

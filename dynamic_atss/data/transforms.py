@@ -14,12 +14,14 @@ pre-resize, e.g. to make data loading cheaper or to do multi-scale training outs
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -35,6 +37,8 @@ __all__ = [
     "clip_and_filter_boxes",
     "finalize_image",
     "make_target",
+    "displayed_size",
+    "load_image",
     "pil_to_image",
 ]
 
@@ -102,11 +106,30 @@ def warn_dropped(num_dropped: int, total: int, source: str, example: str, reason
     )
 
 
-def pil_to_image(img: PIL.Image.Image) -> tv_tensors.Image:
-    """PIL image (any mode) -> uint8 `tv_tensors.Image` (3, H, W).
+# EXIF orientations 5-8 store the picture rotated by 90 degrees: viewers show it with width and height swapped.
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
 
-    16-bit greyscale (`I;16*`, e.g. 16-bit PNGs) is scaled from 0..65535 to 0..255: PIL's own conversion clips
-    the values at 255 instead, which turns almost every pixel white."""
+
+def displayed_size(img: PIL.Image.Image) -> tuple[int, int]:
+    """(width, height) of `img` as image viewers show it: its EXIF orientation applied (read from the header only,
+    nothing decoded)."""
+    width, height = img.size
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # an unreadable EXIF block: the stored frame
+        orientation = 1
+    return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
+
+
+def pil_to_image(img: PIL.Image.Image) -> tv_tensors.Image:
+    """PIL image (any mode) -> uint8 `tv_tensors.Image` (3, H, W), in the frame viewers show.
+
+    The EXIF orientation is applied (`PIL.ImageOps.exif_transpose`, as ultralytics and transformers' `load_image`
+    do): a phone photo stored 160x96 with orientation 6 becomes the 96x160 picture everyone sees, and boxes and
+    COCO annotations are in that frame. 16-bit greyscale (`I;16*`, e.g. 16-bit PNGs) is scaled from 0..65535 to
+    0..255: PIL's own conversion clips the values at 255 instead, which turns almost every pixel white."""
+    img = PIL.ImageOps.exif_transpose(img)
     if img.mode.startswith("I;16"):
         grey = np.asarray(img).astype(np.uint32)
         grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)  # rounded, 65535 -> 255
@@ -115,6 +138,19 @@ def pil_to_image(img: PIL.Image.Image) -> tv_tensors.Image:
         img = img.convert("RGB")
     arr = np.asarray(img, dtype=np.uint8)
     return tv_tensors.Image(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+
+
+def load_image(path: str, what: str) -> tv_tensors.Image:
+    """Read an image file as uint8 RGB (3, H, W) in the frame viewers show (EXIF orientation applied); errors name
+    `path` and `what` (e.g. "image id 7")."""
+    if not os.path.isfile(path):
+        raise DatasetFileNotFoundError(f"image file not found for {what}: {path}")
+    try:
+        with PIL.Image.open(path) as img:
+            img.load()
+            return pil_to_image(img)
+    except (OSError, SyntaxError, ValueError, PIL.UnidentifiedImageError) as e:
+        raise DatasetError(f"cannot read image file for {what}: {path} ({type(e).__name__}: {e})") from e
 
 
 def finalize_image(image: Any) -> torch.Tensor:

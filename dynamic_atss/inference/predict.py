@@ -8,7 +8,7 @@ The command is `dynamic-atss predict` (`dynamic_atss/cli/predict.py`); this modu
 * `check_outputs`: nothing this run writes may replace an input or a file it did not create in this run;
 * `predict_files`: batches through the model, draws boxes coloured by class, returns the detections.
 
-Images are read with their EXIF orientation applied (`dynamic_atss.data.coco.load_image`), so boxes are in the
+Images are read with their EXIF orientation applied (`dynamic_atss.data.transforms.load_image`), so boxes are in the
 frame every image viewer shows.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..data.coco import load_image
+from ..data.transforms import load_image
 from ..errors import UserInputError
 from ..visualize import draw_detections, save_png
 
