@@ -9,7 +9,8 @@ held-out ("val") split with the package's evaluator. Three assignments per famil
 - `combined`: `use_combined_iou_assignment(model)` (pred_weight=1, anchor_weight=1);
 - `atss`: `use_combined_iou_assignment(model, pred_weight=0)` (plain ATSS on torchvision's anchors).
 
-    python benchmarks/torchvision_assignment.py [--families fcos retinanet] [--seeds 0 1 2] [--iterations 400]
+    python benchmarks/torchvision_assignment.py [--families fcos retinanet] [--seeds 0 1 2] [--iterations 1500]
+        [--json runs.json]
 
 Single-threaded (`torch.set_num_threads(1)`) unless `--threads`; prints a markdown table (mean and per-seed AP).
 """
@@ -93,7 +94,7 @@ class Recipe:
     image_size: int = 128
     train_images: int = 512
     val_images: int = 100
-    iterations: int = 400
+    iterations: int = 1500
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -193,8 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs = {"image_size": recipe.image_size, "max_objects": recipe.max_objects}
     train = _samples(SyntheticShapes(recipe.train_images, split="train", **kwargs))
     val = SyntheticShapes(recipe.val_images, split="val", **kwargs)
-    print(f"recipe {asdict(recipe)}; torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}",
-          flush=True)
+    print(f"recipe {asdict(recipe)}; torch {torch.__version__}, {args.threads} thread(s), "
+          f"{platform.processor() or platform.machine()}", flush=True)
     results: dict[str, dict[str, list[float]]] = {}
     for family in args.families:
         for assignment in args.assignments:
