@@ -34,6 +34,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import ModelConfig
 
 _PREFIX = "dynamic_atss_"
+# Short backbone tokens of the registered model names -> timm names (shared by every family's variants).
+BACKBONES: dict[str, str] = {
+    "r50": "resnet50", "r101": "resnet101", "x101_32x4d": "resnext101_32x4d", "x101_32x8d": "resnext101_32x8d",
+    "x101_64x4d": "resnext101_64x4d",
+}
 INDEX_FILE = Path(__file__).with_name("model_index.json")
 # The recipe that turns converted ATSS weights into Dynamic ATSS (combined-IoU assigner, short schedule).
 FINETUNE_RECIPE = "configs/dynamic_atss_r50_from_mmdet_atss.yaml"
