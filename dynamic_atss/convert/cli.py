@@ -27,7 +27,7 @@ from pathlib import Path
 from ..hub import push_model_dir
 from ..registry import get_pretrained_cfg
 from .mmdet import convert_mmdet
-from .url import sha256_file
+from ..files import sha256_file
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ...config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig
 from ...ops.dcn import ModulatedDeformConv2d
+from ...registry import ModelEntry, register_model
 from ..anchors import AnchorGenerator
 from ..assigner import AssignResult, CombinedIoUAssigner
 
@@ -263,14 +264,17 @@ FAMILIES: dict[str, HeadFamily] = {}  # head kind -> its family (its `head` is t
 
 
 def register_family(family: HeadFamily) -> HeadFamily:
-    """Make `family.head` buildable with `HeadConfig(kind=family.kind)` and its spec readable (`FAMILIES`);
-    a kind registered twice is an error."""
+    """Make `family.head` buildable with `HeadConfig(kind=family.kind)`, its spec readable (`FAMILIES`) and its
+    variants' names known to the registry (`create(name)`, `list_models()`); a kind registered twice is an error."""
     if family.kind in FAMILIES:
         raise ValueError(f"head kind {family.kind!r} is registered twice ({FAMILIES[family.kind].head.__name__}, "
                          f"{family.head.__name__})")
     family.head.kind = family.kind
     family.head.family = family
     FAMILIES[family.kind] = family
+    for variant in family.variants:
+        register_model(ModelEntry(name=variant.name, family=family.kind, trunk=variant.trunk, dcn=variant.dcn,
+                                  config=functools.partial(family.variant_config, variant), doc=variant.doc))
     return family
 
 
