@@ -4,13 +4,14 @@ from .config import (
     AnchorConfig, AssignerConfig, BackboneConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig, TestConfig,
 )
 from ._version import __version__
+from . import convert  # noqa: F401  (the converters of other libraries' weights register with the registry)
+from . import zoo
 from .factory import create, load_model
 from .hub import load_pretrained
 from .inference.optimize import optimize_for_inference
-from .models import zoo
 from .models.detector import DynamicATSS
-from .models.zoo import *  # noqa: F403  (the registered constructors, one per head-family variant)
 from .registry import get_pretrained_cfg, list_models, register_pretrained
+from .zoo import *  # noqa: F403  (the registered constructors, one per head-family variant)
 
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The one door to a model: `create(name, pretrained=False, **kwargs)` and `load_model(name, **kwargs)`.
 
-Every entry point builds or loads through here (the constructors of `models/zoo.py`, `predict`, `export`, the
+Every entry point builds or loads through here (the constructors of `zoo.py`, `predict`, `export`, the
 benchmarks, the trainer's `init_from`, the demo), one direction: factory -> registry (tables) + hub (folders,
 Hub repos) + convert (URL weights) + models (the network). Names understood:
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import apply_overrides
-from .convert import load_url_weights  # also registers the converters with the registry
+from .convert.url import load_url_weights
 from .hub import load_pretrained
 from .models.detector import DynamicATSS
 from .registry import (

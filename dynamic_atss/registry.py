@@ -34,6 +34,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import ModelConfig
 
 _PREFIX = "dynamic_atss_"
+# Short backbone tokens of the registered model names -> timm names (shared by every family's variants).
+BACKBONES: dict[str, str] = {
+    "r50": "resnet50", "r101": "resnet101", "x101_32x4d": "resnext101_32x4d", "x101_32x8d": "resnext101_32x8d",
+    "x101_64x4d": "resnext101_64x4d",
+}
 INDEX_FILE = Path(__file__).with_name("model_index.json")
 # The recipe that turns converted ATSS weights into Dynamic ATSS (combined-IoU assigner, short schedule).
 FINETUNE_RECIPE = "configs/dynamic_atss_r50_from_mmdet_atss.yaml"
@@ -49,7 +54,7 @@ class PretrainedCfg:
     revision: str | None = None  # pinned commit of the Hub repo
     url: str | None = None  # another library's checkpoint, converted on first use
     hash_prefix: str | None = None  # its published SHA-256 prefix (mmdetection: the last 8 hex of the file name)
-    converter: str | None = None  # name in dynamic_atss.convert.available_converters()
+    converter: str | None = None  # name in available_converters()
     family: str = "atss"  # head family the weights need
     recipe: str | None = None  # configs/<recipe>.yaml that trained it (dynamic-atss recipes)
     description: str = ""  # how the weights were trained, by whom
@@ -93,11 +98,11 @@ class ModelEntry:
 _MODELS: dict[str, ModelEntry] = {}
 _PRETRAINED: dict[str, PretrainedCfg] = {}
 _DEFAULT_TAG: dict[str, str] = {}
-_CONVERTER_SOURCES: list[Callable[[], dict[str, Callable[..., Any]]]] = []
+_CONVERTERS: dict[str, Callable[..., Any]] = {}
 
 
 def register_model(entry: ModelEntry) -> ModelEntry:
-    """Add a model name (`models/zoo.py` registers every `HeadFamily` variant); a name registered twice raises."""
+    """Add a model name (`register_family` adds every `HeadFamily` variant); a name registered twice raises."""
     if entry.name in _MODELS:
         raise ValueError(f"model {entry.name!r} is registered twice")
     _MODELS[entry.name] = entry
@@ -109,17 +114,17 @@ def model_entry(name: str) -> ModelEntry | None:
     return _MODELS.get(_canonical(name))
 
 
-def register_converter_source(source: Callable[[], dict[str, Callable[..., Any]]]) -> None:
-    """`source()` -> the converters it provides now, by name (`dynamic_atss.convert` adds one per library)."""
-    _CONVERTER_SOURCES.append(source)
+def register_converter(name: str, converter: Callable[..., Any]) -> None:
+    """Add a converter under its model_index.json name (`dynamic_atss.convert` adds `mmdet_<family>` when a
+    family's mmdetection head mapping registers); a name registered twice raises."""
+    if name in _CONVERTERS:
+        raise ValueError(f"converter {name!r} is registered twice")
+    _CONVERTERS[name] = converter
 
 
 def available_converters() -> dict[str, Callable[..., Any]]:
     """Converter name (model_index.json "converter") -> checkpoint dict -> (ModelConfig, state dict)."""
-    converters: dict[str, Callable[..., Any]] = {}
-    for source in _CONVERTER_SOURCES:
-        converters.update(source())
-    return converters
+    return dict(_CONVERTERS)
 
 
 def register_pretrained(cfg: PretrainedCfg, default: bool = False) -> None:

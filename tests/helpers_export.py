@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import dynamic_atss as da
-from dynamic_atss.detection.heads import HEAD_FAMILIES
+from dynamic_atss.detection import heads
 
 # A tiny model whose random weights give many detections (prior 0.3: most anchors pass the 0.05 threshold), so
 # the comparisons below exercise top-k, NMS and the per-image cap rather than empty outputs.
@@ -20,4 +20,4 @@ def _tiny(tiny_kwargs, kind="atss", **overrides):
     return da.create(name, num_classes=4, **{**tiny_kwargs, **EXPORT_TINY, **overrides}).eval()
 
 
-FAMILIES = sorted(HEAD_FAMILIES)
+FAMILIES = sorted(heads.FAMILIES)

@@ -62,8 +62,10 @@ def cache_files(root: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- the index
 def without_family(monkeypatch, family: str) -> None:
-    """This version as if `family` had no mmdetection head mapping (every family in the index has one now)."""
+    """This version as if `family` had no mmdetection head mapping, hence no converter (every family in the index
+    has one now)."""
+    from dynamic_atss import registry
     from dynamic_atss.convert import mmdet
 
-    for marker in [k for k, (f, _) in mmdet.MMDET_HEADS.items() if f == family]:
-        monkeypatch.delitem(mmdet.MMDET_HEADS, marker)
+    monkeypatch.setattr(mmdet, "MMDET_HEADS", {k: v for k, v in mmdet.MMDET_HEADS.items() if v[0] != family})
+    monkeypatch.setattr(registry, "_CONVERTERS", {k: v for k, v in registry._CONVERTERS.items() if k != f"mmdet_{family}"})

@@ -14,11 +14,11 @@ from dynamic_atss.detection.heads import Targets
 from dynamic_atss.detection.heads.atss import ATSSHead
 from dynamic_atss.detection.losses import quality_focal_loss
 
-from helpers_losses import bce64
+from helpers_losses import bce64, raw_from_flat
 
 
 # --------------------------------------------------------------------------------------------------------
-# The ATSS family: assignment + losses (`ATSSHead.compute_loss`)
+# The ATSS family: assignment + losses (`ATSSHead.loss`)
 # --------------------------------------------------------------------------------------------------------
 NUM_CLASSES = 3
 STRIDES = [8, 16, 32, 64, 128]
@@ -46,7 +46,7 @@ def detection_problem(seed=0, with_gt=True):
 
 
 class ATSSAssignAndLoss:
-    """The ATSS family's `compute_loss` (assignment + losses) on given flattened outputs, as the detector calls it."""
+    """The ATSS family's `loss` (priors, assignment, losses) on given flattened outputs, as the detector calls it."""
 
     def __init__(self, loss_cfg, assigner_cfg, quality, num_classes):
         config = ModelConfig(num_classes=num_classes, head=HeadConfig(quality=quality, channels=8, num_groups=8,
@@ -57,8 +57,10 @@ class ATSSAssignAndLoss:
     def __call__(self, anchors, num_per_level, cls_logits, box_deltas, quality_logits, gt_boxes, gt_labels, gt_mask,
                  progress=0.0):
         flat = {"cls_logits": cls_logits, "box_deltas": box_deltas, "quality_logits": quality_logits.unsqueeze(-1)}
-        return self.head.compute_loss(flat, anchors, num_per_level, STRIDES[: len(num_per_level)],
-                                      Targets(gt_boxes, gt_labels, gt_mask), self.assigner, progress)
+        shapes = [(-(-96 // s), -(-128 // s)) for s in STRIDES]  # detection_problem's grids
+        assert [h * w for h, w in shapes] == list(num_per_level)
+        return self.head.loss(raw_from_flat(self.head, flat, shapes), Targets(gt_boxes, gt_labels, gt_mask),
+                              self.assigner, progress)
 
 
 def call(loss_fn, problem, progress=0.0):

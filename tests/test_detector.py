@@ -474,13 +474,13 @@ def test_tiny_model_overfits_one_image(tiny_kwargs):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     history = []
     for _ in range(50):
-        losses = model(images, targets)
+        losses, stats = model(images, targets, return_stats=True)
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
         history.append(float(sum(losses.values()).detach()))
     assert history[-1] < 0.5 * history[0], history[::10]
-    assert float(model.assign_stats["num_pos"]) > 0
+    assert float(stats["num_pos"]) > 0
 
 
 def test_every_head_parameter_gets_a_gradient_even_without_gt(tiny_kwargs):
@@ -569,3 +569,51 @@ def test_a_non_finite_image_is_refused_naming_its_index():
     images[1][0, 3, 4] = float("inf")
     with pytest.raises(ValueError, match="image 1: values in"):
         model(images)
+
+
+def _attributes(module):
+    """Every attribute of every submodule (parameters and buffers by identity and value), to compare before/after."""
+    state = {}
+    for name, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            if key in ("_parameters", "_buffers"):
+                state[(name, key)] = {k: (id(v), v.detach().clone()) for k, v in value.items() if v is not None}
+            elif key == "_modules":
+                state[(name, key)] = {k: id(v) for k, v in value.items()}
+            elif not key.startswith("_") or key == "_cache":
+                state[(name, key)] = value if key != "_cache" else None
+    return state
+
+
+def _same_attributes(before, after):
+    assert before.keys() == after.keys(), set(before) ^ set(after)
+    for key, value in before.items():
+        if isinstance(value, dict) and value and isinstance(next(iter(value.values())), tuple):
+            assert value.keys() == after[key].keys(), key
+            for name, (identity, tensor) in value.items():
+                assert after[key][name][0] == identity and torch.equal(after[key][name][1], tensor), (key, name)
+        else:
+            assert after[key] is value or after[key] == value, key
+
+
+@pytest.mark.parametrize("name", ["r50", "dynamic_gflv2_r50", "dynamic_vfnet_r50"])
+def test_forward_is_stateless(tiny_kwargs, name):
+    """Issue 23: forward wrote `model.assign_stats` and read `model.train_progress`. Now two calls write no
+    attribute anywhere in the model, and a call's output does not depend on the call before it."""
+    model = da.create(name, num_classes=6, **{**tiny_kwargs, "assigner.pred_weight": "up"}).train()
+    assert not hasattr(model, "assign_stats") and not hasattr(model, "train_progress")
+    images, targets = one_image(96)
+    other_images, other_targets = one_image(128)
+    before = _attributes(model)
+    first, first_stats = model(images, targets, progress=0.25, return_stats=True)
+    model(other_images, other_targets, progress=0.9)
+    again, again_stats = model(images, targets, progress=0.25, return_stats=True)
+    _same_attributes(before, _attributes(model))
+    assert not hasattr(model, "assign_stats") and not hasattr(model, "train_progress")
+    for key in first:
+        torch.testing.assert_close(again[key], first[key], rtol=0, atol=0)
+    assert float(first_stats["pred_weight"]) == pytest.approx(0.25)
+    assert {k: float(v) for k, v in again_stats.items()} == {k: float(v) for k, v in first_stats.items()}
+    # progress is an argument (default 0.0), not a model attribute
+    _, default_stats = model(images, targets, return_stats=True)
+    assert float(default_stats["pred_weight"]) == 0.0

@@ -31,7 +31,7 @@ def test_constructors_and_names_build_the_same_model(tiny_kwargs):
 def test_constructors_only_name_their_variant(monkeypatch):
     """A constructor hands its name (and tag) to the factory: no loading of its own."""
     calls = []
-    monkeypatch.setattr(da.models.zoo, "create", lambda name, pretrained=False, **kw: calls.append((name, pretrained, kw)))
+    monkeypatch.setattr(da.zoo, "create", lambda name, pretrained=False, **kw: calls.append((name, pretrained, kw)))
     da.vfnet_r50(pretrained=True, pretrained_tag="mmdet_coco_1x", num_classes=3)
     da.atss_r50(num_classes=5)
     assert calls == [("vfnet_r50.mmdet_coco_1x", True, {"num_classes": 3}), ("atss_r50", False, {"num_classes": 5})]

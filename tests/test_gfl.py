@@ -22,6 +22,7 @@ from dynamic_atss.detection.heads.gfl import GFLHead
 
 from helpers_mmdet import _import_mmdet
 from helpers_gfl import mmdet_gfl_state_dict
+from helpers_losses import raw_from_flat
 
 
 def targets_for(boxes_per_image):
@@ -36,10 +37,10 @@ def test_trains_every_head_param_gets_a_gradient_and_predicts(name, with_gt, tin
     model = da.create(name, num_classes=3, **tiny_kwargs).train()
     images = [torch.rand(3, 128, 160), torch.rand(3, 112, 128)]
     boxes = [[[10, 12, 70, 90], [60, 30, 150, 110]], [[5, 5, 60, 50]]] if with_gt else [[], []]
-    losses = model(images, targets_for(boxes))
+    losses, stats = model(images, targets_for(boxes), return_stats=True)
     assert set(losses) == {"loss_cls", "loss_box", "loss_dfl"}
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
-    assert (model.assign_stats["num_pos"] > 0) == with_gt
+    assert (stats["num_pos"] > 0) == with_gt
     if with_gt:
         assert losses["loss_box"] > 0 and losses["loss_dfl"] > 0
     sum(losses.values()).backward()
@@ -174,10 +175,12 @@ def test_dgqp_gradient_reaches_the_distributions(tiny_kwargs):
 
 
 # ---------------------------------------------------------------------------------------------- losses given an assignment
+LOSS_PROBLEM_SIZES = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+
+
 def loss_problem(dgqp, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    sizes = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
-    anchors, counts = AnchorGenerator(AnchorConfig(center_offset=0.0))(sizes, torch.device("cpu"))
+    anchors, counts = AnchorGenerator(AnchorConfig(center_offset=0.0))(LOSS_PROBLEM_SIZES, torch.device("cpu"))
     strides = torch.repeat_interleave(torch.tensor([8.0, 16, 32, 64, 128]), torch.tensor(counts))
     batch, n = 2, anchors.shape[0]
     flat = {"cls_logits": torch.randn(batch, n, 3, generator=gen) * 2,
@@ -191,11 +194,13 @@ def loss_problem(dgqp, seed=0):
 
 @pytest.mark.parametrize("dgqp", [False, True])
 def test_losses_match_hand_written_float64_formulas(dgqp):
-    head = tiny_head(dgqp=dgqp)
+    head = GFLHead(ModelConfig(num_classes=3, fpn_channels=8, anchors=AnchorConfig(center_offset=0.0), head=HeadConfig(
+        kind="gfl", channels=8, num_groups=4, num_convs=1, dgqp=dgqp)))
     flat, anchors, counts, strides, targets = loss_problem(dgqp)
     pred_boxes = head.assignment_boxes(flat, anchors, strides)
-    assignment = CombinedIoUAssigner(pred_weight=1.0)(anchors, counts, targets.boxes, targets.mask, pred_boxes)
-    losses = head.loss(flat, anchors, strides, targets, assignment)
+    assigner = CombinedIoUAssigner(pred_weight=1.0)
+    assignment = assigner(anchors, counts, targets.boxes, targets.mask, pred_boxes)
+    losses, _ = head.loss(raw_from_flat(head, flat, LOSS_PROBLEM_SIZES), targets, assigner)
 
     # float64, from scratch
     x = flat["cls_logits"].double()
@@ -317,11 +322,11 @@ def test_losses_match_real_mmdetection_gfl():
                                              batch_img_metas=[meta])
         model.config.min_size, model.config.max_size = height, width
         model.train()
-        ours = model([image], [{"boxes": boxes, "labels": labels}])
+        ours, stats = model([image], [{"boxes": boxes, "labels": labels}], return_stats=True)
     expected = {"loss_cls": sum(expected["loss_cls"]), "loss_box": sum(expected["loss_bbox"]),
                 "loss_dfl": sum(expected["loss_dfl"])}
     print("mmdetection:", {k: round(v.item(), 6) for k, v in expected.items()},
-          "\nours:       ", {k: round(v.item(), 6) for k, v in ours.items()}, f"(positives {model.assign_stats['num_pos']:.0f})")
+          "\nours:       ", {k: round(v.item(), 6) for k, v in ours.items()}, f"(positives {stats['num_pos']:.0f})")
     for key, value in expected.items():
         assert ours[key].item() == pytest.approx(value.item(), rel=1e-4), key
 

@@ -11,7 +11,7 @@ import pytest
 import dynamic_atss
 import dynamic_atss as da
 from dynamic_atss import registry
-from dynamic_atss.convert import available_converters
+from dynamic_atss.registry import available_converters
 from dynamic_atss.detection.heads import FAMILIES
 from dynamic_atss.registry import FamilyNotAvailableError, NoPretrainedWeightsError
 

@@ -99,9 +99,9 @@ def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
     original = ATSSHead.loss
 
     def nan_loss(self, *args, **kwargs):
-        losses = original(self, *args, **kwargs)
+        losses, stats = original(self, *args, **kwargs)
         losses["loss_box"] = losses["loss_box"] * float("nan")
-        return losses
+        return losses, stats
 
     monkeypatch.setattr(ATSSHead, "loss", nan_loss)
     recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "nan"), max_bad_steps=3)
@@ -161,14 +161,14 @@ def test_a_non_finite_batch_leaves_batchnorm_intact_and_the_model_still_detects(
 def test_a_window_without_positives_warns(tmp_path, monkeypatch):
     from dynamic_atss.detection.heads.atss import ATSSHead
 
-    original = ATSSHead.compute_loss
+    original = ATSSHead.loss
 
     def no_positives(self, *args, **kwargs):
         losses, stats = original(self, *args, **kwargs)
         stats["num_pos"] = stats["num_pos"] * 0  # as if every image were empty or crowd-only
         return losses, stats
 
-    monkeypatch.setattr(ATSSHead, "compute_loss", no_positives)
+    monkeypatch.setattr(ATSSHead, "loss", no_positives)
     recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), checkpoint_every=0, log_every=2,
                           optim={**TINY_RECIPE["optim"], "max_iters": 2}, data=NO_VAL_DATA)
     with pytest.warns(UserWarning, match=r"steps 1-2: no positive anchor in any image"):

@@ -178,7 +178,7 @@ def test_a_family_registering_its_mmdet_head_makes_its_tags_loadable(torch_cache
 
     without_family(monkeypatch, "vfnet")
     assert "vfnet_r50.mmdet_coco_1x" not in dynamic_atss.list_models("vfnet*", pretrained=True)
-    monkeypatch.setitem(mmdet.MMDET_HEADS, "bbox_head.vfnet_test_marker", ("vfnet", lambda remaining, take: {}))
+    mmdet.register_mmdet_head("bbox_head.vfnet_test_marker", "vfnet")(lambda remaining, take: {})
     assert "vfnet_r50.mmdet_coco_1x" in dynamic_atss.list_models("vfnet*", pretrained=True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsDownloadError, match=r"vfnet_r50_fpn_1x_coco_20201027-38db6f58\.pth"):

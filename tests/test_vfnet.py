@@ -46,14 +46,14 @@ def test_tiny_model_trains_and_every_head_parameter_gets_a_gradient(tiny_kwargs)
     empty = targets[1]
     for batch_images, batch_targets in ((images, targets), ([images[1]], [empty])):
         model.zero_grad()
-        losses = model(batch_images, batch_targets)
+        losses, stats = model(batch_images, batch_targets, return_stats=True)
         assert set(losses) == {"loss_cls", "loss_box", "loss_box_init"}
         assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
         sum(losses.values()).backward()
         missing = [n for n, p in model.head.named_parameters() if p.grad is None]
         assert not missing, missing
         if batch_targets is targets:
-            assert float(model.assign_stats["num_pos"]) > 0
+            assert float(stats["num_pos"]) > 0
             # every head parameter is trained, the star-shaped DCNs included (the per-level Scales only on the
             # levels that have positives)
             zero = [n for n, p in model.head.named_parameters() if not p.grad.abs().sum() > 0]
@@ -131,21 +131,20 @@ def test_star_dcn_samples_the_nine_box_points():
 
 
 # ---------------------------------------------------------------------------------------------- losses, assigner
-def _flat_and_targets(model, images, targets):
+def _raw_and_inputs(model, images, targets):
+    """The raw outputs of a forward on `images`, and the `LossInputs` the head's `loss` derives from them."""
     batch, sizes, originals = model.preprocess(images)
     raw = model.forward_raw(batch)
-    feature_sizes = [tuple(level.shape[-2:]) for level in raw[0]]
-    anchors, num_per_level = model.anchor_generator(feature_sizes, batch.device)
-    flat_levels = model.head.flatten(raw)
-    flat = {name: torch.cat([level[name] for level in flat_levels], 1) for name in flat_levels[0]}
     scales = [(h / oh, w / ow) for (h, w), (oh, ow) in zip(sizes.tolist(), originals)]
-    return flat, anchors, num_per_level, feature_sizes, Targets(*model._prepare_targets(targets, scales, batch.device))
+    inputs = model.head.loss_inputs(raw, Targets(*model._prepare_targets(targets, scales, batch.device)))
+    return raw, inputs
 
 
 def test_vfl_target_is_the_iou_of_the_refined_box(tiny_kwargs, monkeypatch):
     model = tiny_vfnet(tiny_kwargs, **{"head.assign_boxes": "initial"}).train()
     images, targets = scene()
-    flat, anchors, _, _, gt = _flat_and_targets(model, images, targets)
+    raw, inputs = _raw_and_inputs(model, images, targets)
+    flat, anchors, gt = inputs.flat, inputs.anchors, inputs.targets
     # Positives by hand: anchors 3, 40 and 200 of image 0 go to GTs 0, 1 and 0; the assigner's IoUs are decoys.
     gt_index = torch.full(flat["cls_logits"].shape[:2], -1, dtype=torch.int64)
     positives = torch.tensor([3, 40, 200])
@@ -159,8 +158,7 @@ def test_vfl_target_is_the_iou_of_the_refined_box(tiny_kwargs, monkeypatch):
         return torch.zeros((), requires_grad=True)
 
     monkeypatch.setattr(vfnet_module, "varifocal_loss", spy)
-    strides = torch.ones(len(anchors))
-    model.head.loss(flat, anchors, strides, gt, assignment)
+    model.head.loss(raw, gt, lambda *args: assignment)
     gt_boxes = gt.boxes[0, gt_index[0, positives]]
     refined = distance_to_boxes(flat["box_refine"][0, positives], anchors[positives])
     initial = distance_to_boxes(flat["box_init"][0, positives], anchors[positives])
@@ -176,12 +174,13 @@ def test_vfl_target_is_the_iou_of_the_refined_box(tiny_kwargs, monkeypatch):
 def test_box_losses_are_iou_weighted_giou(tiny_kwargs):
     model = tiny_vfnet(tiny_kwargs).train()
     images, targets = scene()
-    flat, anchors, _, _, gt = _flat_and_targets(model, images, targets)
+    raw, inputs = _raw_and_inputs(model, images, targets)
+    flat, anchors, gt = inputs.flat, inputs.anchors, inputs.targets
     gt_index = torch.full(flat["cls_logits"].shape[:2], -1, dtype=torch.int64)
     positives = torch.tensor([3, 40, 200])
     gt_index[0, positives] = torch.tensor([0, 1, 0])
     zeros = torch.zeros(gt_index.shape)
-    losses = model.head.loss(flat, anchors, torch.ones(len(anchors)), gt, AssignResult(gt_index, zeros, zeros))
+    losses, _ = model.head.loss(raw, gt, lambda *args: AssignResult(gt_index, zeros, zeros))
     gt_boxes = gt.boxes[0, gt_index[0, positives]]
     for key, name, weight in (("loss_box_init", "box_init", 1.5), ("loss_box", "box_refine", 2.0)):
         boxes = distance_to_boxes(flat[name][0, positives], anchors[positives])
@@ -195,7 +194,8 @@ def test_box_losses_are_iou_weighted_giou(tiny_kwargs):
 def test_assigner_receives_the_configured_boxes(tiny_kwargs, assign_boxes):
     model = tiny_vfnet(tiny_kwargs, **{"head.assign_boxes": assign_boxes}).train()
     images, targets = scene()
-    flat, anchors, num_per_level, feature_sizes, gt = _flat_and_targets(model, images, targets)
+    raw, inputs = _raw_and_inputs(model, images, targets)
+    flat, anchors = inputs.flat, inputs.anchors
     received = {}
     assigner = model.assigner
 
@@ -203,8 +203,7 @@ def test_assigner_receives_the_configured_boxes(tiny_kwargs, assign_boxes):
         received["pred_boxes"] = pred_boxes
         return assigner(anchors_, num_per_level_, gt_boxes, gt_mask, pred_boxes, *args)
 
-    losses, stats = model.head.compute_loss(flat, anchors, num_per_level, list(model.config.anchors.strides), gt, spy,
-                                            0.0, feature_sizes)
+    losses, stats = model.head.loss(raw, inputs.targets, spy, 0.0)
     name = "box_init" if assign_boxes == "initial" else "box_refine"
     other = "box_refine" if assign_boxes == "initial" else "box_init"
     assert not received["pred_boxes"].requires_grad
@@ -226,10 +225,11 @@ def test_pred_weight_zero_is_vfnet_own_atss_assignment(tiny_kwargs):
     for name, same in (("vfnet_r50", True), ("dynamic_vfnet_r50", False)):
         torch.manual_seed(0)
         model = tiny_vfnet(tiny_kwargs, name=name).train()
-        flat, anchors, num_per_level, feature_sizes, gt = _flat_and_targets(model, images, targets)
-        boxes = model.head.assignment_boxes(flat, anchors, torch.ones(len(anchors)))
-        ours = model.assigner(anchors, num_per_level, gt.boxes, gt.mask, boxes, 0.0, feature_sizes)
-        other = model.assigner(anchors, num_per_level, gt.boxes, gt.mask, boxes.flip(1), 0.0, feature_sizes)
+        _, inputs = _raw_and_inputs(model, images, targets)
+        anchors, num_per_level, shapes, gt = inputs.anchors, inputs.num_per_level, inputs.level_shapes, inputs.targets
+        boxes = model.head.assignment_boxes(inputs.flat, anchors, inputs.strides)
+        ours = model.assigner(anchors, num_per_level, gt.boxes, gt.mask, boxes, 0.0, shapes)
+        other = model.assigner(anchors, num_per_level, gt.boxes, gt.mask, boxes.flip(1), 0.0, shapes)
         assert torch.equal(ours.gt_index, other.gt_index) == same, name
 
 

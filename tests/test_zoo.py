@@ -1,4 +1,4 @@
-"""Tests of dynamic_atss.models.zoo."""
+"""Tests of dynamic_atss.zoo."""
 
 from __future__ import annotations
 

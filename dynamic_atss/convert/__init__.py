@@ -3,8 +3,8 @@
 mmdetection: `convert_mmdet` (any supported head family, recognised from the keys), `convert_mmdet_atss`,
 `convert_mmdet_gfl` (convert/mmdet_gfl.py), `convert_mmdet_vfnet` (convert/mmdet_vfnet.py).
 A head family adds its mmdetection head mapping in `convert/mmdet_<family>.py` with `@register_mmdet_head`,
-imported here; its public checkpoints in `model_index.json` (converter `mmdet_<family>`) then load by URL
-(`convert/url.py`).
+imported here, which registers the converter `mmdet_<family>` with the registry; its public checkpoints in
+`model_index.json` then load by URL (`convert/url.py`). The package root imports this package.
 """
 
 from .mmdet import (  # noqa: F401
@@ -22,10 +22,8 @@ from .mmdet_vfnet import convert_mmdet_vfnet  # noqa: F401  (registers the VFNet
 from .url import (  # noqa: F401
     MIRROR_ENV,
     WeightsDownloadError,
-    available_converters,
     checkpoint_path,
     converted_dir,
     fetch_checkpoint,
     load_url_weights,
-    sha256_file,
 )

@@ -79,6 +79,7 @@ from torch import Tensor
 from ..config import BackboneConfig, ModelConfig, apply_overrides
 from ..detection.heads import FAMILIES
 from ..hub import StateDictMismatchError, build_model_from_state_dict
+from ..registry import register_converter
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
@@ -255,15 +256,26 @@ MMDET_HEADS: dict[str, tuple[str, HeadConverter]] = {}
 
 def register_mmdet_head(marker: str, family: str) -> Callable[[HeadConverter], HeadConverter]:
     """Decorator: convert checkpoints that hold `marker` with the decorated function (family `family`); a marker
-    registered twice is an error."""
+    registered twice is an error. The family's first mapping also registers the converter `mmdet_<family>` with
+    the registry (what `model_index.json` entries name): its indexed checkpoints then load by URL."""
 
     def wrap(fn: HeadConverter) -> HeadConverter:
         if marker in MMDET_HEADS:
             raise ValueError(f"mmdetection head marker {marker!r} is registered twice ({MMDET_HEADS[marker][0]}, {family})")
+        if family not in {known for known, _ in MMDET_HEADS.values()}:
+            register_converter(f"mmdet_{family}", _family_converter(family))
         MMDET_HEADS[marker] = (family, fn)
         return fn
 
     return wrap
+
+
+def _family_converter(family: str) -> Callable[[dict[str, Any]], tuple[ModelConfig, dict[str, Tensor]]]:
+    def convert(checkpoint: dict[str, Any]) -> tuple[ModelConfig, dict[str, Tensor]]:
+        return convert_mmdet_state_dict(checkpoint, expected_family=family)
+
+    convert.__name__ = convert.__qualname__ = f"mmdet_{family}"
+    return convert
 
 
 def _find_head(state_dict: dict[str, Tensor]) -> tuple[str, tuple[str, HeadConverter]]:

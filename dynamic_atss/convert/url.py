@@ -9,7 +9,7 @@
    nothing for `$DYNAMIC_ATSS_DOWNLOAD_TIMEOUT` seconds (default 60) ends the download, and the temporary
    file is removed whatever happens;
 2. it is read with `torch.load(weights_only=True)` (nothing else is unpickled) and converted by the named
-   converter (`available_converters()`), then rebuilt strictly;
+   converter (`dynamic_atss.registry.available_converters()`), then rebuilt strictly;
 3. the converted `model.safetensors` + `config.json` (+ model card) are cached next to it, in
    `<file stem>.dynamic-atss/`, with a `conversion.json` saying from what they were made;
 4. the model is loaded from that folder, as any saved model. A second call only reads that folder (no network).
@@ -32,37 +32,24 @@ import json
 import os
 import shutil
 import uuid
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
 from ..files import sha256_file
 from ..hub import build_model_from_state_dict, load_pretrained, offline_requested
-from ..registry import FamilyNotAvailableError, list_pretrained_cfgs, register_converter_source
-from .mmdet import MMDET_HEADS, convert_mmdet_state_dict, load_checkpoint_file
+from ..registry import FamilyNotAvailableError, available_converters, list_pretrained_cfgs
+from .mmdet import load_checkpoint_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
     from ..registry import PretrainedCfg
 
 __all__ = [
-    "MIRROR_ENV", "available_converters", "WeightsDownloadError", "checkpoint_path",
-    "converted_dir", "fetch_checkpoint", "load_url_weights", "resolve_url", "sha256_file",
+    "MIRROR_ENV", "WeightsDownloadError", "checkpoint_path", "converted_dir", "fetch_checkpoint", "load_url_weights",
+    "resolve_url",
 ]
-
-def available_converters() -> dict[str, Callable[..., tuple[Any, dict[str, Any]]]]:
-    """Converter name (model_index.json "converter") -> checkpoint dict -> (ModelConfig, our state dict).
-
-    `mmdet_<family>` for every head family with a registered mmdetection head mapping (`MMDET_HEADS`): a family
-    that registers its mapping makes its indexed checkpoints loadable, with nothing else to wire.
-    """
-    families = sorted({family for family, _ in MMDET_HEADS.values()})
-    return {f"mmdet_{family}": partial(convert_mmdet_state_dict, expected_family=family) for family in families}
-
-
-register_converter_source(available_converters)  # the registry lists what loads through these
 
 
 MIRROR_ENV = "DYNAMIC_ATSS_WEIGHTS_MIRROR"

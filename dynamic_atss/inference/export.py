@@ -126,7 +126,7 @@ class DetectionGraph(nn.Module):
         raw = model.forward_raw(batch)
         feature_sizes = [tuple(level.shape[-2:]) for level in raw[0]]
         # uncached: the generator's cache is keyed on concrete sizes (symbolic while exporting)
-        anchors = model.anchor_generator.level_anchors(feature_sizes, images.device)
+        anchors = model.head.prior_generator.level_anchors(feature_sizes, images.device)
         return select_detections(
             model.head, model.head.flatten(raw), anchors,
             list(model.config.anchors.strides), image_sizes, model.config.test,

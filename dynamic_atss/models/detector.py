@@ -1,7 +1,8 @@
-"""The detector: transform -> timm backbone -> FPN -> head family -> anchors -> assign -> losses | post-process.
+"""The detector: preprocess -> timm backbone -> FPN -> head family -> (head.loss | post-process).
 
 It knows no head family by name: `config.head.kind` picks one (detection/heads/), which owns its raw outputs,
-box decoding, losses and scores.
+priors, box decoding, label assignment call, losses and scores. The detector holds the assigner (built from
+`config.assigner`) and hands it to the head's `loss`; its forward keeps no state between calls.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import TEST_PRESETS, ModelConfig
-from ..detection.anchors import AnchorGenerator
 from ..detection.assigner import CombinedIoUAssigner
 from ..detection.heads import Targets, build_head
 from ..detection.postprocess import postprocess
@@ -29,9 +29,9 @@ class DynamicATSS(HubMixin, nn.Module):
 
     - `model.train(); model(images, targets)` -> the loss parts of the head family, e.g. `{"loss_cls",
       "loss_box", "loss_quality"}` for ATSS (`sum(losses.values())` is the training loss);
-      `model(images, targets, progress=p, return_stats=True)` -> `(losses, stats)`: `progress` (iter / max_iter)
-      drives the "up" / "down" assigner weights, `stats` are that step's label-assignment statistics (also
-      left in `model.assign_stats` for inspection).
+      `model(images, targets, progress=p, return_stats=True)` -> `(losses, stats)`: `progress` (iter / max_iter,
+      default 0.0) drives the "up" / "down" assigner weights, `stats` are that step's label-assignment statistics.
+      Forward is pure: it reads the parameters and buffers only and writes no attribute.
     - `model.eval(); model(images)` -> per image `{"boxes": (N,4) xyxy, "scores": (N,), "labels": (N,)}`,
       boxes in that image's own pixel coordinates.
 
@@ -47,12 +47,9 @@ class DynamicATSS(HubMixin, nn.Module):
         self.backbone = TimmBackbone(config.backbone, pretrained=backbone_pretrained)
         self.fpn = FPN(self.backbone.out_channels, config.fpn_channels, config.conventions.relu_before_p7)
         self.head = build_head(config)
-        self.anchor_generator = AnchorGenerator(config.anchors)
         self.assigner = CombinedIoUAssigner.from_config(config.assigner)
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(-1, 1, 1), persistent=False)
-        self.train_progress = 0.0  # the default `progress` of a training call that passes none
-        self.assign_stats: dict[str, Tensor] = {}  # the last training call's statistics (a record, never read)
         expected = list(self.backbone.strides) + [self.backbone.strides[-1] * 2, self.backbone.strides[-1] * 4]
         if expected != list(config.anchors.strides):
             raise ValueError(
@@ -154,28 +151,20 @@ class DynamicATSS(HubMixin, nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(
         self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None, *,
-        progress: float | None = None, return_stats: bool = False,
+        progress: float = 0.0, return_stats: bool = False,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]] | tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Train mode: the loss parts (with `return_stats=True`, `(losses, assignment statistics)`); `progress`
+        (iter / max_iter in [0, 1], default 0.0) is the training progress the dynamic assigner weights follow.
+        Eval mode: per image detections. See the class docstring for shapes."""
         if self.training and targets is None:
             raise ValueError("in train mode, model(images, targets) needs targets; call model.eval() for inference")
         batch, sizes, original_sizes = self.preprocess(images)
         raw = self.forward_raw(batch)
         if not self.training:
             return self.detections_from_raw(raw, sizes, original_sizes)
-        feature_sizes = [tuple(level.shape[-2:]) for level in raw[0]]
-        anchors, num_per_level = self.anchor_generator(feature_sizes, batch.device)
-        flat_levels = self.head.flatten(raw)
-        strides = list(self.config.anchors.strides)
         scales = [(h / oh, w / ow) for (h, w), (oh, ow) in zip(sizes.tolist(), original_sizes)]
         targets = Targets(*self._prepare_targets(targets, scales, batch.device))
-        flat = {name: torch.cat([level[name] for level in flat_levels], 1) for name in flat_levels[0]}
-        losses, stats = self.head.compute_loss(
-            flat, anchors, num_per_level, strides, targets, self.assigner,
-            self.train_progress if progress is None else progress,
-            # one anchor per location, row-major per level: the assigner may search a window of the grid
-            level_shapes=feature_sizes,
-        )
-        self.assign_stats = stats
+        losses, stats = self.head.loss(raw, targets, self.assigner, progress)
         return (losses, stats) if return_stats else losses
 
     def detections_from_raw(
@@ -184,7 +173,7 @@ class DynamicATSS(HubMixin, nn.Module):
         """Post-processing: `forward_raw`'s outputs and `preprocess`'s sizes -> per image detections in that
         image's own pixels (what `model.eval(); model(images)` returns; also used by exported runtimes)."""
         feature_sizes = [tuple(level.shape[-2:]) for level in raw[0]]
-        anchors, num_per_level = self.anchor_generator(feature_sizes, raw[0][0].device)
+        anchors, num_per_level = self.head.priors(feature_sizes, raw[0][0].device)
         detections = postprocess(
             self.head, self.head.flatten(raw), list(anchors.split(num_per_level)),
             list(self.config.anchors.strides), sizes, self.config.test,

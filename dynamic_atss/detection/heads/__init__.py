@@ -3,9 +3,9 @@
 from . import atss  # noqa: F401  (registers "atss")
 from . import gfl  # noqa: F401  (registers "gfl": GFL and GFLV2)
 from . import vfnet  # noqa: F401  (registers "vfnet")
-from .base import FAMILIES, HEAD_FAMILIES, DenseHead, HeadFamily, ScoreMaps, Targets, Variant, build_head, register_family
+from .base import FAMILIES, DenseHead, HeadFamily, LossInputs, ScoreMaps, Targets, Variant, build_head, register_family
 
 __all__ = [
-    "FAMILIES", "HEAD_FAMILIES", "DenseHead", "HeadFamily", "ScoreMaps", "Targets", "Variant", "build_head",
+    "FAMILIES", "DenseHead", "HeadFamily", "LossInputs", "ScoreMaps", "Targets", "Variant", "build_head",
     "register_family",
 ]

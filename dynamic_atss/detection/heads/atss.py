@@ -27,12 +27,13 @@ import torchvision
 from torch import Tensor, nn
 
 from ...config import BackboneConfig, HeadConfig, ModelConfig
+from ...registry import BACKBONES
 from ..anchors import BoxCoder
-from ..assigner import AssignResult
+from ..assigner import CombinedIoUAssigner
 from ..losses import centerness_target, quality_focal_loss, reduce_mean, sigmoid_focal_loss, varifocal_loss
 from .base import (
-    BACKBONES, DenseHead, HeadFamily, Scale, ScoreMaps, Targets, Variant, conv_gn_tower, connected, gather_positive,
-    init_head_weights, register_family,
+    DenseHead, HeadFamily, Scale, ScoreMaps, Targets, Variant, conv_gn_tower, connected, float32_loss,
+    gather_positive, init_head_weights, register_family,
 )
 
 _WEIGHT_EPS = 1e-6
@@ -76,12 +77,16 @@ class ATSSHead(DenseHead):
     def decode_boxes(self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor | float) -> Tensor:
         return self.box_coder.decode(flat["box_deltas"], anchors)
 
+    @float32_loss
     def loss(
-        self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor, targets: Targets, assignment: AssignResult,
-    ) -> dict[str, Tensor]:
+        self, raw: tuple[list[Tensor], ...], targets: Targets, assigner: CombinedIoUAssigner, progress: float = 0.0,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        inputs = self.loss_inputs(raw, targets)
+        assignment = self.assign(inputs, assigner, progress)
+        flat, anchors = inputs.flat, inputs.anchors
         cls_logits, box_deltas = flat["cls_logits"], flat["box_deltas"]
         quality_logits = flat["quality_logits"][..., 0]
-        pos = gather_positive(assignment, targets)
+        pos = gather_positive(assignment, inputs.targets)
         img_idx, anchor_idx, labels, soft = pos["img"], pos["anchor"], pos["labels"], pos["pred_iou"]
         num_pos = reduce_mean(torch.tensor(float(img_idx.numel()), device=cls_logits.device)).clamp(min=1.0)
 
@@ -117,7 +122,7 @@ class ATSSHead(DenseHead):
             "loss_cls": loss_cls,
             "loss_box": connected(loss_box, box_deltas),
             "loss_quality": connected(loss_quality, quality_logits),
-        }
+        }, assignment.stats
 
     def detection_scores(self, flat: dict[str, Tensor]) -> ScoreMaps:
         cls_prob = flat["cls_logits"].float().sigmoid()

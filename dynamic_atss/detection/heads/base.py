@@ -1,18 +1,21 @@
-"""The head contract: what a head family owns, and the registry that maps `HeadConfig.kind` to a family.
+"""The head contract: what a head family owns, and the table that maps `HeadConfig.kind` to a family.
 
-The detector (`dynamic_atss.models.detector.DynamicATSS`) runs
+The detector (`dynamic_atss.models.detector.DynamicATSS`) runs preprocess -> backbone -> FPN -> head, then
 
-    features (P3..P7) -> head(features)            raw per-level outputs (what `forward_raw` returns)
-                      -> head.flatten_level(...)   per level, a dict of (B, N_l, k) tensors
-    train:  head.assignment_boxes(...)             detached predicted boxes (B, N, 4) for the assigner
-            CombinedIoUAssigner(...)               shared by every family (detection/assigner.py)
-            head.loss(...)                         {"loss_cls", "loss_box", ...}: the parts only
-    eval:   head.detection_scores(...)             per level, the scores post-processing thresholds,
-            head.decode_boxes(...)                 ranks and reports, and the boxes of the kept anchors
+    train:  head.loss(raw, targets, assigner, progress)   -> (loss parts, assignment statistics)
+    eval:   postprocess(head, ...)                         (detection/postprocess.py)
 
-and knows no family by name. A family is one module under `detection/heads/` that subclasses `DenseHead`,
-declares its `HeadFamily` (mmdetection settings, config checks, registered constructors) with `register_family`,
-and is imported by `detection/heads/__init__.py`.
+and knows no family by name. A family's `loss` runs one way, in its own module:
+
+    loss_inputs(raw, targets)        flattened float32 outputs + the family's priors (anchors, strides, grids)
+    -> assign(...)                   the family's detached predicted boxes (`assignment_boxes`) and the anchors
+                                     -> the assigner it is given (`CombinedIoUAssigner`, shared by every family)
+    -> targets -> losses             the family's own, {"loss_cls", "loss_box", ...}: the parts only
+
+A family is one module under `detection/heads/` that subclasses `DenseHead`, declares its `HeadFamily`
+(mmdetection settings, config checks, registered constructors) with `register_family`, and is imported by
+`detection/heads/__init__.py`. Its priors are the shared anchor grid of `detection/anchors.py` (one square
+anchor per location), which every family here names through `DenseHead.prior_generator`.
 
 Conventions every family keeps, because code outside the family relies on them:
 - one anchor per location; flattened outputs are ordered row-major over (y, x) per level, levels P3 -> P7,
@@ -25,15 +28,18 @@ Conventions every family keeps, because code outside the family relies on them:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ...config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig
 from ...ops.dcn import ModulatedDeformConv2d
+from ...registry import ModelEntry, register_model
+from ..anchors import AnchorGenerator
 from ..assigner import AssignResult, CombinedIoUAssigner
 
 
@@ -60,12 +66,41 @@ class Targets(NamedTuple):
     mask: Tensor
 
 
+class LossInputs(NamedTuple):
+    """What a family's `loss` computes from, all float32: flat {name: (B, N, k)} (levels concatenated);
+    anchors (N, 4) xyxy and strides (N,) per anchor; num_per_level and level_shapes ((H, W) of each level's
+    anchor grid, row-major); the padded targets."""
+
+    flat: dict[str, Tensor]
+    anchors: Tensor
+    strides: Tensor
+    num_per_level: list[int]
+    level_shapes: list[tuple[int, int]]
+    targets: Targets
+
+
+Loss = TypeVar("Loss", bound=Callable[..., Any])
+
+
+def float32_loss(loss: Loss) -> Loss:
+    """Run a family's `loss` with autocast off (the head may have run in half precision; `loss_inputs`
+    casts its outputs to float32)."""
+
+    @functools.wraps(loss)
+    def wrapper(self: DenseHead, raw: tuple[list[Tensor], ...], *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=raw[0][0].device.type, enabled=False):
+            return loss(self, raw, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class DenseHead(nn.Module):
     """Base class of a head family (see the module docstring for the contract).
 
     Subclasses set `output_names` (the names of the per-level lists `forward` returns, in order; also the
     output names of exported graphs) and `box_outputs` (the flattened entries `decode_boxes` reads), and
-    implement `forward`, `decode_boxes`, `loss` and `detection_scores`.
+    implement `forward`, `decode_boxes`, `loss` and `detection_scores`. The priors are the shared anchor grid
+    (`prior_generator`, detection/anchors.py) unless a family overrides `priors`.
     """
 
     kind: ClassVar[str] = ""
@@ -78,6 +113,12 @@ class DenseHead(nn.Module):
         self.family.check(config)
         self.num_classes = config.num_classes
         self.num_levels = len(config.anchors.strides)
+        self.strides = [float(s) for s in config.anchors.strides]
+        self.prior_generator = AnchorGenerator(config.anchors)
+
+    def priors(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> tuple[Tensor, list[int]]:
+        """The anchors (N, 4) xyxy of every level for these (H, W) feature sizes, and their count per level."""
+        return self.prior_generator(feature_sizes, device)
 
     # ------------------------------------------------------------------ network
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], ...]:
@@ -108,37 +149,34 @@ class DenseHead(nn.Module):
             return self.decode_boxes({k: flat[k].detach() for k in self.box_outputs}, anchors, strides)
 
     # ------------------------------------------------------------------ training
-    def compute_loss(
-        self, flat: dict[str, Tensor], anchors: Tensor, num_per_level: list[int], strides: list[int],
-        targets: Targets, assigner: CombinedIoUAssigner, progress: float = 0.0,
-        level_shapes: list[tuple[int, int]] | None = None,
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Assign with the combined IoUs of this head's predicted boxes and the anchors, then `loss`.
+    def loss_inputs(self, raw: tuple[list[Tensor], ...], targets: Targets) -> LossInputs:
+        """`forward`'s outputs and the padded targets -> `LossInputs` in float32, with this head's priors."""
+        level_shapes = [tuple(level.shape[-2:]) for level in raw[0]]
+        anchors, num_per_level = self.priors(level_shapes, raw[0][0].device)
+        flat_levels = self.flatten(raw)
+        flat = {name: torch.cat([level[name] for level in flat_levels], 1).float() for name in flat_levels[0]}
+        strides = torch.repeat_interleave(
+            torch.tensor(self.strides, dtype=torch.float32, device=anchors.device),
+            torch.tensor(num_per_level, device=anchors.device),
+        )
+        targets = Targets(targets.boxes.float(), targets.labels, targets.mask)
+        return LossInputs(flat, anchors.float(), strides, num_per_level, level_shapes, targets)
 
-        flat: {name: (B, N, k)} (all levels); anchors (N, 4); num_per_level and strides per level;
-        progress = iter / max_iter (Table III's dynamic weights); level_shapes: the (H, W) anchor grid of each
-        level, when known (faster candidate search). Runs in float32 with autocast off (the head may have run
-        in half precision). Returns (loss parts, assignment statistics).
-        """
-        with torch.autocast(device_type=anchors.device.type, enabled=False):
-            flat = {name: value.float() for name, value in flat.items()}
-            anchors = anchors.float()
-            targets = Targets(targets.boxes.float(), targets.labels, targets.mask)
-            anchor_strides = torch.repeat_interleave(
-                torch.tensor(strides, dtype=torch.float32, device=anchors.device),
-                torch.tensor(num_per_level, device=anchors.device),
-            )
-            assignment = assigner(
-                anchors, num_per_level, targets.boxes, targets.mask,
-                self.assignment_boxes(flat, anchors, anchor_strides), progress, level_shapes,
-            )
-            return self.loss(flat, anchors, anchor_strides, targets, assignment), assignment.stats
+    def assign(self, inputs: LossInputs, assigner: Callable[..., AssignResult], progress: float) -> AssignResult:
+        """Label assignment: the assigner with this head's detached predicted boxes (`assignment_boxes`), the
+        anchors and the targets; progress = iter / max_iter drives Table III's dynamic weights."""
+        pred_boxes = self.assignment_boxes(inputs.flat, inputs.anchors, inputs.strides)
+        return assigner(inputs.anchors, inputs.num_per_level, inputs.targets.boxes, inputs.targets.mask, pred_boxes,
+                        progress, inputs.level_shapes)
 
     def loss(
-        self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor, targets: Targets, assignment: AssignResult,
-    ) -> dict[str, Tensor]:
-        """Losses given an assignment. flat: {name: (B, N, k)} float32 (all levels); anchors (N, 4);
-        strides (N,); returns {"loss_cls", "loss_box", ...} float32 scalars (the parts; the total is their sum)."""
+        self, raw: tuple[list[Tensor], ...], targets: Targets, assigner: CombinedIoUAssigner, progress: float = 0.0,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """One training step's losses: priors -> assignment -> targets -> losses (see the module docstring).
+
+        raw: `forward`'s outputs; targets: padded, in the resized images' pixels; assigner: called as
+        `CombinedIoUAssigner` is; progress: iter / max_iter, in [0, 1]. Returns ({"loss_cls", "loss_box", ...}
+        float32 scalars, the parts whose sum is the training loss; the assignment statistics)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ inference
@@ -152,17 +190,10 @@ class DenseHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- families
-# Short backbone tokens of the registered model names -> timm names (shared by every family's variants).
-BACKBONES: dict[str, str] = {
-    "r50": "resnet50", "r101": "resnet101", "x101_32x4d": "resnext101_32x4d", "x101_32x8d": "resnext101_32x8d",
-    "x101_64x4d": "resnext101_64x4d",
-}
-
-
 @dataclass(frozen=True)
 class Variant:
     """One registered constructor of a family: `name` (e.g. "dynamic_gflv2_r101_dcn"), its backbone token (a key
-    of `BACKBONES`), DCN backbone, whether it assigns with the combined IoUs (False: the family's own anchor-IoU
+    of `dynamic_atss.registry.BACKBONES`), DCN backbone, whether it assigns with the combined IoUs (False: the family's own anchor-IoU
     assignment), `options` for the family's `config` (e.g. {"dgqp": True}) and the constructor's docstring."""
 
     name: str
@@ -229,32 +260,33 @@ class HeadFamily:
             )
 
 
-HEAD_FAMILIES: dict[str, type[DenseHead]] = {}
-FAMILIES: dict[str, HeadFamily] = {}
+FAMILIES: dict[str, HeadFamily] = {}  # head kind -> its family (its `head` is the module class)
 
 
 def register_family(family: HeadFamily) -> HeadFamily:
-    """Make `family.head` buildable with `HeadConfig(kind=family.kind)` and its spec readable (`FAMILIES`);
-    a kind registered twice is an error."""
+    """Make `family.head` buildable with `HeadConfig(kind=family.kind)`, its spec readable (`FAMILIES`) and its
+    variants' names known to the registry (`create(name)`, `list_models()`); a kind registered twice is an error."""
     if family.kind in FAMILIES:
         raise ValueError(f"head kind {family.kind!r} is registered twice ({FAMILIES[family.kind].head.__name__}, "
                          f"{family.head.__name__})")
     family.head.kind = family.kind
     family.head.family = family
-    HEAD_FAMILIES[family.kind] = family.head
     FAMILIES[family.kind] = family
+    for variant in family.variants:
+        register_model(ModelEntry(name=variant.name, family=family.kind, trunk=variant.trunk, dcn=variant.dcn,
+                                  config=functools.partial(family.variant_config, variant), doc=variant.doc))
     return family
 
 
 def build_head(config: ModelConfig) -> DenseHead:
     """The head family named by `config.head.kind`, built for `config`."""
     kind = config.head.kind
-    if kind not in HEAD_FAMILIES:
+    if kind not in FAMILIES:
         raise ValueError(
-            f"head.kind={kind!r} is not a known head family; known: {sorted(HEAD_FAMILIES)} "
+            f"head.kind={kind!r} is not a known head family; known: {sorted(FAMILIES)} "
             "(a family registers itself with register_family in dynamic_atss/detection/heads/)"
         )
-    return HEAD_FAMILIES[kind](config)
+    return FAMILIES[kind].head(config)
 
 
 # ---------------------------------------------------------------------------------------------- shared parts

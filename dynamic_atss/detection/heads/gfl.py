@@ -47,11 +47,12 @@ import torchvision
 from torch import Tensor, nn
 
 from ...config import BackboneConfig, ModelConfig
-from ..assigner import AssignResult
+from ...registry import BACKBONES
+from ..assigner import CombinedIoUAssigner
 from ..losses import distribution_focal_loss, joint_quality_focal_loss, quality_focal_loss, reduce_mean
 from .base import (
-    BACKBONES, DenseHead, HeadFamily, Scale, ScoreMaps, Targets, Variant, connected, conv_gn_tower, gather_positive,
-    init_head_weights, register_family,
+    DenseHead, HeadFamily, Scale, ScoreMaps, Targets, Variant, connected, conv_gn_tower, float32_loss,
+    gather_positive, init_head_weights, register_family,
 )
 
 # DFL targets stay strictly below reg_max so that both neighbouring bins exist (GFL's `bbox2distance` eps).
@@ -153,12 +154,16 @@ class GFLHead(DenseHead):
         return torch.cat([centres - distances[..., :2], centres + distances[..., 2:]], dim=-1)
 
     # ------------------------------------------------------------------ training
+    @float32_loss
     def loss(
-        self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor, targets: Targets, assignment: AssignResult,
-    ) -> dict[str, Tensor]:
+        self, raw: tuple[list[Tensor], ...], targets: Targets, assigner: CombinedIoUAssigner, progress: float = 0.0,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        inputs = self.loss_inputs(raw, targets)
+        assignment = self.assign(inputs, assigner, progress)
+        flat, anchors, strides = inputs.flat, inputs.anchors, inputs.strides
         cls_logits, box_dist_logits = flat["cls_logits"], flat["box_dist_logits"]
         quality_logits = flat.get("quality_logits")
-        pos = gather_positive(assignment, targets)
+        pos = gather_positive(assignment, inputs.targets)
         img_idx, anchor_idx, labels = pos["img"], pos["anchor"], pos["labels"]
         num_pos = reduce_mean(torch.tensor(float(img_idx.numel()), device=cls_logits.device)).clamp(min=1.0)
 
@@ -196,7 +201,7 @@ class GFLHead(DenseHead):
             "loss_cls": loss_cls,
             "loss_box": connected(loss_box, *outputs),
             "loss_dfl": connected(loss_dfl, box_dist_logits),
-        }
+        }, assignment.stats
 
     # ------------------------------------------------------------------ inference
     def detection_scores(self, flat: dict[str, Tensor]) -> ScoreMaps:

@@ -52,11 +52,12 @@ from torch import Tensor, nn
 
 from ...config import BackboneConfig, ModelConfig
 from ...ops.dcn import DeformConv2d
-from ..assigner import AssignResult, paired_iou
+from ...registry import BACKBONES
+from ..assigner import CombinedIoUAssigner, paired_iou
 from ..losses import reduce_mean, varifocal_loss
 from .base import (
-    BACKBONES, DenseHead, HeadFamily, Scale, ScoreMaps, Targets, Variant, connected, conv_gn_tower, gather_positive,
-    init_head_weights, register_family,
+    DenseHead, HeadFamily, Scale, ScoreMaps, Targets, Variant, connected, conv_gn_tower, float32_loss,
+    gather_positive, init_head_weights, register_family,
 )
 
 # Gradient multiplier from the initial box into the star-shaped offsets (VarifocalNet's `gradient_mul`).
@@ -119,7 +120,6 @@ class VFNetHead(DenseHead):
             raise ValueError(f"head.assign_boxes={head.assign_boxes!r} is unknown; use 'initial' or 'refined'")
         self.loss_cfg = loss
         self.assign_boxes = head.assign_boxes
-        self.strides = [float(s) for s in config.anchors.strides]
         self.reg_denoms = [config.anchors.octave_scale * s for s in self.strides]
         channels = head.channels
         self.cls_tower = conv_gn_tower(head, config.fpn_channels)
@@ -165,11 +165,15 @@ class VFNetHead(DenseHead):
         return distance_to_boxes(flat[name].detach(), anchors)
 
     # ------------------------------------------------------------------ training
+    @float32_loss
     def loss(
-        self, flat: dict[str, Tensor], anchors: Tensor, strides: Tensor, targets: Targets, assignment: AssignResult,
-    ) -> dict[str, Tensor]:
+        self, raw: tuple[list[Tensor], ...], targets: Targets, assigner: CombinedIoUAssigner, progress: float = 0.0,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        inputs = self.loss_inputs(raw, targets)
+        assignment = self.assign(inputs, assigner, progress)
+        flat, anchors = inputs.flat, inputs.anchors
         cls_logits, box_init, box_refine = flat["cls_logits"], flat["box_init"], flat["box_refine"]
-        pos = gather_positive(assignment, targets)
+        pos = gather_positive(assignment, inputs.targets)
         img_idx, anchor_idx, labels, gt_boxes = pos["img"], pos["anchor"], pos["labels"], pos["gt_boxes"]
         num_pos = reduce_mean(torch.tensor(float(img_idx.numel()), device=cls_logits.device)).clamp(min=1.0)
         cfg = self.loss_cfg
@@ -181,7 +185,7 @@ class VFNetHead(DenseHead):
         cls_targets = torch.zeros_like(cls_logits)
         cls_targets[img_idx, anchor_idx, labels] = refined_iou  # the IoU of the *refined* box with its GT
         loss_cls = varifocal_loss(cls_logits, cls_targets, cfg.vfl_alpha, cfg.focal_gamma) / num_pos
-        return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_box_init": loss_box_init}
+        return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_box_init": loss_box_init}, assignment.stats
 
     # ------------------------------------------------------------------ inference
     def detection_scores(self, flat: dict[str, Tensor]) -> ScoreMaps:
