@@ -26,6 +26,7 @@ import json
 import os
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -391,15 +392,41 @@ def _truncate_log(log_path: Path, step: int) -> None:
     log_path.write_text("".join(f"{line}\n" for line in kept))
 
 
-def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str, Any], effective: dict[str, Any],
-           output_dir: Path, resume_path: str | None, overwrite: bool) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """What the training loop carries from one batch to the next (and what a checkpoint records of it)."""
+
+    model: nn.Module  # as prepared by Accelerate (DDP-wrapped with several processes)
+    raw_model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    loader: DataLoader
+    train_set: SeededAugmentation
+    val_set: Any | None
+    log_path: Path
+    state: dict[str, Any]  # the run's config and effective settings, saved in every checkpoint
+    step: int = 0
+    epoch: int = 0
+    consumed: int = 0  # batches of `epoch` already read
+    bad_steps: int = 0
+    unreadable: set[str] = field(default_factory=set)
+    window_positives: torch.Tensor | None = None
+    window_start: int = 1
+    metrics: dict[str, Any] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+
+
+def _prepare_run(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str, Any], effective: dict[str, Any],
+                 output_dir: Path, resume_path: str | None, overwrite: bool) -> _Run:
+    """Data, model, optimizer, loader and schedule, restored from `resume_path` when given; the output folder
+    becomes the run's own once the config, data and model are known good."""
     train_set, val_set = build_datasets(config.data, config.seed)
     if len(train_set) == 0:
         raise DataCheckError("the training dataset is empty; check the data section of the config")
     train_set, val_set = check_data(train_set, val_set, config.data, accelerator)
     model = build_model(config, train_set.num_classes, train_set.class_names)
-    # Config, data, model and resume checkpoint are good: the folder becomes this run's.
-    _main_decides(accelerator, lambda: start_run(output_dir, {"config": config_dict, "effective": effective}, overwrite))
+    state = {"config": config_dict, "effective": effective}
+    _main_decides(accelerator, lambda: start_run(output_dir, state, overwrite))
     if config.trackers:
         accelerator.init_trackers("dynamic_atss", config=_tracker_config(config_dict, effective))
     optimizer = build_optimizer(model, config.optim, effective["total_batch_size"])
@@ -412,137 +439,170 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
     # on the host: the images go to the device below, the targets are checked on the host by the model (no
     # host-device synchronisation) and copied to the device by it.
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader, device_placement=[True, True, False])
-    raw_model = accelerator.unwrap_model(model)
-    grad_accum = accelerator.gradient_accumulation_steps
-
-    step = 0
     log_path = output_dir / "log.jsonl"
+    step = 0
     if resume_path:
         step = load_checkpoint(accelerator, Path(resume_path))
         if accelerator.is_main_process:
             _truncate_log(log_path, step)
         accelerator.print(f"resumed from {resume_path} (step {step})")
     scheduler = build_scheduler(optimizer.optimizer, config.optim, start_step=step)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    if len(loader) == 0:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the training set ({len(train_set)} images)")
     # The data position is counted in batches read, not derived from `step`: a skipped batch is read once.
-    epoch, consumed = _data_position(resume_path, step, grad_accum, steps_per_epoch)
+    epoch, consumed = _data_position(resume_path, step, accelerator.gradient_accumulation_steps, len(loader))
+    return _Run(model=model, raw_model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
+                loader=loader, train_set=seeded_train_set, val_set=val_set, log_path=log_path, state=state, step=step,
+                epoch=epoch, consumed=consumed, window_positives=torch.zeros((), device=accelerator.device),
+                window_start=step + 1)
+
+
+def _take_unreadable(targets: list[dict[str, Any]], run: _Run, skip_unreadable: bool) -> None:
+    """Stop on a sample that failed to load, or (under `data.skip_unreadable`) warn once per unreadable image."""
+    for target in targets:
+        if target.get("unusable"):
+            raise DataCheckError(
+                f"{target[UNREADABLE_KEY][0]}; fix or remove it, or set data.skip_unreadable: true to train "
+                "on the next readable image instead" if not skip_unreadable else
+                f"data.skip_unreadable: no image of the training set can be read; the first: "
+                f"{target[UNREADABLE_KEY][0]}"
+            )
+        for problem in target.pop(UNREADABLE_KEY, ()):
+            if problem not in run.unreadable:
+                run.unreadable.add(problem)
+                warnings.warn(f"data.skip_unreadable: {problem}; training on the next readable image "
+                              "instead", UserWarning, stacklevel=1)
+
+
+def _micro_batch(accelerator: Accelerator, config: TrainConfig, run: _Run, images: list[torch.Tensor],
+                 targets: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+    """Forward, backward and (at the end of an accumulation) the optimizer step of one batch; None when the
+    batch was skipped for non-finite inputs or loss (the model, its running statistics included, unchanged)."""
+    # Non-finite boxes would make the model refuse the batch: it runs without them (every process runs its
+    # forward, so the processes stay in step) and the batch is skipped below.
+    targets_finite = _finite_targets(targets)
+    if not targets_finite:
+        targets = [_without_boxes(target) for target in targets]
+    images = [image.to(accelerator.device, non_blocking=True) for image in images]
+    norm_stats = [buffer.clone() for buffer in _norm_buffers(run.raw_model)]
+    # progress drives the "up"/"down" assigner weights; the step's assignment statistics come back
+    losses, assign_stats = run.model(images, targets, progress=run.step / config.optim.max_iters, return_stats=True)
+    loss = sum(losses.values())  # the model returns the parts (torchvision convention)
+    inputs_finite = _finite_images(images) & targets_finite
+    loss_finite = torch.isfinite(loss.detach())
+    # the step's one host-device synchronisation: an all-reduce, so every process decides alike
+    if _all_processes(accelerator, inputs_finite & loss_finite):
+        run.bad_steps = 0
+        run.window_positives += assign_stats["num_pos"].detach().float()
+        accelerator.backward(loss)
+        if config.optim.grad_clip and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(run.model.parameters(), config.optim.grad_clip)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        return losses, assign_stats
+    if not bool(inputs_finite):
+        problem = "non-finite input values"
+    elif not bool(loss_finite):
+        problem = f"non-finite loss {loss.item()}"
+    else:
+        problem = "non-finite input values or loss on another process"
+    with torch.no_grad():  # undo what the forward did to the running statistics (a NaN image too)
+        for buffer, saved in zip(_norm_buffers(run.raw_model), norm_stats):
+            buffer.copy_(saved)
+    run.bad_steps += 1
+    run.optimizer.zero_grad(set_to_none=True)
+    warnings.warn(f"step {run.step + 1}: {problem}; skipping this batch (the model is unchanged)", stacklevel=1)
+    if run.bad_steps >= config.max_bad_steps:
+        raise NonFiniteLossError(
+            f"{run.bad_steps} consecutive batches with non-finite inputs or loss (last at step {run.step + 1}); "
+            "lower optim.lr, enable optim.grad_clip, or check the data"
+        )
+    return None
+
+
+def _log_step(accelerator: Accelerator, run: _Run, losses: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
+              lr: float, progress: tqdm) -> None:
+    """One row of `log.jsonl` (and of the trackers), and the warning for a window without positive anchors."""
+    record = _log_record(accelerator, losses, stats, lr, run.step, run.start)
+    positives = float(accelerator.reduce(run.window_positives.reshape(1), reduction="sum").item())
+    if positives == 0 and accelerator.is_main_process:
+        warnings.warn(
+            f"steps {run.window_start}-{run.step}: no positive anchor in any image; the model only learns "
+            "background. Check that the annotations have boxes (not only empty or crowd images) and "
+            "that min_size / anchors suit the object sizes", UserWarning, stacklevel=1,
+        )
+    run.window_positives.zero_()
+    run.window_start = run.step + 1
+    progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+    if accelerator.is_main_process:
+        with run.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    accelerator.log(record, step=run.step)
+
+
+def _after_optimizer_step(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path,
+                          losses: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], progress: tqdm) -> None:
+    """Advance the schedule and the step count; log, checkpoint and evaluate when their turn comes."""
+    lr = run.scheduler.get_last_lr()[0]  # the LR this optimizer step used
+    run.scheduler.step()  # once per optimizer step, on every process
+    run.step += 1
+    progress.update(1)
     max_steps = config.optim.max_iters
-    state = {"config": config_dict, "effective": effective}
-    progress = tqdm(total=max_steps, initial=step, desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
-    bad_steps = 0
-    unreadable: set[str] = set()
-    window_positives = torch.zeros((), device=accelerator.device)
-    window_start = step + 1
-    metrics: dict[str, Any] = {}
-    start = time.perf_counter()
-    model.train()
-    while step < max_steps:
-        loader.set_epoch(epoch)
-        seeded_train_set.epoch = epoch
-        epoch_loader = accelerator.skip_first_batches(loader, consumed) if consumed else loader
+    if run.step % config.log_every == 0 or run.step == max_steps:
+        _log_step(accelerator, run, losses, stats, lr, progress)
+    if config.checkpoint_every and run.step % config.checkpoint_every == 0:
+        _save_checkpoint(accelerator, config, run, output_dir)
+    if run.val_set is not None and config.eval_every and run.step % config.eval_every == 0 and run.step < max_steps:
+        run.metrics = _evaluate_and_log(run.model, run.val_set, accelerator, config, run.step, run.log_path)
+
+
+def _save_checkpoint(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path) -> Path:
+    position = {"epoch": run.epoch, "batch": run.consumed}
+    return save_checkpoint(accelerator, output_dir / "checkpoints", run.step, config.keep_checkpoints,
+                           {**run.state, "data_position": position})
+
+
+def _train_steps(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path) -> None:
+    """The loop over epochs and batches, up to `optim.max_iters` optimizer steps."""
+    max_steps = config.optim.max_iters
+    progress = tqdm(total=max_steps, initial=run.step, desc="train", disable=not accelerator.is_main_process,
+                    dynamic_ncols=True)
+    run.start = time.perf_counter()
+    run.model.train()
+    while run.step < max_steps:
+        run.loader.set_epoch(run.epoch)
+        run.train_set.epoch = run.epoch
+        epoch_loader = accelerator.skip_first_batches(run.loader, run.consumed) if run.consumed else run.loader
         for images, targets in epoch_loader:
-            consumed += 1
-            for target in targets:
-                if target.get("unusable"):
-                    raise DataCheckError(
-                        f"{target[UNREADABLE_KEY][0]}; fix or remove it, or set data.skip_unreadable: true to train "
-                        "on the next readable image instead" if not config.data.skip_unreadable else
-                        f"data.skip_unreadable: no image of the training set can be read; the first: "
-                        f"{target[UNREADABLE_KEY][0]}"
-                    )
-                for problem in target.pop(UNREADABLE_KEY, ()):
-                    if problem not in unreadable:
-                        unreadable.add(problem)
-                        warnings.warn(f"data.skip_unreadable: {problem}; training on the next readable image "
-                                      "instead", UserWarning, stacklevel=1)
-            with accelerator.accumulate(model):
-                # Non-finite boxes would make the model refuse the batch: it runs without them (every process
-                # runs its forward, so the processes stay in step) and the batch is skipped below.
-                targets_finite = _finite_targets(targets)
-                if not targets_finite:
-                    targets = [_without_boxes(target) for target in targets]
-                images = [image.to(accelerator.device, non_blocking=True) for image in images]
-                norm_stats = [buffer.clone() for buffer in _norm_buffers(raw_model)]
-                # progress drives the "up"/"down" assigner weights; the step's assignment statistics come back
-                losses, assign_stats = model(images, targets, progress=step / max_steps, return_stats=True)
-                loss = sum(losses.values())  # the model returns the parts (torchvision convention)
-                inputs_finite = _finite_images(images) & targets_finite
-                loss_finite = torch.isfinite(loss.detach())
-                problem = None
-                # the step's one host-device synchronisation: an all-reduce, so every process decides alike
-                if not _all_processes(accelerator, inputs_finite & loss_finite):
-                    if not bool(inputs_finite):
-                        problem = "non-finite input values"
-                    elif not bool(loss_finite):
-                        problem = f"non-finite loss {loss.item()}"
-                    else:
-                        problem = "non-finite input values or loss on another process"
-                    with torch.no_grad():  # undo what the forward did to the running statistics (a NaN image too)
-                        for buffer, saved in zip(_norm_buffers(raw_model), norm_stats):
-                            buffer.copy_(saved)
-                if problem is not None:
-                    bad_steps += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    warnings.warn(f"step {step + 1}: {problem}; skipping this batch (the model is unchanged)", stacklevel=1)
-                    if bad_steps >= config.max_bad_steps:
-                        raise NonFiniteLossError(
-                            f"{bad_steps} consecutive batches with non-finite inputs or loss (last at step {step + 1}); "
-                            "lower optim.lr, enable optim.grad_clip, or check the data"
-                        )
-                    continue
-                bad_steps = 0
-                window_positives += assign_stats["num_pos"].detach().float()
-                accelerator.backward(loss)
-                if config.optim.grad_clip and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
+            run.consumed += 1
+            _take_unreadable(targets, run, config.data.skip_unreadable)
+            with accelerator.accumulate(run.model):
+                done = _micro_batch(accelerator, config, run, images, targets)
+            if done is None or not accelerator.sync_gradients:
                 continue
-            lr = scheduler.get_last_lr()[0]  # the LR this optimizer step used
-            scheduler.step()  # once per optimizer step, on every process
-            step += 1
-            progress.update(1)
-            if step % config.log_every == 0 or step == max_steps:
-                record = _log_record(accelerator, losses, assign_stats, lr, step, start)
-                positives = float(accelerator.reduce(window_positives.reshape(1), reduction="sum").item())
-                if positives == 0 and accelerator.is_main_process:
-                    warnings.warn(
-                        f"steps {window_start}-{step}: no positive anchor in any image; the model only learns "
-                        "background. Check that the annotations have boxes (not only empty or crowd images) and "
-                        "that min_size / anchors suit the object sizes", UserWarning, stacklevel=1,
-                    )
-                window_positives.zero_()
-                window_start = step + 1
-                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                accelerator.log(record, step=step)
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                position = {"epoch": epoch, "batch": consumed}
-                save_checkpoint(accelerator, output_dir / "checkpoints", step, config.keep_checkpoints,
-                                {**state, "data_position": position})
-            if val_set is not None and config.eval_every and step % config.eval_every == 0 and step < max_steps:
-                metrics = _evaluate_and_log(model, val_set, accelerator, config, step, log_path)
-            if step >= max_steps:
+            _after_optimizer_step(accelerator, config, run, output_dir, *done, progress)
+            if run.step >= max_steps:
                 break
         else:  # the epoch was read to its end
-            epoch, consumed = epoch + 1, 0
+            run.epoch, run.consumed = run.epoch + 1, 0
     progress.close()
-    train_seconds = time.perf_counter() - start
-    if val_set is not None:
-        metrics = _evaluate_and_log(model, val_set, accelerator, config, step, log_path)
+
+
+def _finish(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path) -> dict[str, Any]:
+    """Final evaluation, the saved model (and its push): the run's summary."""
+    train_seconds = time.perf_counter() - run.start
+    if run.val_set is not None:
+        run.metrics = _evaluate_and_log(run.model, run.val_set, accelerator, config, run.step, run.log_path)
     model_dir = output_dir / "model"
+    unreadable = run.unreadable
     if accelerator.num_processes > 1:  # each process saw its own share of the images
         unreadable = set(gather_object(sorted(unreadable)))
     accelerator.wait_for_everyone()
-    summary = {"step": step, "metrics": metrics, "model_dir": str(model_dir), "train_seconds": train_seconds,
-               "log": str(log_path), "effective": effective, "unreadable_images": sorted(unreadable)}
+    summary = {"step": run.step, "metrics": run.metrics, "model_dir": str(model_dir), "train_seconds": train_seconds,
+               "log": str(run.log_path), "effective": run.state["effective"], "unreadable_images": sorted(unreadable)}
     if accelerator.is_main_process:
-        raw_model.save_pretrained(model_dir, recipe=config_dict, metrics=_saved_metrics(metrics, config.data))
+        run.raw_model.save_pretrained(model_dir, recipe=run.state["config"],
+                                      metrics=_saved_metrics(run.metrics, config.data))
         if config.push_to_hub:
             from ..hub.push import push_later_command, push_model_dir  # noqa: PLC0415
 
@@ -553,6 +613,13 @@ def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str,
                 summary["push_command"] = push_later_command(model_dir, config.push_to_hub)
     accelerator.end_training()
     return summary
+
+
+def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str, Any], effective: dict[str, Any],
+           output_dir: Path, resume_path: str | None, overwrite: bool) -> dict[str, Any]:
+    run = _prepare_run(accelerator, config, config_dict, effective, output_dir, resume_path, overwrite)
+    _train_steps(accelerator, config, run, output_dir)
+    return _finish(accelerator, config, run, output_dir)
 
 
 def _tracker_config(config_dict: dict[str, Any], effective: dict[str, Any]) -> dict[str, Any]:
