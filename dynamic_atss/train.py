@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m dynamic_ats
 @exits_2_on_user_error("python -m dynamic_atss.train")
 def main(argv: list[str] | None = None, prog: str = "python -m dynamic_atss.train") -> int:
     """0: trained (and pushed); 1: trained and saved, but the push to the Hub failed (the report says how to
-    push later); 2: a mistake in the input, found before the output folder was made the run's own."""
+    push later); 2: a mistake in the input, found before the output folder was made the run's own; 143 / 130:
+    stopped by SIGTERM / SIGINT after a checkpoint (continue with --resume latest)."""
     args, overrides, parser = parse_args(argv, prog)
     if args.list_configs:
         print("\n".join(list_recipes()))
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m dynamic_atss.trai
     if PartialState().is_main_process:
         print(final_report(summary))
         print(json.dumps({k: v for k, v in summary.items() if k not in ("metrics", "effective")}, indent=2))
-    return 1 if summary.get("push_error") else 0
+    return summary.get("exit_status") or (1 if summary.get("push_error") else 0)  # 143 / 130: stopped by a signal
 
 
 if __name__ == "__main__":

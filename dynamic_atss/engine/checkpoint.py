@@ -37,6 +37,10 @@ class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint that cannot be used (corrupt, truncated, or of another configuration); names the file."""
 
 
+class CheckpointWriteError(UserInputError, OSError):
+    """A checkpoint could not be written (a full disk, a quota); the previous checkpoint is kept."""
+
+
 class ResumeNotFoundError(CheckpointError, FileNotFoundError):
     """`--resume` names no checkpoint: `latest` in a folder without one, or a path that is not a checkpoint."""
 
@@ -52,10 +56,32 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, keep: int,
                     state: dict[str, Any] | None = None) -> Path:
-    """Save model, optimizer, RNG states, the step and `state` (the run's config); keep the newest `keep`."""
+    """Save model, optimizer, RNG states, the step and `state` (the run's config); keep the newest `keep`.
+
+    A write that fails (`OSError`: a full disk, a quota) removes its partial `.tmp-checkpoint-*` folder and
+    raises `CheckpointWriteError` naming the folder; the checkpoints written before stay as they were."""
     directory = Path(directory)
     final = directory / f"checkpoint-{step:08d}"
     tmp = directory / f".tmp-checkpoint-{step:08d}"
+    try:
+        _write_checkpoint(accelerator, tmp, final, step, state)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = list_checkpoints(directory)
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final} ({error.strerror or error}); free space in {directory} (or choose "
+            f"another output_dir) and continue with --resume latest"
+            + (f" (from {kept[-1].name}, kept)" if kept else "")
+        ) from error
+    if accelerator.is_main_process:
+        for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _write_checkpoint(accelerator: Accelerator, tmp: Path, final: Path, step: int, state: dict[str, Any] | None) -> None:
+    """Everything into `tmp`, its file list into `trainer_state.json`, then one rename to `final`."""
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a crash during an earlier save
         tmp.mkdir(parents=True)
@@ -71,10 +97,6 @@ def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, 
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def read_checkpoint_state(path: Path) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,7 +50,7 @@ from ..data.checks import ImageSubset, scan_dataset
 from ..evaluation import evaluate_detections, evaluator_for, format_per_class_table, format_table
 from ..factory import create
 from ..typed import ConfigError
-from .checkpoint import STATE_FILE, flatten, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import STATE_FILE, flatten, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import DataConfig, TrainConfig, config_to_dict
 from .output import claim_output_dir, start_run
 from .schedule import build_optimizer, build_scheduler, scaled_lr
@@ -64,6 +66,41 @@ class DataCheckError(DatasetError):
 
 # Set in a sample's target when an image failed to load: the problems (the trainer reports them, or stops).
 UNREADABLE_KEY = "unreadable"
+
+
+class StopSignals:
+    """Within `with StopSignals() as stops:`, SIGTERM (what SLURM and Kubernetes send before killing a job) and
+    SIGINT (Ctrl-C) are recorded in `stops.received` instead of ending the process; the trainer finishes its
+    optimizer step, writes a checkpoint and stops. Repeated signals change nothing: launchers (`accelerate launch`,
+    torchrun) forward the signal they got to their workers, which got it already from SLURM or the terminal, and
+    wait for them; SIGKILL stops a run at once. Handlers can only be installed from the main thread; elsewhere (a
+    notebook's worker thread) nothing changes."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._record) for sig in self.SIGNALS}
+        return self
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGINT / SIGTERM to the main process (a Ctrl-C reaches the whole process group), so
+    that the step in progress can finish reading its batch."""
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class SeededAugmentation(torch.utils.data.Dataset):
@@ -303,10 +340,16 @@ def _norm_buffers(model: nn.Module) -> list[torch.Tensor]:
             for buffer in module.buffers(recurse=False)]
 
 
-def _all_processes(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
-    """True when `flag` holds on every process (one all-reduce, so all take the same decision)."""
-    value = torch.as_tensor(flag, dtype=torch.float32, device=accelerator.device).reshape(1)
-    return bool(accelerator.reduce(value, reduction="sum").item() >= accelerator.num_processes)
+def _agree(accelerator: Accelerator, flag: bool | torch.Tensor, stop_signal: int) -> tuple[bool, int]:
+    """(`flag` holds on every process, the stop signal some process received -- SIGTERM before SIGINT -- or 0):
+    one all-reduce, so every process takes the same decisions at the same step."""
+    device = accelerator.device
+    value = torch.stack([torch.as_tensor(flag, dtype=torch.float32, device=device).reshape(()),
+                         torch.tensor(float(stop_signal == signal.SIGTERM), device=device),
+                         torch.tensor(float(stop_signal == signal.SIGINT), device=device)])
+    all_ok, term, interrupt = accelerator.reduce(value, reduction="sum").tolist()
+    stop = signal.SIGTERM if term else signal.SIGINT if interrupt else 0
+    return all_ok >= accelerator.num_processes, int(stop)
 
 
 def _finite_images(images: list[torch.Tensor]) -> torch.Tensor:
@@ -414,6 +457,8 @@ class _Run:
     window_start: int = 1
     metrics: dict[str, Any] = field(default_factory=dict)
     start: float = field(default_factory=time.perf_counter)
+    stops: StopSignals = field(default_factory=StopSignals)  # the signals this process received
+    stop_signal: int = 0  # the signal every process agreed to stop on (0: none)
 
 
 def _prepare_run(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str, Any], effective: dict[str, Any],
@@ -433,7 +478,7 @@ def _prepare_run(accelerator: Accelerator, config: TrainConfig, config_dict: dic
     seeded_train_set = SeededAugmentation(train_set, config.seed, skip_unreadable=config.data.skip_unreadable)
     loader = DataLoader(
         seeded_train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate_fn, drop_last=True,
-        num_workers=config.data.num_workers,
+        num_workers=config.data.num_workers, worker_init_fn=_ignore_stop_signals,
     )
     # The scheduler is not prepared: Accelerate would step it once per process per step. The loader's batches stay
     # on the host: the images go to the device below, the targets are checked on the host by the model (no
@@ -490,8 +535,10 @@ def _micro_batch(accelerator: Accelerator, config: TrainConfig, run: _Run, image
     loss = sum(losses.values())  # the model returns the parts (torchvision convention)
     inputs_finite = _finite_images(images) & targets_finite
     loss_finite = torch.isfinite(loss.detach())
-    # the step's one host-device synchronisation: an all-reduce, so every process decides alike
-    if _all_processes(accelerator, inputs_finite & loss_finite):
+    # the step's one host-device synchronisation: an all-reduce, so every process decides alike (and stops alike)
+    all_finite, stop_signal = _agree(accelerator, inputs_finite & loss_finite, run.stops.received)
+    run.stop_signal = run.stop_signal or stop_signal
+    if all_finite:
         run.bad_steps = 0
         run.window_positives += assign_stats["num_pos"].detach().float()
         accelerator.backward(loss)
@@ -567,9 +614,15 @@ def _train_steps(accelerator: Accelerator, config: TrainConfig, run: _Run, outpu
     max_steps = config.optim.max_iters
     progress = tqdm(total=max_steps, initial=run.step, desc="train", disable=not accelerator.is_main_process,
                     dynamic_ncols=True)
+    with progress:  # closed on an error too, so that the error's line starts on a line of its own
+        _epochs(accelerator, config, run, output_dir, progress)
+
+
+def _epochs(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path, progress: tqdm) -> None:
+    max_steps = config.optim.max_iters
     run.start = time.perf_counter()
     run.model.train()
-    while run.step < max_steps:
+    while run.step < max_steps and not run.stop_signal:
         run.loader.set_epoch(run.epoch)
         run.train_set.epoch = run.epoch
         epoch_loader = accelerator.skip_first_batches(run.loader, run.consumed) if run.consumed else run.loader
@@ -581,11 +634,10 @@ def _train_steps(accelerator: Accelerator, config: TrainConfig, run: _Run, outpu
             if done is None or not accelerator.sync_gradients:
                 continue
             _after_optimizer_step(accelerator, config, run, output_dir, *done, progress)
-            if run.step >= max_steps:
+            if run.step >= max_steps or run.stop_signal:  # a stop waits for the end of an optimizer step
                 break
         else:  # the epoch was read to its end
             run.epoch, run.consumed = run.epoch + 1, 0
-    progress.close()
 
 
 def _finish(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path) -> dict[str, Any]:
@@ -617,9 +669,24 @@ def _finish(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir
 
 def _train(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str, Any], effective: dict[str, Any],
            output_dir: Path, resume_path: str | None, overwrite: bool) -> dict[str, Any]:
-    run = _prepare_run(accelerator, config, config_dict, effective, output_dir, resume_path, overwrite)
-    _train_steps(accelerator, config, run, output_dir)
+    with StopSignals() as stops:
+        run = _prepare_run(accelerator, config, config_dict, effective, output_dir, resume_path, overwrite)
+        run.stops = stops
+        _train_steps(accelerator, config, run, output_dir)
+        if run.stop_signal:
+            return _stop(accelerator, config, run, output_dir)
     return _finish(accelerator, config, run, output_dir)
+
+
+def _stop(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path) -> dict[str, Any]:
+    """After a SIGTERM / SIGINT: a checkpoint of the finished step; the summary says how to continue."""
+    saved = [p for p in list_checkpoints(output_dir / "checkpoints") if p.name == f"checkpoint-{run.step:08d}"]
+    checkpoint = saved[0] if saved else _save_checkpoint(accelerator, config, run, output_dir)
+    name = signal.Signals(run.stop_signal).name
+    accelerator.end_training()
+    return {"step": run.step, "metrics": {}, "log": str(run.log_path), "effective": run.state["effective"],
+            "stopped": {"signal": name, "step": run.step, "checkpoint": str(checkpoint)},
+            "exit_status": 128 + run.stop_signal, "unreadable_images": sorted(run.unreadable)}
 
 
 def _tracker_config(config_dict: dict[str, Any], effective: dict[str, Any]) -> dict[str, Any]:
@@ -667,6 +734,10 @@ def _evaluate_and_log(model: torch.nn.Module, val_set: Any, accelerator: Acceler
 
 def final_report(summary: dict[str, Any], title: str = "COCO AP on the validation set", per_class: bool = False) -> str:
     """The end-of-run text shared by `train` and `demo`: the COCO table in percent and where the model is."""
+    if summary.get("stopped"):
+        stopped = summary["stopped"]
+        return (f"stopped by {stopped['signal']} after step {stopped['step']}: checkpoint {stopped['checkpoint']} "
+                "written, output folder unlocked. Continue with the same command and --resume latest")
     metrics = summary.get("metrics") or {}
     lines = []
     if metrics:
