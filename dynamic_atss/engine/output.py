@@ -26,7 +26,7 @@ from .checkpoint import RESUME_FREE_KEYS, config_differences
 LOCK_FILE = ".lock"
 CONFIG_FILE = "train_config.json"
 # What a run writes into its folder (`--overwrite` deletes these and nothing else).
-RUN_ARTIFACTS = ("checkpoints", "model", "log.jsonl", CONFIG_FILE, "dynamic_atss")
+RUN_ARTIFACTS = ("checkpoints", "model", "best", "plots", "eval", "log.jsonl", CONFIG_FILE, "dynamic_atss")
 
 
 class OutputDirError(UserInputError, RuntimeError):

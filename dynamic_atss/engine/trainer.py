@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -42,6 +43,7 @@ from accelerate.utils import (
     set_seed,
 )
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -52,6 +54,7 @@ from ..factory import create
 from ..typed import ConfigError
 from .checkpoint import STATE_FILE, flatten, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import DataConfig, TrainConfig, config_to_dict
+from .ema import EMA_FILE, build_ema, load_ema, update_ema
 from .output import claim_output_dir, start_run
 from .schedule import build_optimizer, build_scheduler, scaled_lr
 
@@ -459,6 +462,13 @@ class _Run:
     start: float = field(default_factory=time.perf_counter)
     stops: StopSignals = field(default_factory=StopSignals)  # the signals this process received
     stop_signal: int = 0  # the signal every process agreed to stop on (0: none)
+    ema: AveragedModel | None = None  # the average of the weights (`ema.enabled`): evaluated and saved instead
+    best: dict[str, Any] | None = None  # {"step", "AP"} of OUTPUT_DIR/best/ (`save_best`)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated, saved and pushed: the EMA weights when on, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.raw_model
 
 
 def _prepare_run(accelerator: Accelerator, config: TrainConfig, config_dict: dict[str, Any], effective: dict[str, Any],
@@ -484,10 +494,14 @@ def _prepare_run(accelerator: Accelerator, config: TrainConfig, config_dict: dic
     # on the host: the images go to the device below, the targets are checked on the host by the model (no
     # host-device synchronisation) and copied to the device by it.
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader, device_placement=[True, True, False])
+    ema = build_ema(accelerator.unwrap_model(model), config.ema.decay, config.ema.tau) if config.ema.enabled else None
     log_path = output_dir / "log.jsonl"
-    step = 0
+    step, best = 0, None
     if resume_path:
         step = load_checkpoint(accelerator, Path(resume_path))
+        best = json.loads((Path(resume_path) / STATE_FILE).read_text()).get("best")
+        if ema is not None:
+            load_ema(ema, Path(resume_path) / EMA_FILE)
         if accelerator.is_main_process:
             _truncate_log(log_path, step)
         accelerator.print(f"resumed from {resume_path} (step {step})")
@@ -499,7 +513,7 @@ def _prepare_run(accelerator: Accelerator, config: TrainConfig, config_dict: dic
     return _Run(model=model, raw_model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
                 loader=loader, train_set=seeded_train_set, val_set=val_set, log_path=log_path, state=state, step=step,
                 epoch=epoch, consumed=consumed, window_positives=torch.zeros((), device=accelerator.device),
-                window_start=step + 1)
+                window_start=step + 1, ema=ema, best=best)
 
 
 def _take_unreadable(targets: list[dict[str, Any]], run: _Run, skip_unreadable: bool) -> None:
@@ -594,19 +608,22 @@ def _after_optimizer_step(accelerator: Accelerator, config: TrainConfig, run: _R
     run.scheduler.step()  # once per optimizer step, on every process
     run.step += 1
     progress.update(1)
+    if run.ema is not None:  # once per optimizer step, gradient accumulation or not
+        update_ema(run.ema, run.raw_model)
     max_steps = config.optim.max_iters
     if run.step % config.log_every == 0 or run.step == max_steps:
         _log_step(accelerator, run, losses, stats, lr, progress)
     if config.checkpoint_every and run.step % config.checkpoint_every == 0:
         _save_checkpoint(accelerator, config, run, output_dir)
     if run.val_set is not None and config.eval_every and run.step % config.eval_every == 0 and run.step < max_steps:
-        run.metrics = _evaluate_and_log(run.model, run.val_set, accelerator, config, run.step, run.log_path)
+        run.metrics = _evaluate_and_log(accelerator, config, run, output_dir)
 
 
 def _save_checkpoint(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path) -> Path:
     position = {"epoch": run.epoch, "batch": run.consumed}
+    tensors = {EMA_FILE: run.ema.state_dict()} if run.ema is not None else None
     return save_checkpoint(accelerator, output_dir / "checkpoints", run.step, config.keep_checkpoints,
-                           {**run.state, "data_position": position})
+                           {**run.state, "data_position": position, "best": run.best}, tensors)
 
 
 def _train_steps(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path) -> None:
@@ -644,25 +661,26 @@ def _finish(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir
     """Final evaluation, the saved model (and its push): the run's summary."""
     train_seconds = time.perf_counter() - run.start
     if run.val_set is not None:
-        run.metrics = _evaluate_and_log(run.model, run.val_set, accelerator, config, run.step, run.log_path)
+        run.metrics = _evaluate_and_log(accelerator, config, run, output_dir)
     model_dir = output_dir / "model"
     unreadable = run.unreadable
     if accelerator.num_processes > 1:  # each process saw its own share of the images
         unreadable = set(gather_object(sorted(unreadable)))
     accelerator.wait_for_everyone()
     summary = {"step": run.step, "metrics": run.metrics, "model_dir": str(model_dir), "train_seconds": train_seconds,
-               "log": str(run.log_path), "effective": run.state["effective"], "unreadable_images": sorted(unreadable)}
+               "log": str(run.log_path), "effective": run.state["effective"], "unreadable_images": sorted(unreadable),
+               "ema": run.ema is not None, "best": run.best}
     if accelerator.is_main_process:
-        run.raw_model.save_pretrained(model_dir, recipe=run.state["config"],
-                                      metrics=_saved_metrics(run.metrics, config.data))
+        _save_model(run, config, model_dir, run.metrics, "final")
+        pushed = output_dir / "best" if config.push_best and run.best else model_dir
         if config.push_to_hub:
             from ..hub.push import push_later_command, push_model_dir  # noqa: PLC0415
 
             try:
-                push_model_dir(model_dir, config.push_to_hub)
+                push_model_dir(pushed, config.push_to_hub)
             except Exception as error:  # noqa: BLE001  (the trained model is saved: say how to push it later)
                 summary["push_error"] = f"pushing to {config.push_to_hub} failed ({type(error).__name__}: {error})"
-                summary["push_command"] = push_later_command(model_dir, config.push_to_hub)
+                summary["push_command"] = push_later_command(pushed, config.push_to_hub)
     accelerator.end_training()
     return summary
 
@@ -721,15 +739,39 @@ def _saved_metrics(metrics: dict[str, Any], data: DataConfig) -> dict[str, Any] 
     return {"dataset": data.name, "split": split, **headline}
 
 
-def _evaluate_and_log(model: torch.nn.Module, val_set: Any, accelerator: Accelerator, config: TrainConfig,
-                      step: int, log_path: Path) -> dict[str, Any]:
-    metrics = evaluate(model, val_set, accelerator, config.batch_size, config.eval_limit)
-    if accelerator.is_main_process and metrics:
-        record = {"step": step, **{f"eval/{k}": v for k, v in _headline(metrics).items()}}
-        with log_path.open("a") as f:
+def _save_model(run: _Run, config: TrainConfig, directory: Path, metrics: dict[str, Any], checkpoint: str) -> None:
+    """Save the evaluated model (EMA weights when on) as a loadable folder, written beside and renamed into place
+    so that a stop while saving never leaves half a folder; config.json records the iteration, which weights
+    and which checkpoint (`final`, `best`) it holds, and the model card says so."""
+    saved = _saved_metrics(metrics, config.data)
+    facts = {"step": run.step, "weights": "ema" if run.ema is not None else "trained", "checkpoint": checkpoint}
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run.eval_model.save_pretrained(tmp, recipe=run.state["config"], metrics={**saved, **facts} if saved else facts)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def _evaluate_and_log(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path) -> dict[str, Any]:
+    """COCO AP of the evaluated model (`eval/*` in the log) and, with EMA on, of the trained weights too
+    (`eval_raw/*`); a new highest AP replaces OUTPUT_DIR/best/ (`save_best`). Returns the evaluated model's metrics."""
+    record: dict[str, Any] = {"step": run.step}
+    models = [("eval", run.eval_model)] + ([("eval_raw", run.raw_model)] if run.ema is not None else [])
+    for prefix, model in models:
+        metrics = evaluate(model, run.val_set, accelerator, config.batch_size, config.eval_limit)
+        record.update({f"{prefix}/{k}": v for k, v in (_headline(metrics) or {}).items()})
+        if prefix == "eval":
+            evaluated = metrics
+    if accelerator.is_main_process and len(record) > 1:
+        with run.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        accelerator.log(record, step=step)
-    return metrics
+        accelerator.log(record, step=run.step)
+    ap = _main_decides(accelerator, lambda: evaluated.get("AP"))
+    if config.keeps_best and ap is not None and (run.best is None or ap > run.best["AP"]):
+        run.best = {"step": run.step, "AP": ap}
+        if accelerator.is_main_process:
+            _save_model(run, config, output_dir / "best", evaluated, "best")
+    return evaluated
 
 
 def final_report(summary: dict[str, Any], title: str = "COCO AP on the validation set", per_class: bool = False) -> str:
