@@ -50,7 +50,12 @@ from tqdm.auto import tqdm
 from ..data import DatasetError, DatasetFileNotFoundError, build_dataset, build_transforms, collate_fn
 from ..data.checks import ImageSubset, scan_dataset
 from ..evaluation import evaluate_detections, evaluator_for, format_per_class_table, format_table
+from ..errors import UserInputError
 from ..factory import create
+from ..hub.card import CARD_FIGURES
+from ..hub.serialization import CARD_NAME
+from ..plots import EVAL_DIR, PLOTS_DIR, plot_run, write_evaluation
+from ..visualize import draw_detections, save_png
 from ..typed import ConfigError
 from .checkpoint import STATE_FILE, flatten, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import DataConfig, TrainConfig, config_to_dict
@@ -189,7 +194,14 @@ def build_model(config: TrainConfig, num_classes: int, class_names: list[str]) -
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: Any, accelerator: Accelerator, batch_size: int,
              limit: int | None = None, num_workers: int = 0) -> dict[str, Any]:
-    """COCO AP of `model` on `dataset` (all processes take part; every process gets the metrics)."""
+    """COCO AP of `model` on `dataset` (all processes take part; the main process gets the metrics)."""
+    return _evaluate(model, dataset, accelerator, batch_size, limit, num_workers)[0]
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, dataset: Any, accelerator: Accelerator, batch_size: int,
+              limit: int | None = None, num_workers: int = 0) -> tuple[dict[str, Any], Any]:
+    """(metrics, the evaluator holding the detections) of `model` on `dataset`."""
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers))
@@ -200,7 +212,7 @@ def evaluate(model: torch.nn.Module, dataset: Any, accelerator: Accelerator, bat
     bar.close()
     metrics = evaluator.evaluate(per_class=True) if accelerator.is_main_process else {}
     model.train(was_training)
-    return metrics
+    return metrics, evaluator
 
 
 # What `accelerate launch --gradient_accumulation_steps N` sets for the script -- with DeepSpeed only: Accelerate
@@ -661,7 +673,7 @@ def _finish(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir
     """Final evaluation, the saved model (and its push): the run's summary."""
     train_seconds = time.perf_counter() - run.start
     if run.val_set is not None:
-        run.metrics = _evaluate_and_log(accelerator, config, run, output_dir)
+        run.metrics = _evaluate_and_log(accelerator, config, run, output_dir, final=True)
     model_dir = output_dir / "model"
     unreadable = run.unreadable
     if accelerator.num_processes > 1:  # each process saw its own share of the images
@@ -672,6 +684,7 @@ def _finish(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir
                "ema": run.ema is not None, "best": run.best}
     if accelerator.is_main_process:
         _save_model(run, config, model_dir, run.metrics, "final")
+        summary["plots"] = _figures(run, output_dir, [model_dir] + ([output_dir / "best"] if run.best else []))
         pushed = output_dir / "best" if config.push_best and run.best else model_dir
         if config.push_to_hub:
             from ..hub.push import push_later_command, push_model_dir  # noqa: PLC0415
@@ -752,16 +765,48 @@ def _save_model(run: _Run, config: TrainConfig, directory: Path, metrics: dict[s
     os.replace(tmp, directory)
 
 
-def _evaluate_and_log(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path) -> dict[str, Any]:
+def _figures(run: _Run, output_dir: Path, model_dirs: list[Path]) -> list[str]:
+    """OUTPUT_DIR/plots/ (curves, assignment dynamics, evaluation figures) and one validation image with its
+    detections; the curves, the dynamics and the example go into each saved model folder too (the model card
+    shows them). Without matplotlib: a warning, and no figure."""
+    try:
+        paths = plot_run(output_dir)
+    except UserInputError as error:  # matplotlib is not installed
+        warnings.warn(f"no figures: {error}", UserWarning, stacklevel=2)
+        return []
+    if run.val_set is not None:
+        image, _ = run.val_set[0]
+        with torch.no_grad():
+            detections = run.eval_model([image.to(next(run.eval_model.parameters()).device)])[0]
+        names = list(getattr(run.eval_model.config, "class_names", None) or []) or None
+        example = output_dir / PLOTS_DIR / "example.png"
+        save_png(draw_detections(image, {k: v.cpu() for k, v in detections.items()}, names), example)
+        paths.append(example)
+    from ..hub.push import regenerated_card  # noqa: PLC0415
+
+    for model_dir in model_dirs:
+        (model_dir / PLOTS_DIR).mkdir(exist_ok=True)
+        for path in paths:
+            if path.name in CARD_FIGURES:
+                shutil.copyfile(path, model_dir / PLOTS_DIR / path.name)
+        (model_dir / CARD_NAME).write_text(regenerated_card(model_dir), encoding="utf-8")  # now with the figures
+    return [str(p) for p in paths]
+
+
+def _evaluate_and_log(accelerator: Accelerator, config: TrainConfig, run: _Run, output_dir: Path,
+                      final: bool = False) -> dict[str, Any]:
     """COCO AP of the evaluated model (`eval/*` in the log) and, with EMA on, of the trained weights too
-    (`eval_raw/*`); a new highest AP replaces OUTPUT_DIR/best/ (`save_best`). Returns the evaluated model's metrics."""
+    (`eval_raw/*`); a new highest AP replaces OUTPUT_DIR/best/ (`save_best`); the `final` evaluation's detections
+    are kept in OUTPUT_DIR/eval/ (for the figures). Returns the evaluated model's metrics."""
     record: dict[str, Any] = {"step": run.step}
     models = [("eval", run.eval_model)] + ([("eval_raw", run.raw_model)] if run.ema is not None else [])
     for prefix, model in models:
-        metrics = evaluate(model, run.val_set, accelerator, config.batch_size, config.eval_limit)
+        metrics, evaluator = _evaluate(model, run.val_set, accelerator, config.batch_size, config.eval_limit)
         record.update({f"{prefix}/{k}": v for k, v in (_headline(metrics) or {}).items()})
         if prefix == "eval":
             evaluated = metrics
+            if final and accelerator.is_main_process:
+                write_evaluation(evaluator, output_dir / EVAL_DIR)
     if accelerator.is_main_process and len(record) > 1:
         with run.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
