@@ -1,4 +1,4 @@
-"""`dynamic-atss {train,demo,predict,benchmark,export,convert,push}` (also `python -m dynamic_atss ...`).
+"""`dynamic-atss {train,demo,predict,benchmark,export,convert,push,plot}` (also `python -m dynamic_atss ...`).
 
 A mistake in the user's input (`dynamic_atss.errors.UserInputError`) ends any command with one line and exit
 status 2, here, for every command alike."""
@@ -19,6 +19,7 @@ COMMANDS = {
     "export": ("dynamic_atss.inference.cli", "export to ONNX (optionally with NMS) or torch.export"),
     "convert": ("dynamic_atss.convert.cli", "convert an mmdetection checkpoint into a model folder (optionally push it)"),
     "push": ("dynamic_atss.hub.cli", "push a saved model folder to the Hugging Face Hub (optionally pin it in the index)"),
+    "plot": ("dynamic_atss.cli.plot", "figures of a training run folder: losses, AP, assignment dynamics, PR, confusion"),
 }
 
 

@@ -152,12 +152,12 @@ def plot_dynamics(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path | N
                 label = ", ".join(filter(None, [run_label if len(runs) > 1 else "",
                                                 "predicted" if key.endswith("pred_iou") else
                                                 "anchor" if key.endswith("anchor_iou") else ""]))
-                axis.plot(steps, smooth(values), color=f"C{r}", linestyle=("-", "--")[k], label=label or None)
+                axis.plot(steps, values, color=f"C{r}", linestyle=("-", "--")[k], label=label or None, gid=key)
         axis.set(title=title, xlabel="iteration")
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
-    fig.suptitle("label assignment over training (smoothed)")
+    fig.suptitle("label assignment over training (as logged)")
     return _save(fig, path)
 
 

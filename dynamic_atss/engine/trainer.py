@@ -776,8 +776,9 @@ def _figures(run: _Run, output_dir: Path, model_dirs: list[Path]) -> list[str]:
         return []
     if run.val_set is not None:
         image, _ = run.val_set[0]
+        model = run.eval_model.eval()
         with torch.no_grad():
-            detections = run.eval_model([image.to(next(run.eval_model.parameters()).device)])[0]
+            detections = model([image.to(next(model.parameters()).device)])[0]
         names = list(getattr(run.eval_model.config, "class_names", None) or []) or None
         example = output_dir / PLOTS_DIR / "example.png"
         save_png(draw_detections(image, {k: v.cpu() for k, v in detections.items()}, names), example)
