@@ -169,3 +169,10 @@ def test_coco_on_a_hugging_face_dataset(tmp_path, capsys):
     with pytest.raises(ValueError, match="split 'test' not in .*validation"):
         coco_bench.run(coco_bench.parse_args(["--model", "r50", "--random-weights", "--model-args", TINY_ARGS,
                                               "--data", str(folder), "--split", "test", "--cpu"]))
+
+
+def test_coco_plots_draws_the_evaluation_figures(coco_root, tmp_path):
+    root, _ = coco_root
+    out = tmp_path / "out"
+    assert coco_bench.main(_coco_args(root, "--split", "val2017", "--out", str(out), "--limit", "2", "--plots")) == 0
+    assert {p.name for p in (out / "plots").iterdir()} == {"pr.png", "per_class_ap.png", "confusion.png"}

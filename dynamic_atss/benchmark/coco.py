@@ -239,6 +239,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             metrics_path.write_text(json.dumps({**result, "metrics_percent": {
                 k: round(100 * v, 2) for k, v in metrics.items() if isinstance(v, float)}}, indent=2))
             print(f"\nwrote {metrics_path}\nwrote {det_path}")
+            if args.plots:  # PR curves, per-class AP, confusion matrix (dynamic_atss.plots)
+                from ..plots import evaluation_figures  # noqa: PLC0415
+
+                result["files"] += [str(p) for p in evaluation_figures(
+                    evaluator.coco_gt, evaluator.results_array(), out_dir / "plots", image_ids=evaluator.image_ids)]
     accelerator.wait_for_everyone()
     return result
 
@@ -285,6 +290,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='with --random-weights: JSON config overrides, e.g. \'{"backbone": "resnet18"}\'')
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     parser.add_argument("--per-class", action="store_true", help="also compute per-class AP (in the JSON)")
+    parser.add_argument("--plots", action="store_true",
+                        help="also draw PR curves, per-class AP and a confusion matrix into OUT/plots (matplotlib)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is available")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print COCOeval's 12-line summary")
