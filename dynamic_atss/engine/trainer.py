@@ -17,7 +17,16 @@ Runs the same under `python -m dynamic_atss.train ...` (one process) and `accele
 * under `data.skip_unreadable`, an image that passed the scan but fails to decode when loaded is replaced by
   the next readable one (the same on every process and on resume) and reported;
 * user mistakes (config, data, resume path, output folder, Hub repo) are found before the output folder is
-  made the run's own (`engine.output.start_run`); `--resume` drops the log rows of the steps it re-runs.
+  made the run's own (`engine.output.start_run`); `--resume` drops the log rows of the steps it re-runs;
+  a run that fails leaves no lock, and a full disk while checkpointing keeps the previous checkpoint;
+* SIGTERM / SIGINT finish the optimizer step in progress (every process agrees on the step, in the step's one
+  all-reduce), write a checkpoint, unlock the folder and end with exit status 143 / 130 (`--resume latest`
+  continues bit-identically on CPU);
+* `ema.enabled`: an EMA of the weights (`engine.ema`) is evaluated, saved and pushed; `save_best` keeps
+  `OUTPUT_DIR/best/`; the end of the run draws `OUTPUT_DIR/plots/` (`dynamic_atss.plots`).
+
+The loop is `_prepare_run` -> `_train_steps` (`_micro_batch`, `_after_optimizer_step` per batch) -> `_finish`
+(or `_stop` after a signal), carrying one `_Run`.
 """
 
 from __future__ import annotations
@@ -835,7 +844,14 @@ def final_report(summary: dict[str, Any], title: str = "COCO AP on the validatio
     else:
         lines.append("no validation set: no COCO evaluation (set data.num_val / data.val_* to get one)")
     model_dir = summary["model_dir"]
-    lines.append(f"model: {model_dir}  (load it with dynamic_atss.create('local-dir:{model_dir}'))")
+    weights = " (EMA weights)" if summary.get("ema") else ""
+    lines.append(f"model{weights}: {model_dir}  (load it with dynamic_atss.create('local-dir:{model_dir}'))")
+    if summary.get("best"):
+        best = summary["best"]
+        lines.append(f"best: {Path(model_dir).parent / 'best'}  (iteration {best['step']}, AP {100 * best['AP']:.1f})")
+    if summary.get("plots"):
+        lines.append(f"figures: {Path(summary['plots'][0]).parent}  (redraw any time: dynamic-atss plot "
+                     f"{Path(model_dir).parent})")
     if summary.get("unreadable_images"):
         problems = summary["unreadable_images"]
         lines.append(f"data.skip_unreadable: {len(problems)} image(s) failed to load and were replaced by the next "
