@@ -79,3 +79,17 @@ def test_ema_resume_is_bit_exact(tmp_path):
     # ... and the average is not simply the trained weights
     checkpoint = load_file(str(tmp_path / "full" / "checkpoints" / "checkpoint-00000010" / "model.safetensors"))
     assert any(not torch.equal(checkpoint[k], expected[k]) for k in expected if k in checkpoint)
+
+
+def test_push_best_pushes_the_best_folder(tmp_path, monkeypatch):
+    from dynamic_atss.hub import push
+
+    pushed = []
+    monkeypatch.setattr(push, "check_push_access", lambda repo: None)
+    monkeypatch.setattr(push, "push_model_dir", lambda directory, repo: pushed.append(directory))
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), eval_every=2, checkpoint_every=0,
+                          optim={**TINY_RECIPE["optim"], "max_iters": 4}, push_to_hub="org/tiny", push_best=True)
+    summary = train(load_config(recipe))
+    assert pushed == [tmp_path / "run" / "best"] and summary["best"]["step"] in (2, 4)
+    train(load_config(recipe, ["push_best=false"]), overwrite=True)
+    assert pushed[-1] == tmp_path / "run" / "model"

@@ -125,10 +125,3 @@ def test_a_run_folder_gets_every_figure_and_the_plot_command_redraws_them(tmp_pa
     card = (tmp_path / "run" / "model" / "README.md").read_text()
     assert "](plots/assignment.png)" in card and (tmp_path / "run" / "model" / "plots" / "assignment.png").is_file()
 
-
-def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
-    from dynamic_atss.__main__ import main
-
-    assert main(["plot", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no log.jsonl" in err
