@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("dynamic_atss.cli.export", "export to ONNX (optionally with NMS) or torch.export"),
     "convert": ("dynamic_atss.cli.convert", "convert an mmdetection checkpoint into a model folder (optionally push it)"),
     "push": ("dynamic_atss.cli.push", "push a saved model folder to the Hugging Face Hub (optionally pin it in the index)"),
+    "plot": ("dynamic_atss.cli.plot", "figures of a training run folder: losses, AP, assignment dynamics, PR, confusion"),
 }
 
 

@@ -16,6 +16,7 @@ import torch
 
 from .engine.config import DataConfig, OptimConfig, TrainConfig, config_from_dict, config_to_dict, load_config
 from .evaluation import format_table
+from .plots import plot_dynamics, read_run_log
 from .visualize import draw_detections, plot_losses, save_grid
 
 # The embedded default (the packaged recipe `demo_cpu` holds the same, for `dynamic-atss train --config demo_cpu`).
@@ -140,6 +141,8 @@ def run_demo(config: TrainConfig, head: str = "atss", compare: bool = False, wit
               f"{100 * (ap['snapshot bf16'] - ap['default fp32']):+.2f})")
     draw_predictions(Path(main_summary["model_dir"]), config, out / "predictions.png")
     plotted = plot_losses({label: s["log"] for label, s in summaries.items()}, out / "losses.png", plotted_losses)
+    if plotted and compare:  # both runs' assignment dynamics in one figure (dynamic_atss.plots)
+        plot_dynamics({label: read_run_log(Path(s["log"]).parent) for label, s in summaries.items()}, out / "assignment.png")
     report = {
         "wall_seconds": round(wall, 1),
         "train_seconds": {label: round(s["train_seconds"], 1) for label, s in summaries.items()},

@@ -188,3 +188,10 @@ def test_missing_data_and_missing_image_files_are_one_line_before_the_run(coco_r
     err = capsys.readouterr().err
     assert "1 of the 4 images" in err and images[1].name in err and "Traceback" not in err
     assert loaded == []  # checked before the model is loaded or a worker starts
+
+
+def test_coco_plots_draws_the_evaluation_figures(coco_root, tmp_path):
+    root, _ = coco_root
+    out = tmp_path / "out"
+    assert benchmark_main(command="coco", argv=_coco_args(root, "--split", "val2017", "--out", str(out), "--limit", "2", "--plots")) == 0
+    assert {p.name for p in (out / "plots").iterdir()} == {"pr.png", "per_class_ap.png", "confusion.png"}

@@ -37,5 +37,6 @@ def test_demo_with_comparison_writes_its_outputs(tmp_path):
     assert set(summary["AP"]) == {"Dynamic ATSS (combined IoUs)", "ATSS (anchor IoUs only)"}
     assert (tmp_path / "demo" / "predictions.png").is_file()
     assert (tmp_path / "demo" / "losses.png").is_file()  # matplotlib is in the dev set-up (plot extra)
+    assert (tmp_path / "demo" / "assignment.png").is_file()  # both runs' assignment dynamics in one figure
     baseline = json.loads((tmp_path / "demo" / "atss_baseline" / "model" / "config.json").read_text())
     assert baseline["model"]["assigner"]["pred_weight"] == 0.0

@@ -82,3 +82,20 @@ def test_push_model_dir_to_a_branch(hub_server, cache, tmp_path):  # noqa: F811
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         push_model_dir(tmp_path / "m", "org/branchy", endpoint=hub_server.endpoint, token="t")
+
+
+def test_push_uploads_the_figures_the_card_shows_and_the_ema_and_best_facts(hub_server, cache, tmp_path):  # noqa: F811
+    model = tiny_model(seed=4)
+    recipe = {"ema": {"enabled": True, "decay": 0.9998, "tau": 2000.0}}
+    metrics = {"dataset": "trees", "split": "val", "AP": 0.4125, "step": 1200, "weights": "ema", "checkpoint": "best"}
+    model.save_pretrained(tmp_path / "best", recipe=recipe, metrics=metrics)
+    (tmp_path / "best" / "plots").mkdir()
+    for name in ("training.png", "assignment.png", "example.png", "not_in_the_card.png"):
+        (tmp_path / "best" / "plots" / name).write_bytes(b"\x89PNG " + name.encode())
+    info = push_model_dir(tmp_path / "best", "org/figures", endpoint=hub_server.endpoint, token="t")
+    files = hub_server.repos["org/figures"].commits[info.oid].files
+    assert files["plots/assignment.png"] == b"\x89PNG assignment.png" and "plots/not_in_the_card.png" not in files
+    card = files["README.md"].decode()
+    assert "](plots/training.png)" in card and "](plots/example.png)" in card and "plots/ap.png" not in card
+    assert "exponential moving average of the training weights (decay 0.9998" in card
+    assert "best of the evaluations during training, at iteration 1200 (AP 0.4125)" in card

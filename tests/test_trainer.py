@@ -288,13 +288,13 @@ def test_one_all_reduce_per_micro_batch_and_targets_stay_on_the_host(tmp_path, m
     """The training step's one host-device synchronisation: a single all-reduce + read per micro-batch (inputs and
     loss finite together); the model receives the targets on the host (checked there, no device involved)."""
     decisions, target_devices = [], set()
-    original_all_processes = trainer._all_processes
+    original_agree = trainer._agree
 
-    def counting(accelerator, flag):
+    def counting(accelerator, flag, stop_signal):
         decisions.append(1)
-        return original_all_processes(accelerator, flag)
+        return original_agree(accelerator, flag, stop_signal)
 
-    monkeypatch.setattr(trainer, "_all_processes", counting)
+    monkeypatch.setattr(trainer, "_agree", counting)
     original_build_model = trainer.build_model
 
     def build_model_recording_targets(*args, **kwargs):
@@ -464,3 +464,114 @@ def test_init_from_refuses_a_differing_architecture_field(tmp_path, capsys):
     assert code == 2
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "head.channels: checkpoint 64, requested 32" in err
+
+
+# ------------------------------------------------------------------------------------------------------- preemption
+def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def run_probe(tmp_path: Path, recipe: Path, signal_name: str, at_step: int, processes: int = 1, sender: int = 0,
+              extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """The training command in a new process group, in which rank `sender` signals the group after `at_step`."""
+    probe = [str(ROOT / "tests" / "signal_probe.py"), str(tmp_path / "ranks"), signal_name, str(at_step), str(sender),
+             "--config", str(recipe), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        command = [sys.executable, *probe]
+    else:
+        env["ACCELERATE_USE_CPU"] = "1"
+        command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(free_port()), *probe]
+    env.pop("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", None)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+                          start_new_session=True)
+
+
+@pytest.mark.parametrize("signal_name, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_finishes_the_step_checkpoints_unlocks_and_resume_ends_bit_identical(tmp_path, signal_name, status):
+    common = {"checkpoint_every": 0, "data": NO_VAL_DATA, "optim": {**TINY_RECIPE["optim"], "max_iters": 6}}
+    full = write_recipe(tmp_path / "full.yaml", output_dir=str(tmp_path / "full"), **common)
+    assert run_probe(tmp_path, full, signal_name, at_step=99).returncode == 0  # never signalled
+    stopped_dir = tmp_path / "stopped"
+    stopped = write_recipe(tmp_path / "stopped.yaml", output_dir=str(stopped_dir), **common)
+    result = run_probe(tmp_path, stopped, signal_name, at_step=2)
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"stopped by {signal_name} after step 3" in result.stdout and "--resume latest" in result.stdout
+    assert [p.name for p in list_checkpoints(stopped_dir / "checkpoints")] == ["checkpoint-00000003"]
+    assert not (stopped_dir / ".lock").exists() and not (stopped_dir / "model").exists()
+    # `--resume latest` (the same recipe) ends with the weights of the run that was never stopped, bit for bit.
+    result = run_probe(tmp_path, stopped, signal_name, at_step=99, extra=("--resume", "latest"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, resumed = read_weights(tmp_path / "full" / "model"), read_weights(stopped_dir / "model")
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
+def test_two_processes_stop_at_the_same_step_and_resume_bit_identical(tmp_path):
+    """Rank 1 signals the group (launcher and both ranks) after step 2: both ranks agree to stop after step 3."""
+    common = {"checkpoint_every": 0, "batch_size": 1, "data": {**NO_VAL_DATA, "num_train": 16},
+              "optim": {**TINY_RECIPE["optim"], "max_iters": 5}}
+    full = write_recipe(tmp_path / "full.yaml", output_dir=str(tmp_path / "full"), **common)
+    result = run_probe(tmp_path, full, "SIGTERM", at_step=99, processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stopped_dir = tmp_path / "stopped"
+    stopped = write_recipe(tmp_path / "stopped.yaml", output_dir=str(stopped_dir), **common)
+    shutil.rmtree(tmp_path / "ranks")
+    result = run_probe(tmp_path, stopped, "SIGTERM", at_step=2, processes=2, sender=1)
+    views = [json.loads(p.read_text()) for p in sorted((tmp_path / "ranks").glob("rank*.json"))]
+    assert [(v["rank"], v["world_size"], v["step"], v["exit_status"]) for v in views] == [(0, 2, 3, 143), (1, 2, 3, 143)], \
+        result.stderr[-3000:]
+    assert "--resume latest" in result.stdout
+    assert [p.name for p in list_checkpoints(stopped_dir / "checkpoints")] == ["checkpoint-00000003"]
+    assert not (stopped_dir / ".lock").exists()
+    result = run_probe(tmp_path, stopped, "SIGTERM", at_step=99, processes=2, extra=("--resume", "latest"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, resumed = read_weights(tmp_path / "full" / "model"), read_weights(stopped_dir / "model")
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
+# --------------------------------------------------------------------------------------------- failures leave no claim
+def test_a_failed_init_from_leaves_no_lock_and_no_folder(tmp_path):
+    """Issue 25: a run whose `--init_from` folder is missing leaves neither `.lock` nor the folder it would have
+    made; in an existing folder, only what was there before. (How the error reads is the command's business.)"""
+    missing = f"local-dir:{tmp_path / 'no_such_model'}"
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), data=NO_VAL_DATA, init_from=missing)
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        train(load_config(recipe))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "existing").mkdir()
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        train(load_config(recipe, [f"output_dir={tmp_path / 'existing'}"]))
+    assert list((tmp_path / "existing").iterdir()) == []
+
+
+def test_a_full_disk_while_checkpointing_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys,
+                                                                                         monkeypatch):
+    import errno
+
+    from accelerate import Accelerator
+
+    original_save_state, calls = Accelerator.save_state, []
+
+    def save_state_until_the_disk_is_full(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:  # the second checkpoint: a partial file, then the disk is full
+            Path(output_dir, "model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original_save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state_until_the_disk_is_full)
+    recipe = write_recipe(tmp_path / "tiny.yaml", output_dir=str(tmp_path / "run"), data=NO_VAL_DATA)
+    assert train_main(["--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("train:")]  # not tqdm's bar
+    assert len(lines) == 1 and lines[0].startswith("python -m dynamic_atss.train: error: ") and "Traceback" not in err
+    assert "checkpoint-00000010" in err and "No space left on device" in err and "--resume latest" in err
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["checkpoint-00000005"]  # no .tmp-checkpoint-* left
+    assert not (tmp_path / "run" / ".lock").exists()

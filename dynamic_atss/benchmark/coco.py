@@ -241,6 +241,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             metrics_path.write_text(json.dumps({**result, "metrics_percent": {
                 k: round(100 * v, 2) for k, v in metrics.items() if isinstance(v, float)}}, indent=2))
             print(f"\nwrote {metrics_path}\nwrote {det_path}")
+            if args.plots:  # PR curves, per-class AP, confusion matrix (dynamic_atss.plots)
+                from ..plots import evaluation_figures  # noqa: PLC0415
+
+                result["files"] += [str(p) for p in evaluation_figures(
+                    evaluator.coco_gt, evaluator.results_array(), out_dir / "plots", image_ids=evaluator.image_ids)]
     accelerator.wait_for_everyone()
     return result
 

@@ -87,6 +87,8 @@ def coco_parser() -> CommandParser:
                         help='with --random_weights: JSON config overrides, e.g. \'{"backbone": "resnet18"}\'')
     parser.add_argument("--seed", type=int, default=0, help="seed for --random_weights")
     parser.add_argument("--per_class", action="store_true", help="also compute per-class AP (in the JSON)")
+    parser.add_argument("--plots", action="store_true",
+                        help="also draw PR curves, per-class AP and a confusion matrix into OUT/plots (matplotlib)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print COCOeval's 12-line summary")
     return parser

@@ -69,7 +69,8 @@ def require_train_extra(command: str = "train") -> None:
 
 def run(argv: list[str]) -> int:
     """0: trained (and pushed); 1: trained and saved, but the push to the Hub failed (the report says how to
-    push later); 2: a mistake in the input, found before the output folder was made the run's own."""
+    push later); 2: a mistake in the input, found before the output folder was made the run's own; 143 / 130:
+    stopped by SIGTERM / SIGINT after a checkpoint (continue with --resume latest)."""
     from ..engine.config import list_recipes, load_config  # noqa: PLC0415
 
     args, overrides, parser = parse_args(argv)
@@ -86,7 +87,7 @@ def run(argv: list[str]) -> int:
     if PartialState().is_main_process:
         print(final_report(summary))
         print(json.dumps({k: v for k, v in summary.items() if k not in ("metrics", "effective")}, indent=2))
-    return 1 if summary.get("push_error") else 0
+    return summary.get("exit_status") or (1 if summary.get("push_error") else 0)  # 143 / 130: stopped by a signal
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from safetensors.torch import save_file
 
 from ..errors import UserInputError
 from ..files import sha256_file
@@ -30,11 +31,16 @@ RESUME_FREE_KEYS = (
     "tracker", "max_bad_steps", "mixed_precision", "grad_accum", "batch_size", "optim.max_iters", "data.num_workers",
     "data.check_images", "data.skip_unreadable", "data.num_val", "data.val_images", "data.val_annotations",
     "data.val_split", "data.name",  # data.name only names the data in the model card
+    "save_best", "push_best",
 )
 
 
 class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint that cannot be used (corrupt, truncated, or of another configuration); names the file."""
+
+
+class CheckpointWriteError(UserInputError, OSError):
+    """A checkpoint could not be written (a full disk, a quota); the previous checkpoint is kept."""
 
 
 class ResumeNotFoundError(CheckpointError, FileNotFoundError):
@@ -51,11 +57,35 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, keep: int,
-                    state: dict[str, Any] | None = None) -> Path:
-    """Save model, optimizer, RNG states, the step and `state` (the run's config); keep the newest `keep`."""
+                    state: dict[str, Any] | None = None, tensors: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Save model, optimizer, RNG states, the step and `state` (the run's config); keep the newest `keep`.
+    `tensors`: more state dicts by file name (`ema.safetensors`), written as safetensors by the main process.
+
+    A write that fails (`OSError`: a full disk, a quota) removes its partial `.tmp-checkpoint-*` folder and
+    raises `CheckpointWriteError` naming the folder; the checkpoints written before stay as they were."""
     directory = Path(directory)
     final = directory / f"checkpoint-{step:08d}"
     tmp = directory / f".tmp-checkpoint-{step:08d}"
+    try:
+        _write_checkpoint(accelerator, tmp, final, step, state, tensors or {})
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = list_checkpoints(directory)
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final} ({error.strerror or error}); free space in {directory} (or choose "
+            f"another output_dir) and continue with --resume latest"
+            + (f" (from {kept[-1].name}, kept)" if kept else "")
+        ) from error
+    if accelerator.is_main_process:
+        for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _write_checkpoint(accelerator: Accelerator, tmp: Path, final: Path, step: int, state: dict[str, Any] | None,
+                      tensors: dict[str, dict[str, Any]]) -> None:
+    """Everything into `tmp`, its file list into `trainer_state.json`, then one rename to `final`."""
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a crash during an earlier save
         tmp.mkdir(parents=True)
@@ -63,6 +93,8 @@ def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for name, state_dict in tensors.items():
+            save_file({key: value.detach().contiguous().cpu() for key, value in state_dict.items()}, str(tmp / name))
         files = {
             p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(tmp.rglob("*")) if p.is_file()
@@ -71,10 +103,6 @@ def save_checkpoint(accelerator: Accelerator, directory: str | Path, step: int, 
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def read_checkpoint_state(path: Path) -> dict[str, Any]:
@@ -109,10 +137,15 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    """'key: saved -> current' for each setting that differs between two config dicts."""
+    """'key: saved -> current' for each setting that differs between two config dicts. A key that `saved` lacks
+    (a run of a release before the key existed) differs only when `current` sets it off its default."""
+    from .config import TrainConfig, config_to_dict  # noqa: PLC0415  (the recipe schema; imports nothing of this)
+
     a, b = flatten(saved), flatten(current)
+    defaults = flatten(config_to_dict(TrainConfig()))
     return [f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}"
-            for key in sorted(set(a) | set(b)) if key not in ignore and a.get(key) != b.get(key)]
+            for key in sorted(set(a) | set(b))
+            if key not in ignore and a.get(key, defaults.get(key, "<unset>")) != b.get(key)]
 
 
 def check_same_run(path: Path, state: dict[str, Any], config: dict[str, Any], total_batch_size: int) -> None:

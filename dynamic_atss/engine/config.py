@@ -109,6 +109,16 @@ class OptimConfig:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (`dynamic_atss.engine.ema`): evaluated, saved and pushed
+    instead of the last iterate when enabled."""
+
+    enabled: bool = False
+    decay: float = 0.9998  # per optimizer step once warmed up (mmdetection's ExpMomentumEMA: momentum 0.0002)
+    tau: float = 2000.0  # warm-up, in optimizer steps: update n uses decay * (1 - exp(-n / tau))
+
+
+@dataclass
 class TrainConfig:
     model: str = "r50"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +126,7 @@ class TrainConfig:
     backbone_pretrained: bool = True  # timm ImageNet weights (needs the Hub or a local cache)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     batch_size: int = 2  # per process
     grad_accum: int | None = None  # None: $ACCELERATE_GRADIENT_ACCUMULATION_STEPS (DeepSpeed launches) or 1
     mixed_precision: Literal["no", "fp16", "bf16", "fp8"] | None = None  # None: Accelerate's setting
@@ -127,8 +138,15 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     max_bad_steps: int = 10  # consecutive non-finite losses before stopping
+    save_best: bool | None = None  # keep OUTPUT_DIR/best/ (highest AP of the evaluations); None: on when eval_every > 0
     push_to_hub: str | None = None
+    push_best: bool = False  # push OUTPUT_DIR/best/ instead of the final model (when a best one exists)
     tracker: str = "auto"  # auto (tensorboard if installed), none, or Accelerate log_with names: wandb,mlflow
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether `OUTPUT_DIR/best/` is kept: `save_best`, or when unset, periodic evaluation being on."""
+        return bool(self.eval_every) if self.save_best is None else self.save_best
 
     def __post_init__(self) -> None:
         self.model_overrides = check_model_overrides(self.model_overrides)
@@ -192,6 +210,8 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
      "iterations >= 1 in increasing order, e.g. [60000, 80000]"),
     ("optim.gamma", _positive, "a finite number > 0 (the LR factor at each of optim.steps, e.g. 0.1)"),
     ("optim.grad_clip", _positive, "a finite number > 0, or null for no clipping"),
+    ("ema.decay", lambda v: 0 <= v < 1, "in [0, 1) (e.g. 0.9998: an average over about 5000 steps)"),
+    ("ema.tau", _positive, "a finite number > 0 (the warm-up, in optimizer steps)"),
 )
 
 

@@ -6,7 +6,8 @@
   holds this recipe or another one, and what differs.
 * Claiming is two steps: `claim_output_dir` locks and checks the folder (changing nothing in it), and
   `start_run` -- called once the config, data and model are known good -- deletes what `--overwrite`
-  replaces and writes `train_config.json`. A user's mistake found in between leaves the folder as it was.
+  replaces and writes `train_config.json`. A user's mistake found in between leaves the folder as it was:
+  releasing the claim removes the lock file, and the folder itself when the claim created it and it is empty.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -24,7 +26,7 @@ from .checkpoint import RESUME_FREE_KEYS, config_differences
 LOCK_FILE = ".lock"
 CONFIG_FILE = "train_config.json"
 # What a run writes into its folder (`--overwrite` deletes these and nothing else).
-RUN_ARTIFACTS = ("checkpoints", "model", "log.jsonl", CONFIG_FILE, "dynamic_atss")
+RUN_ARTIFACTS = ("checkpoints", "model", "best", "plots", "eval", "log.jsonl", CONFIG_FILE, "dynamic_atss")
 
 
 class OutputDirError(UserInputError, RuntimeError):
@@ -38,12 +40,29 @@ def _previous_config(output_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def claim_output_dir(output_dir: str | Path, config: dict[str, Any], resume: bool, overwrite: bool) -> FileLock:
-    """Lock `output_dir` for this run and check it may be written (nothing in it changes); returns the held lock
+@dataclass
+class OutputClaim:
+    """The held lock of a run's output folder; `release()` leaves no trace of a claim that never started."""
+
+    lock: FileLock
+    output_dir: Path
+    created: bool  # the claim made the folder (a failed start removes it again when it is empty)
+
+    def release(self) -> None:
+        self.lock.release()
+        # The lock file goes too: a folder of a finished, stopped or failed run holds no `.lock` that reads as busy.
+        (self.output_dir / LOCK_FILE).unlink(missing_ok=True)
+        if self.created and not any(self.output_dir.iterdir()):
+            self.output_dir.rmdir()
+
+
+def claim_output_dir(output_dir: str | Path, config: dict[str, Any], resume: bool, overwrite: bool) -> OutputClaim:
+    """Lock `output_dir` for this run and check it may be written (nothing in it changes); returns the held claim
     (release it at the end). `start_run` makes the run the folder's own."""
     output_dir = Path(output_dir)
     if resume and overwrite:
         raise OutputDirError("--resume and --overwrite contradict each other: choose one")
+    created = not output_dir.exists()
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(output_dir / LOCK_FILE)
@@ -73,10 +92,11 @@ def claim_output_dir(output_dir: str | Path, config: dict[str, Any], resume: boo
                 f"output folder {output_dir} {why}. Continue it with --resume latest, replace it with --overwrite, "
                 "or choose another output_dir"
             )
+        claim = OutputClaim(lock, output_dir, created)
     except BaseException:
-        lock.release()
+        OutputClaim(lock, output_dir, created).release()
         raise
-    return lock
+    return claim
 
 
 def start_run(output_dir: str | Path, run_record: dict[str, Any], overwrite: bool) -> None:

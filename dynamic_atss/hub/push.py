@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UserInputError
 from ..registry import split_name
-from .card import CARD_MARKER, card_kwargs_from_existing, generate_model_card, is_local_path
+from .card import CARD_MARKER, card_figures, card_kwargs_from_existing, generate_model_card, is_local_path
 from .download import load_pretrained
 from .serialization import CARD_NAME, CONFIG_NAME, PREPROCESSOR_NAME, WEIGHTS_NAME, preprocessor_config, read_config
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import CommitInfo, HfApi
 
-__all__ = ["HubPushError", "check_push_access", "index_entry", "update_index", "publishable_config", "push_later_command", "push_model_dir"]
+__all__ = ["HubPushError", "check_push_access", "index_entry", "update_index", "publishable_config", "push_later_command",
+           "push_model_dir", "regenerated_card"]
 
 def push_model_dir(
     model_dir: str | os.PathLike,
@@ -55,9 +56,7 @@ def push_model_dir(
     if regenerate_card is None:
         regenerate_card = not card_path.is_file() or CARD_MARKER in card_path.read_text(encoding="utf-8")
     if regenerate_card:
-        card = generate_model_card(config, repo_id=repo_id, recipe=document.get("recipe"),
-                                   metrics=document.get("metrics"), **card_kwargs_from_existing(card_path))
-        card_bytes = card.encode("utf-8")
+        card_bytes = regenerated_card(directory, repo_id).encode("utf-8")
     else:
         card_bytes = card_path.read_bytes()
     api = api or HfApi(endpoint=endpoint, token=token)
@@ -69,12 +68,21 @@ def push_model_dir(
         CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(directory / WEIGHTS_NAME)),
         CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card_bytes),
         CommitOperationAdd(path_in_repo=PREPROCESSOR_NAME, path_or_fileobj=_preprocessor_bytes(directory)),
-    ]
+    ] + [CommitOperationAdd(path_in_repo=f"plots/{name}", path_or_fileobj=str(directory / "plots" / name))
+         for name in card_figures(directory)]  # the figures the card shows, by relative links
     message = commit_message or f"Upload dynamic-atss model ({config.backbone.name}, {config.num_classes} classes)"
     return api.create_commit(
         repo_id, operations, commit_message=message, commit_description=commit_description, token=token,
         repo_type="model", revision=revision, create_pr=create_pr,
     )
+
+
+def regenerated_card(directory: Path, repo_id: str | None = None) -> str:
+    """The generated card of a saved-model folder, from its config.json and the figures in its `plots/`
+    (what a push publishes; the end of training writes it too, once the figures exist)."""
+    config, document = read_config(directory / CONFIG_NAME)
+    return generate_model_card(config, repo_id=repo_id, recipe=document.get("recipe"), metrics=document.get("metrics"),
+                               figures=card_figures(directory), **card_kwargs_from_existing(directory / CARD_NAME))
 
 
 # Recipe fields that hold paths on the training machine: published as their last component (a name, as the card).
