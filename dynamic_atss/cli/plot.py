@@ -10,24 +10,25 @@ Needs matplotlib (`pip install 'dynamic-atss[plot]'`).
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 from ..errors import UserInputError
+from . import CommandParser, run_command
 
 
 class RunFolderError(UserInputError, FileNotFoundError):
     """RUN_DIR is not a training run's folder (no log.jsonl)."""
 
 
-def build_parser(prog: str = "dynamic-atss plot") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandParser:
+    parser = CommandParser("plot", description=__doc__)
     parser.add_argument("run_dir", help="a training run's output folder (holding log.jsonl)")
     parser.add_argument("--out", help="where the PNGs go (default RUN_DIR/plots)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     run_dir = Path(args.run_dir)
     if not (run_dir / "log.jsonl").is_file():
@@ -37,3 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     paths = plot_run(run_dir, args.out)
     print("\n".join(str(p) for p in paths) if paths else f"{run_dir}: nothing logged yet, no figure")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dynamic-atss plot RUN_DIR` under the command-line error rule (see `dynamic_atss.cli`)."""
+    return run_command("plot", run, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
