@@ -117,7 +117,7 @@ def test_readme_own_dataset_commands_fine_tune_evaluate_push_and_load(tmp_path, 
     install, train_coco, predict, train_hf, train_ddp = commands
     assert install.startswith("pip install -e") and "[transformers]" in install  # not run: the test runs in-tree
     assert "--config finetune" in train_coco and "--push-to-hub my-org/my-detector" in train_coco
-    assert train_ddp.startswith("accelerate launch --multi_gpu --num_processes N -m dynamic_atss.train")
+    assert train_ddp.startswith("accelerate launch --multi_gpu --num_processes N -m dynamic_atss train ")
 
     write_coco_folder(tmp_path / "my_dataset")
     write_hf_dataset(tmp_path / "my-org" / "my-dataset", tmp_path / "my_dataset")

@@ -1,6 +1,6 @@
 """The Accelerate training loop: DDP, mixed precision, accumulation, clipping, logging, eval, checkpoints.
 
-Runs the same under `python -m dynamic_atss.train ...` (one process) and `accelerate launch train.py ...`
+Runs the same under `dynamic-atss train ...` (one process) and `accelerate launch -m dynamic_atss train ...`
 (many). What it guarantees:
 
 * the LR schedule advances once per optimizer step, whatever the number of processes or the gradient
