@@ -285,6 +285,3 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
     name = f"benchmark {argv[0]}" if argv and argv[0] in SUBCOMMANDS else "benchmark"
     return run_command(name, run, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
