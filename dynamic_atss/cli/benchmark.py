@@ -102,6 +102,9 @@ def parse_coco_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run_coco(argv: list[str]) -> int:
     args = parse_coco_args(argv)
+    from .train import require_train_extra  # noqa: PLC0415
+
+    require_train_extra("benchmark coco")  # accelerate and pycocotools
     from ..benchmark.coco import run  # noqa: PLC0415  (after parsing: --help stays fast)
 
     run(args)
