@@ -182,15 +182,17 @@ class CocoEvaluator:
         self.backend = _resolve_backend(backend)
         self.coco_gt = load_coco(coco_gt)
         self.label_to_cat_id, self.cat_id_to_label = make_label_maps(label_to_cat_id)
-        unknown = [c for c in self.label_to_cat_id if c not in self.coco_gt.cats]
-        if unknown:
-            raise ValueError(f"category ids {unknown} are not in the annotation file's categories")
+        # Categories the model knows but the annotation file lacks (a val file without some training category):
+        # nothing to score them against. Their detections are left out and their per-class AP is -1, never renamed.
+        self.unscored_cat_ids = [c for c in self.label_to_cat_id if c not in self.coco_gt.cats]
         if class_names is None:
-            class_names = [str(self.coco_gt.cats[c].get("name", c)) for c in self.label_to_cat_id]
+            class_names = [str(self.coco_gt.cats[c].get("name", c)) if c in self.coco_gt.cats else str(c)
+                           for c in self.label_to_cat_id]
         elif len(class_names) != len(self.label_to_cat_id):
             raise ValueError(f"{len(class_names)} class names for {len(self.label_to_cat_id)} labels")
         self.class_names = list(class_names)
         self._label_to_cat = np.asarray(self.label_to_cat_id, dtype=np.int64)
+        self._scored = np.asarray([c in self.coco_gt.cats for c in self.label_to_cat_id], dtype=bool)
         self._faster_gt = None  # faster_coco_eval COCO, built on first use
         self.coco_eval = None  # the last COCOeval object, for inspection
         self.summary = ""  # COCOeval.summarize()-style text of the last evaluate(), for logs
@@ -244,9 +246,10 @@ class CocoEvaluator:
                     f"image {image_id}: label(s) {sorted(set(labels[bad].tolist()))[:10]} outside the "
                     f"label -> category id mapping [0, {num_labels})"
                 )
-            xywh = boxes.copy()
+            scored = self._scored[labels]
+            xywh = boxes[scored].copy()
             xywh[:, 2:] -= xywh[:, :2]
-            converted.append((image_id, (xywh, scores, self._label_to_cat[labels])))
+            converted.append((image_id, (xywh, scores[scored], self._label_to_cat[labels[scored]])))
         for image_id, rows in converted:  # all validated: commit
             self._add(image_id, rows)
 
@@ -401,6 +404,9 @@ class CocoEvaluator:
         cat_index = {int(c): k for k, c in enumerate(params.catIds)}
         out = {}
         for name, cat_id in zip(self.class_names, self.label_to_cat_id):
+            if cat_id not in cat_index:  # a category of the model that the annotation file lacks
+                out[name] = -1.0
+                continue
             p = precision[:, :, cat_index[cat_id], area_idx, det_idx]
             p = p[p > -1]
             out[name] = float(p.mean()) if p.size else -1.0
@@ -420,17 +426,23 @@ _SUMMARY_LINES = {  # name -> (AP/AR, IoU, area, maxDets), as COCOeval.summarize
 }  # fmt: skip
 
 
-def evaluator_for(dataset: Any) -> CocoEvaluator:
+def evaluator_for(dataset: Any, label_to_cat_id: Sequence[int] | None = None,
+                  class_names: Sequence[str] | None = None) -> CocoEvaluator:
     """A `CocoEvaluator` for a detection dataset (`CocoDetection`, `HFDetection`, the synthetic one, or a
-    `Subset` of one): its already-indexed COCO ground truth (`.coco`) when it has one, else `to_coco_dict()`,
-    with its `label_to_cat_id` and `class_names`."""
+    `Subset` of one): its already-indexed COCO ground truth (`.coco`) when it has one, else `to_coco_dict()`.
+
+    `label_to_cat_id` / `class_names` are the MODEL's (what its labels mean: the training set's categories); by
+    default the dataset's, which is right only when the dataset was given the model's categories
+    (`dynamic_atss.data.checks.check_categories` does that for a validation set before training)."""
     import torch  # noqa: PLC0415
 
     while isinstance(dataset, torch.utils.data.Subset):
         dataset = dataset.dataset
     coco_gt = getattr(dataset, "coco", None)
-    return CocoEvaluator(coco_gt if coco_gt is not None else dataset.to_coco_dict(), dataset.label_to_cat_id,
-                         class_names=dataset.class_names)
+    if label_to_cat_id is None:
+        label_to_cat_id, class_names = dataset.label_to_cat_id, class_names or dataset.class_names
+    return CocoEvaluator(coco_gt if coco_gt is not None else dataset.to_coco_dict(), label_to_cat_id,
+                         class_names=class_names)
 
 
 def evaluate_detections(

@@ -35,8 +35,7 @@ def draw_detections(image: Tensor, detections: dict[str, Tensor], class_names: l
     if len(boxes) == 0:
         return canvas
     colours = [class_colour(l) for l in detections["labels"][keep].tolist()]
-    return draw_bounding_boxes(canvas, boxes, labels=labels, colors=colours, width=2, label_colors="white",
-                               label_background_colors=colours, fill_labels=True)
+    return draw_bounding_boxes(canvas, boxes, labels=labels, colors=colours, width=2)  # labels in the box's colour
 
 
 def save_png(image: Tensor, path: str | Path) -> None:

@@ -14,7 +14,7 @@ COMMAND = str(Path(sys.executable).with_name("dynamic-atss"))
 
 # Rows whose fix is issue 23's (the registry's unknown-tag error and the factory's not-found error become
 # UserInputErrors in its branch): they pass once that branch is merged; then delete this marker.
-AFTER_ISSUE_23 = pytest.mark.xfail(reason="passes once issue 23 makes the factory/registry errors UserInputErrors",
+AFTER_ISSUE_23 = pytest.mark.xfail(reason="passes once issue 23 fixes the factory / registry errors and suggestions",
                                    strict=False)
 
 

@@ -42,3 +42,14 @@ def test_a_dcn_model_at_an_old_opset_is_a_user_error():
     from dynamic_atss.inference.export import OpsetTooOldError
 
     assert issubclass(OpsetTooOldError, UserInputError)
+
+
+def test_a_dcn_model_at_opset_18_is_one_line_with_status_2(tmp_path):
+    """It was one line, but exit status 1."""
+    pytest.importorskip("onnxscript")
+    from helpers_cli import one_line_error, run_installed
+
+    result = run_installed("export", "--model", "dynamic_atss_r50_dcn", "--random_weights", "--opset", "18", "--out",
+                           str(tmp_path / "m.onnx"))
+    one_line_error(result, "export", "opset 19")
+    assert not (tmp_path / "m.onnx").exists()

@@ -33,3 +33,18 @@ def test_success_passes_through_and_a_bug_keeps_its_traceback_and_asks_for_a_rep
     assert "Traceback" in err and "KeyError: 'internal'" in err
     assert err.rstrip().splitlines()[-1].startswith("dynamic-atss predict: internal error: this is a bug in dynamic-atss")
     assert "please report it" in err
+
+
+def test_a_full_disk_is_one_line_and_other_os_errors_are_bugs(capsys):
+    import errno
+
+    def full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "out/a.png")
+
+    def other(argv):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    assert run_command("predict", full, []) == 2
+    assert capsys.readouterr().err == ("dynamic-atss predict: error: No space left on device writing out/a.png; free "
+                                       "some space or write elsewhere (--out)\n")
+    assert run_command("predict", other, []) == 1 and "internal error" in capsys.readouterr().err

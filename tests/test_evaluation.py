@@ -260,8 +260,8 @@ def test_label_outside_mapping_raises_naming_it(dataset, label_maps):
             "labels": torch.tensor([0, 3])}  # fmt: skip
     with pytest.raises(ValueError, match=r"\[3\]"):
         ev.update([11], [pred])
-    with pytest.raises(ValueError, match="not in the annotation file"):
-        CocoEvaluator(dataset, [1, 7, 8], backend="pycocotools")
+    # a category of the model that the file lacks is not scored (issue 25), never an error after training
+    assert CocoEvaluator(dataset, [1, 7, 99], backend="pycocotools").unscored_cat_ids == [99]
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -400,3 +400,46 @@ def test_the_one_evaluation_loop_over_a_dataset_subset(dataset, label_maps):
     evaluator = evaluate_detections(model, loader, evaluator_for(loader.dataset))
     assert calls == [2, 1] and len(evaluator) == 3
     assert evaluator.evaluate()["AP"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------------------- issue 25
+def _coco_file(path, categories, annotations):
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 100}],
+        "categories": [{"id": c, "name": f"c{c}"} for c in categories],
+        "annotations": [{"id": k + 1, "image_id": 1, "category_id": c, "bbox": box, "area": box[2] * box[3],
+                         "iscrowd": 0} for k, (c, box) in enumerate(annotations)]}))
+    return path
+
+
+def test_the_model_s_categories_score_a_val_file_that_lacks_one(tmp_path):
+    """Train categories {1, 5, 90}, val {1, 90}: the evaluator built its mapping from the val file, so the model's
+    label for category 5 was scored as 90 (or, with the model's mapping, it raised after training)."""
+    gt = _coco_file(tmp_path / "val.json", [1, 90], [(1, [10, 10, 30, 30]), (90, [50, 50, 40, 40])])
+    evaluator = CocoEvaluator(str(gt), [1, 5, 90], backend="pycocotools")
+    assert evaluator.unscored_cat_ids == [5]
+    boxes = torch.tensor([[10.0, 10, 40, 40], [50, 50, 90, 90], [50, 50, 90, 90]])
+    evaluator.update([1], [{"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.95]),
+                            "labels": torch.tensor([0, 2, 1])}])  # label 1 (category 5) is not scored, not renamed
+    metrics = evaluator.evaluate(per_class=True)
+    assert metrics["AP"] == pytest.approx(1.0)
+    assert {row["category_id"] for row in evaluator.results()} == {1, 90}
+
+
+def test_check_categories_relabels_val_to_the_training_categories(tmp_path):
+    from dynamic_atss.data import CocoDetection
+    from dynamic_atss.data.checks import check_categories
+    from dynamic_atss.errors import UserInputError
+    from dynamic_atss.evaluation import evaluator_for
+
+    train = CocoDetection(tmp_path, _coco_file(tmp_path / "train.json", [1, 5, 90],
+                                               [(1, [1, 1, 5, 5]), (5, [2, 2, 5, 5]), (90, [3, 3, 5, 5])]))
+    val = CocoDetection(tmp_path, _coco_file(tmp_path / "val.json", [1, 90], [(90, [50, 50, 40, 40])]))
+    assert val.label_to_cat_id == [1, 90]
+    check_categories(train, val)
+    assert val.label_to_cat_id == [1, 5, 90] and val.class_names == ["c1", "c5", "c90"]
+    assert val._records[1][4].tolist() == [2]  # the box of category 90 is label 2, as the model predicts it
+    assert evaluator_for(val).label_to_cat_id == [1, 5, 90]
+    unknown = CocoDetection(tmp_path, _coco_file(tmp_path / "val7.json", [1, 7], [(7, [5, 5, 9, 9])]))
+    with pytest.raises(UserInputError, match=r"category id\(s\) 7 \('c7'\) that the model does not know"):
+        check_categories(train, unknown)

@@ -137,3 +137,17 @@ def test_running_a_benchmark_module_directly_is_no_traceback():
     for module in ("dynamic_atss.benchmark.coco", "dynamic_atss.benchmark.throughput"):
         result = run_installed("-m", module, executable=[sys.executable])
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], [], ["train", "--help"], ["predict", "--help"],
+                                  ["benchmark", "speed", "--help"], ["export", "--help"], ["convert", "--help"],
+                                  ["push", "--help"], ["demo", "--help"]])
+def test_help_and_version_answer_without_importing_torch(argv):
+    """`dynamic-atss --help` took 5.3 s because it imported torch (about 3 s alone)."""
+    from helpers_cli import run_installed
+
+    result = run_installed(*argv, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == (2 if not argv else 0), result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "dynamic_atss" in imported  # the profile is on
+    assert not {name for name in imported if name.split(".")[0] in ("torch", "torchvision", "accelerate", "timm")}

@@ -71,7 +71,7 @@ def test_wheel_ships_recipes_license_and_the_train_command(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     recipes = {f"dynamic_atss/configs/{p.relative_to(RECIPES_DIR).as_posix()}" for p in RECIPES_DIR.rglob("*.yaml")}
     assert len(recipes) > 20 and recipes <= names, sorted(recipes - names)
-    assert {"dynamic_atss/train.py", "dynamic_atss/model_index.json", "dynamic_atss/py.typed"} <= names
+    assert {"dynamic_atss/cli/train.py", "dynamic_atss/model_index.json", "dynamic_atss/py.typed"} <= names
     assert "dynamic_atss/configs/finetune.yaml" in names
     assert "dynamic_atss/integrations/transformers.py" in names
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
@@ -103,14 +103,61 @@ def test_root_configs_points_at_the_packaged_recipes():
 
 
 def test_train_module_runs_from_an_empty_directory_with_a_packaged_recipe(tmp_path):
-    """`python -m dynamic_atss.train --config demo_cpu` does not depend on the working directory."""
+    """`python -m dynamic_atss train --config demo_cpu` does not depend on the working directory."""
     tiny = ["--model_overrides.backbone.name", "test_resnet", "--model_overrides.fpn_channels", "16",
             "--model_overrides.head.channels", "16", "--model_overrides.head.num_groups", "4",
             "--model_overrides.min_size", "64", "--model_overrides.max_size", "64", "--data.image_size", "64,64",
             "--data.num_train", "4", "--data.num_val", "2", "--batch_size", "2", "--optim.max_iters", "2"]
-    result = subprocess.run([sys.executable, "-m", "dynamic_atss.train", "--config", "demo_cpu", "--output_dir", "run",
+    result = subprocess.run([sys.executable, "-m", "dynamic_atss", "train", "--config", "demo_cpu", "--output_dir", "run",
                              *tiny], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert "| AP | AP50 | AP75 | APs | APm | APl |" in result.stdout and "model: run/model" in result.stdout
+
+
+# ------------------------------------------------------------------------------- issue 25: a lean core install
+TRAINING_ONLY = ("datasets", "accelerate", "pycocotools", "pyarrow", "pandas")
+
+
+def test_the_core_install_leaves_the_training_dependencies_out():
+    """`pip install dynamic-atss` pulled datasets (pyarrow, pandas), accelerate and pycocotools, which only training
+    and evaluation use: they are the [train] extra; the core requirements name none of them."""
+    core = {r.name.lower() for r in _requirements()}
+    train = {Requirement(r).name.lower() for r in PYPROJECT["project"]["optional-dependencies"]["train"]}
+    assert train == {"accelerate", "datasets", "pycocotools"} and not core & train
+
+
+def test_import_create_and_predict_import_no_training_dependency(tmp_path):
+    """`import dynamic_atss`, `create("r50")` and a whole `dynamic-atss predict` run import none of them."""
+    import torch
+
+    from dynamic_atss.visualize import save_png
+
+    save_png((torch.rand(3, 40, 50) * 255).to(torch.uint8), tmp_path / "img.png")
+    code = f"""
+import sys
+import dynamic_atss
+model = dynamic_atss.create("r50", backbone="test_resnet", fpn_channels=16, **{{"head.channels": 16, "head.num_groups": 4}})
+model.save_pretrained({str(tmp_path / "model")!r})
+from dynamic_atss.__main__ import main
+assert main(["predict", {str(tmp_path / "img.png")!r}, "--model", {str(tmp_path / "model")!r}, "--out",
+             {str(tmp_path / "out")!r}, "--no_progress"]) == 0
+print(sorted(name for name in {TRAINING_ONLY!r} if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_training_command_without_the_extra_says_which_pip_install_to_run(monkeypatch, capsys):
+    import importlib.util
+
+    from dynamic_atss.__main__ import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    assert main(["train", "--config", "demo_cpu"]) == 2
+    err = capsys.readouterr().err
+    assert 'needs accelerate (the training extra): run `pip install "dynamic-atss[train]"`' in err

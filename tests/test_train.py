@@ -117,7 +117,7 @@ def test_readme_own_dataset_commands_fine_tune_evaluate_push_and_load(tmp_path, 
     install, train_coco, predict, train_hf, train_ddp = commands
     assert install.startswith("pip install -e") and "[transformers]" in install  # not run: the test runs in-tree
     assert "--config finetune" in train_coco and "--push-to-hub my-org/my-detector" in train_coco
-    assert train_ddp.startswith("accelerate launch --multi_gpu --num_processes N -m dynamic_atss.train")
+    assert train_ddp.startswith("accelerate launch --multi_gpu --num_processes N -m dynamic_atss train ")
 
     write_coco_folder(tmp_path / "my_dataset")
     write_hf_dataset(tmp_path / "my-org" / "my-dataset", tmp_path / "my_dataset")
@@ -164,3 +164,25 @@ def test_readme_own_dataset_commands_fine_tune_evaluate_push_and_load(tmp_path, 
     result = run_command(predict, tmp_path, env, [])
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "predictions" / "detections.json").read_text())[0]["image"].endswith("0.jpg")
+
+
+# ------------------------------------------------------------------------------------------------ issue 25
+@__import__("helpers_cli").AFTER_ISSUE_23
+def test_an_init_from_that_does_not_exist_is_one_line(tmp_path):
+    """`train --init_from ./nope` was 31 lines of traceback."""
+    from helpers_cli import one_line_error, run_installed
+
+    result = run_installed("train", "--config", "demo_cpu", "--init_from", "./nope", "--output_dir",
+                           str(tmp_path / "run"), cwd=tmp_path)
+    one_line_error(result, "train", "./nope")
+
+
+@__import__("helpers_cli").AFTER_ISSUE_23
+def test_a_misspelt_model_name_suggests_real_names():
+    """`create('r51')` suggested `['r50', 'r101', '_r50', '_r50']` (names cut by the prefix length, duplicated)."""
+    import pytest
+
+    with pytest.raises(ValueError) as error:
+        dynamic_atss.create("r51")
+    suggested = str(error.value).split("closest:", 1)[1]
+    assert "'_r50'" not in suggested and suggested.count("'r50'") <= 1

@@ -1,6 +1,6 @@
 """COCO box AP of a model: val2017 metrics (the paper's columns) or a test-dev2017 submission zip.
 
-    python -m dynamic_atss benchmark coco --model r50.coco_1x --data /data/coco --split val2017
+    dynamic-atss benchmark coco --model atss_r50.mmdet_coco_1x --data /data/coco --split val2017
     accelerate launch -m dynamic_atss benchmark coco --model local-dir:runs/r50 --data /data/coco --split test-dev2017
 
 COCO folder layout (the official one):

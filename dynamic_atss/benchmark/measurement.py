@@ -165,6 +165,19 @@ def _raw_forward(model: nn.Module) -> Callable[[Tensor], Any]:
     return forward
 
 
+def _no_grad_step(forward: Callable[[Any], Any], inputs: Any, autocast: Callable[[], Any], sync: Callable[[], None]
+                  ) -> Callable[[], Any]:
+    """One synchronised `forward(inputs)` under inference mode and `autocast()`, as a zero-argument callable."""
+
+    def step() -> Any:
+        with torch.inference_mode(), autocast():
+            out = forward(inputs)
+        sync()
+        return out
+
+    return step
+
+
 def make_step(contestant: Contestant, mode: str, height: int, width: int, batch: int, args: argparse.Namespace,
               device: torch.device) -> Callable[[], Any]:
     """A zero-argument callable running one inference / raw / train step (synchronised on CUDA)."""
@@ -178,28 +191,14 @@ def make_step(contestant: Contestant, mode: str, height: int, width: int, batch:
         model = contestant.model
         set_input_size(model.model if onnx else model.eval(), height, width)
         images = [torch.rand(3, height, width, generator=generator).to(device) for _ in range(batch)]
-
-        def step() -> Any:
-            with torch.inference_mode(), _autocast(device, args.amp, bf16):
-                out = model(images)
-            sync()
-            return out
-
-        return step
+        return _no_grad_step(model, images, lambda: _autocast(device, args.amp, bf16), sync)
 
     if mode == "raw":
         model = contestant.model
         padded = (math.ceil(height / 32) * 32, math.ceil(width / 32) * 32)
         x = torch.randn(batch, 3, *padded, generator=generator).to(device).contiguous(memory_format=memory_format)
         forward = model.run_raw if onnx else _raw_forward(model.eval())
-
-        def step() -> Any:
-            with torch.inference_mode(), _autocast(device, args.amp, bf16):
-                out = forward(x)
-            sync()
-            return out
-
-        return step
+        return _no_grad_step(forward, x, lambda: _autocast(device, args.amp, bf16), sync)
 
     if mode == "train":
         model = (contestant.train_model or contestant.model).train()

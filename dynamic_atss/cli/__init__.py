@@ -6,8 +6,9 @@ Shared here, so every command speaks alike:
   Face scripts spell them) and the kebab-case spelling of each is accepted too (`--batch-size` = `--batch_size`),
   as are the older names listed in `aliases` (hidden from `--help`); every option's help shows its default.
 * `run_command`: the one error rule. A `UserInputError` (a path, a name, a tag, a device, a number out of
-  range, ...) becomes `dynamic-atss CMD: error: MESSAGE` on stderr and exit status 2; any other exception is a
-  bug in this package: its traceback, then one line asking to report it, and exit status 1.
+  range, ...) or a full / read-only disk becomes `dynamic-atss CMD: error: MESSAGE` on stderr and exit status 2;
+  any other exception is a bug in this package: its traceback, then one line asking to report it, and exit
+  status 1.
 
 This module imports neither torch nor the package's heavy modules: `dynamic-atss CMD --help` stays fast.
 """
@@ -15,6 +16,7 @@ This module imports neither torch nor the package's heavy modules: `dynamic-atss
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -24,6 +26,8 @@ from ..errors import UserInputError
 __all__ = ["CommandParser", "run_command", "positive_int", "score_threshold", "check_device"]
 
 PROGRAM = "dynamic-atss"
+# A full disk, a quota or a read-only file system: the user's environment, not a bug (one line, exit status 2).
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -131,14 +135,26 @@ def run_command(command: str, main: Callable[[list[str]], int | None], argv: Seq
     except UserInputError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.errno not in _FULL_OR_READ_ONLY:
+            return _report_bug(prog)
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"{prog}: error: {error.strerror or error}{where}; free some space or write elsewhere (--out)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001  (the edge: anything else is a bug of this package)
-        traceback.print_exc()
-        print(f"{prog}: internal error: this is a bug in dynamic-atss, not a mistake in your input; please report "
-              "it to the dynamic-atss maintainers with the command line and the traceback above", file=sys.stderr)
-        return 1
+        return _report_bug(prog)
+
+
+def _report_bug(prog: str) -> int:
+    """The traceback of the exception being handled, then one line asking to report it; exit status 1."""
+    traceback.print_exc()
+    print(f"{prog}: internal error: this is a bug in dynamic-atss, not a mistake in your input; please report it to "
+          "the dynamic-atss maintainers with the command line and the traceback above", file=sys.stderr)
+    return 1
 
 
 def load_model_arg(spec: str, random_weights: bool = False, flag: str = "--model"):

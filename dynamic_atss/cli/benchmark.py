@@ -104,6 +104,9 @@ def parse_coco_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run_coco(argv: list[str]) -> int:
     args = parse_coco_args(argv)
+    from .train import require_train_extra  # noqa: PLC0415
+
+    require_train_extra("benchmark coco")  # accelerate and pycocotools
     from ..benchmark.coco import run  # noqa: PLC0415  (after parsing: --help stays fast)
 
     run(args)
@@ -287,6 +290,3 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
     name = f"benchmark {argv[0]}" if argv and argv[0] in SUBCOMMANDS else "benchmark"
     return run_command(name, run, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

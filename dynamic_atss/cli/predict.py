@@ -124,6 +124,3 @@ def main(argv: list[str] | None = None) -> int:
     """`dynamic-atss predict ...` under the command-line error rule (see `dynamic_atss.cli`)."""
     return run_command("predict", run, sys.argv[1:] if argv is None else argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -83,6 +83,3 @@ def main(argv: list[str] | None = None) -> int:
     """`dynamic-atss push ...` under the command-line error rule (see `dynamic_atss.cli`)."""
     return run_command("push", run, sys.argv[1:] if argv is None else argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

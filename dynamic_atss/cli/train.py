@@ -94,6 +94,3 @@ def main(argv: list[str] | None = None) -> int:
     """`dynamic-atss train ...` under the command-line error rule (see `dynamic_atss.cli`)."""
     return run_command("train", run, sys.argv[1:] if argv is None else argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,9 +20,9 @@ import torch
 
 from .coco import CocoDetection
 from .hf import HFDetection
-from .transforms import displayed_size
+from .transforms import DatasetError, displayed_size
 
-__all__ = ["DataReport", "ImageSubset", "scan_dataset"]
+__all__ = ["DataReport", "ImageSubset", "check_categories", "scan_dataset"]
 
 _READ_ERRORS = (OSError, SyntaxError, ValueError, PIL.UnidentifiedImageError)
 
@@ -151,3 +151,29 @@ def scan_dataset(dataset: Any, name: str, check_images: bool = True, workers: in
             problems = list(pool.map(_check, items))
         report.bad = [(item.index, problem) for item, problem in zip(items, problems) if problem is not None]
     return report
+
+
+def check_categories(train_set: Any, val_set: Any | None) -> None:
+    """Make the validation set speak the model's labels before training: the model's label k is the training
+    set's k-th category, so a validation COCO file with other categories (train {1, 5, 90}, val {1, 90}) is
+    relabelled to the training set's mapping, which the evaluator then takes from it; annotated validation
+    categories the training set lacks raise `DatasetError` naming them (they are never renamed)."""
+    if val_set is None:
+        return
+    base = val_set
+    while isinstance(base, torch.utils.data.Subset):
+        base = base.dataset
+    if list(base.label_to_cat_id) == list(train_set.label_to_cat_id):
+        return
+    if isinstance(base, CocoDetection):
+        base.use_categories(train_set.label_to_cat_id, train_set.class_names)
+        return
+    missing = sorted(set(base.label_to_cat_id) - set(train_set.label_to_cat_id))
+    if missing:
+        raise DatasetError(f"the validation set has category id(s) {missing} that the training set lacks (training "
+                           f"categories: {list(train_set.label_to_cat_id)}); use the same categories for both")
+    # Hugging Face rows: category values are the labels (identity mapping); the model's mapping is the training set's.
+    base.label_to_cat_id = list(train_set.label_to_cat_id)
+    base.cat_id_to_label = dict(train_set.cat_id_to_label)
+    base.class_names = list(train_set.class_names)
+    base.num_classes = len(base.label_to_cat_id)

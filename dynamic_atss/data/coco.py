@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -206,6 +207,24 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"CocoDetection({len(self)} images, {self.num_classes} classes, ann_file={self.ann_file!r})"
+
+    def use_categories(self, label_to_cat_id: Sequence[int], class_names: Sequence[str]) -> None:
+        """Take another label -> category id mapping (a model's: its training set's categories), relabelling every
+        box; raises `DatasetError` naming the annotated categories the mapping lacks (never renamed)."""
+        mapping = {int(c): k for k, c in enumerate(label_to_cat_id)}
+        annotated = {self.label_to_cat_id[int(label)] for *_, labels in self._records.values() for label in labels}
+        missing = sorted(annotated - set(mapping))
+        if missing:
+            names = ", ".join(f"{c} ({self.class_names[self.cat_id_to_label[c]]!r})" for c in missing)
+            raise DatasetError(f"{self.ann_file}: annotations of category id(s) {names} that the model does not "
+                               f"know (its categories: {list(label_to_cat_id)}); remove them or train with them")
+        old_to_new = np.asarray([mapping.get(c, -1) for c in self.label_to_cat_id], dtype=np.int64)
+        self._records = {image_id: (name, h, w, boxes, old_to_new[labels])
+                         for image_id, (name, h, w, boxes, labels) in self._records.items()}
+        self.label_to_cat_id = [int(c) for c in label_to_cat_id]
+        self.cat_id_to_label = mapping
+        self.class_names = list(class_names)
+        self.num_classes = len(self.label_to_cat_id)
 
     def get_raw(self, index: int) -> tuple[tv_tensors.Image, dict]:
         """The sample before `transforms`, image as uint8 (3, H, W)."""

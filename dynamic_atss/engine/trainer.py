@@ -1,6 +1,6 @@
 """The Accelerate training loop: DDP, mixed precision, accumulation, clipping, logging, eval, checkpoints.
 
-Runs the same under `python -m dynamic_atss.train ...` (one process) and `accelerate launch train.py ...`
+Runs the same under `dynamic-atss train ...` (one process) and `accelerate launch -m dynamic_atss train ...`
 (many). What it guarantees:
 
 * the LR schedule advances once per optimizer step, whatever the number of processes or the gradient
@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import DatasetError, DatasetFileNotFoundError, build_dataset, build_transforms, collate_fn
-from ..data.checks import ImageSubset, scan_dataset
+from ..data.checks import ImageSubset, check_categories, scan_dataset
 from ..evaluation import evaluate_detections, evaluator_for, format_per_class_table, format_table
 from ..errors import UserInputError
 from ..factory import create
@@ -314,6 +314,7 @@ def _main_decides(accelerator: Accelerator, decide: Any) -> Any:
 def check_data(train_set: Any, val_set: Any | None, config: DataConfig, accelerator: Accelerator) -> tuple[Any, Any]:
     """The up-front scan (see `dynamic_atss.data.checks`): print a summary line per split, stop on unusable
     images unless `data.skip_unreadable`, stop when the training set has no box to learn from."""
+    check_categories(train_set, val_set)  # val is scored through the model's (the training set's) categories
 
     def scan() -> dict[str, Any]:
         return {name: scan_dataset(ds, name, check_images=config.check_images)
