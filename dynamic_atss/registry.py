@@ -78,7 +78,11 @@ class NoPretrainedWeightsError(UserInputError, RuntimeError):
     """`pretrained=True` on a model or tag that has no weights; the message lists what is available."""
 
 
-class FamilyNotAvailableError(NotImplementedError):
+class UnknownTagError(UserInputError, ValueError):
+    """`name.tag` with a tag that the model index does not list for that model; the message lists its tags."""
+
+
+class FamilyNotAvailableError(UserInputError, NotImplementedError):
     """Weights of a head family (or converter) that this version of the library does not have yet."""
 
 
@@ -180,8 +184,10 @@ def split_name(name: str) -> tuple[str, str | None]:
     if model not in _MODELS:
         if any(cfg.model == model for cfg in _PRETRAINED.values()):
             return model, tag or None  # weights of a family without a constructor here: loadable by tag, if at all
-        candidates = list(_MODELS) + [n[len(_PREFIX):] for n in _MODELS]
-        close = difflib.get_close_matches(name.partition(".")[0], candidates, n=4, cutoff=0.4)
+        asked = name.partition(".")[0]
+        # matched against the full names and their short aliases ("r50"), reported as the full names, once each
+        aliases = {full: full for full in _MODELS} | {full[len(_PREFIX):]: full for full in _MODELS if full.startswith(_PREFIX)}
+        close = list(dict.fromkeys(aliases[c] for c in difflib.get_close_matches(asked, list(aliases), n=8, cutoff=0.4)))[:4]
         hint = f"; closest: {close}" if close else ""
         looks_like_path = os.sep in name or name.startswith((".", "~"))
         where = " (and no such folder)" if looks_like_path else ""
@@ -201,9 +207,9 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
         )
     if key not in _PRETRAINED:
         known = sorted(k for k in _PRETRAINED if k.startswith(model + "."))
-        raise ValueError(
-            f"no pretrained tag {key if tag else model!r}; tags for {model}: {known or 'none'}.\n"
-            + what_is_available(model)
+        raise UnknownTagError(
+            f"no pretrained tag {key!r}; the model index lists {known or 'none'} for {model} "
+            "(every loadable tag: dynamic_atss.list_models(pretrained=True))"
         )
     return _PRETRAINED[key]
 
@@ -266,14 +272,16 @@ def what_is_available(model: str, recipe: str | None = None) -> str:
         calls = [f"create({c.name!r}, pretrained=True)" for c in nearest]
         width = max(len(call) for call in calls)
         lines += [f"    {call:<{width}}  # {_describe(c)}" for call, c in zip(calls, nearest)]
-        plain = "plain ATSS, not Dynamic ATSS" if _family_of(model) == "atss" else (
+        # what the listed weights are (they may mix families), and the combined-IoU model a fine-tune becomes
+        plain = "plain ATSS, not Dynamic ATSS" if {c.family for c in nearest} == {"atss"} else (
             "plain detectors (anchor IoUs only), not their combined-IoU versions")
+        combined = model if model.startswith("dynamic_") or f"dynamic_{model}" not in _MODELS else f"dynamic_{model}"
         lines.append(
             f"Those are {plain}. To get combined-IoU weights, fine-tune one with the combined-IoU "
             f"assigner (one GPU, short schedule):\n    accelerate launch -m dynamic_atss train --config "
             f"{FINETUNE_RECIPE} --push-to-hub org/name\n(its `init_from:` names the converted tag; set `init_from` "
             "and `model` for another backbone). `--push-to-hub` shares the result; `dynamic-atss push --model "
-            f"OUT/model --repo org/name --update-index {model}.TAG` pins it in the model index."
+            f"OUT/model --repo org/name --update-index {combined}.TAG` pins it in the model index."
         )
     pending = sorted({c.family for c in _PRETRAINED.values() if c.has_weights and not _loadable(c)})
     if pending:

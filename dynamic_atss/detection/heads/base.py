@@ -301,6 +301,23 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+class GroupNorm(nn.GroupNorm):
+    """`nn.GroupNorm` that also normalises a group holding a single value (one image, one channel per group, a
+    1x1 map: P7 of a small input when `head.num_groups == head.channels`). torch refuses that case ("Expected more
+    than 1 value per channel when training", in eval mode too), a check meant for BatchNorm's batch statistics;
+    the normalised value of a lone sample is exactly 0, so the output is the bias, and the gradients (0 for the
+    input and the weight) are GroupNorm's. Same parameters and state-dict keys as `nn.GroupNorm`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        # eager only: on symbolic sizes (torch.export, torch.compile) the test would specialise the graph's shapes
+        if not torch.compiler.is_compiling() and x.shape[0] * (x.shape[1] // self.num_groups) * x.shape[2:].numel() == 1:
+            normalised = x * 0.0  # 0, and the gradient GroupNorm gives a lone value (0)
+            if not self.affine:
+                return normalised
+            return normalised * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return super().forward(x)
+
+
 def conv_gn_tower(config: HeadConfig, in_channels: int) -> nn.Sequential:
     """`num_convs` x (3x3 conv, GroupNorm, ReLU); DCNv2 in the last conv when `dcn_last_conv`.
 
@@ -313,7 +330,7 @@ def conv_gn_tower(config: HeadConfig, in_channels: int) -> nn.Sequential:
             conv: nn.Module = ModulatedDeformConv2d(channels_in, config.channels, 3, 1, 1, bias=config.conv_bias)
         else:
             conv = nn.Conv2d(channels_in, config.channels, 3, 1, 1, bias=config.conv_bias)
-        layers += [conv, nn.GroupNorm(config.num_groups, config.channels), nn.ReLU(inplace=True)]
+        layers += [conv, GroupNorm(config.num_groups, config.channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
