@@ -23,10 +23,11 @@ from .config import apply_overrides
 from .convert.url import load_url_weights
 from .hub import load_pretrained
 from .hub.folder import ModelFolderNotFoundError, NotAModelFolderError
+from .locations import parse_location
 from .models.detector import DynamicATSS
 from .registry import (
     NoPretrainedWeightsError, converter_available, family_not_available, get_pretrained_cfg, is_registered,
-    model_entry, parse_location, split_name, what_is_available,
+    model_entry, split_name, what_is_available,
 )
 
 __all__ = ["create", "load_model", "load_pretrained_tag"]

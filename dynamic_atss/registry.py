@@ -1,5 +1,6 @@
-"""The tables of the zoo, timm-style: registered model names (and short aliases), `name.tag` pretrained weights,
-the converters that can load other libraries' weights, and the errors that say what exists. Nothing here builds
+"""The tables of the zoo, timm-style: registered model names (and short aliases), the backbone tokens of those
+names, `name.tag` pretrained weights, the converters that can load other libraries' weights, and the errors that
+say what exists. (Where saved weights are, `hf-hub:` / `local-dir:` / a folder, is `dynamic_atss.locations`.) Nothing here builds
 or loads a model (that is `dynamic_atss.factory`), and this module imports nothing else of the package
 but `errors` (the base class of the user-input errors).
 
@@ -23,7 +24,6 @@ import difflib
 import fnmatch
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -291,36 +291,6 @@ def what_is_available(model: str, recipe: str | None = None) -> str:
         lines.append(f"Or train from ImageNet weights: accelerate launch -m dynamic_atss train --config {recipe}")
     lines.append("Weights you already have: create('path/to/folder') or create('hf-hub:org/name').")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- locations
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def is_model_folder(name: str | os.PathLike) -> bool:
-    """Whether `name` is an existing folder (the way `create()` tells a folder from a registered name)."""
-    return Path(os.fspath(name)).expanduser().is_dir()
-
-
-def parse_location(name: str | os.PathLike) -> tuple[str, str, str | None] | None:
-    """Where saved weights are: 'hf-hub:org/name[@rev]' -> ("hub", "org/name", rev); 'local-dir:PATH' or an existing
-    folder -> ("dir", PATH, None); anything else (a model name, a missing path) -> None."""
-    name = os.fspath(name)
-    if name.startswith("hf-hub:"):
-        repo, _, revision = name[len("hf-hub:"):].partition("@")
-        if not _REPO_ID.match(repo):
-            raise ValueError(f"{name!r}: expected 'hf-hub:org/name' or 'hf-hub:org/name@revision'")
-        return "hub", repo, revision or None
-    if name.startswith("local-dir:"):
-        return "dir", name[len("local-dir:"):], None
-    if is_model_folder(name):
-        return "dir", name, None
-    return None
-
-
-def is_repo_id(name: str) -> bool:
-    """'org/name' (what the Hub accepts as a repo id; not a relative or absolute path)."""
-    return bool(_REPO_ID.match(name)) and not name.startswith((".", "/", "~"))
 
 
 def is_registered(name: str) -> bool:

@@ -91,18 +91,6 @@ def test_nearest_weights_rank_by_the_entry_not_the_name(monkeypatch):
     assert nearest[0].family == "gfl"
 
 
-def test_locations_are_parsed_in_one_place(tmp_path):
-    assert registry.parse_location("hf-hub:org/name@v1") == ("hub", "org/name", "v1")
-    assert registry.parse_location(f"local-dir:{tmp_path}") == ("dir", str(tmp_path), None)
-    assert registry.parse_location(str(tmp_path)) == ("dir", str(tmp_path), None)
-    assert registry.parse_location("r50") is None
-    with pytest.raises(ValueError, match="hf-hub:org/name"):
-        registry.parse_location("hf-hub:not a repo")
-    from dynamic_atss.hub import download
-
-    assert download.is_model_folder is registry.is_model_folder
-
-
 def test_the_registry_imports_nothing_of_the_package():
     import ast
     from pathlib import Path
