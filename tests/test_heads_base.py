@@ -104,3 +104,26 @@ def test_a_one_value_group_norm_map_works_in_eval_and_train(tiny_kwargs):
     model.train()
     losses = model([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[4.0, 4.0, 60.0, 60.0]]), "labels": torch.tensor([1])}])
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize(("name", "key", "value", "owner"), [
+    ("r50", "head.reg_max", 8, "'gfl'"), ("r50", "head.assign_boxes", "initial", "'vfnet'"),
+    ("gfl_r50", "head.quality", "centerness", "'atss'"), ("vfnet_r50", "loss.dfl_weight", 1.0, "'gfl'"),
+    ("gfl_r50", "loss.vfl_alpha", 0.5, "'atss' / 'vfnet'"),
+])
+def test_another_familys_option_is_refused_naming_its_family(tiny_kwargs, name, key, value, owner):
+    """Issue 23: each family names its own options; one of another family was silently ignored."""
+    import dynamic_atss as da
+
+    with pytest.raises(ValueError, match=rf"{key}={value!r} has no effect with head.kind=.*option of the {owner} head family"):
+        da.create(name, num_classes=3, **tiny_kwargs, **{key: value})
+
+
+def test_every_family_option_is_a_field_of_the_shared_sections():
+    from dynamic_atss.detection.heads.base import family_options
+
+    options = family_options()
+    assert {"head.reg_max", "head.quality", "head.assign_boxes", "loss.dfl_weight", "loss.box_init_weight"} <= set(options)
+    for key in options:
+        section, field = key.split(".")
+        assert hasattr(getattr(ModelConfig(), section), field), key
