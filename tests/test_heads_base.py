@@ -81,7 +81,6 @@ def test_a_one_value_group_norm_map_works_in_eval_and_train(tiny_kwargs):
     128 px) raised torch's "Expected more than 1 value per channel when training" in eval mode. The lone value
     normalises to 0: the GroupNorm gives its bias."""
     import dynamic_atss as da
-    from dynamic_atss.detection.heads.base import GroupNorm
 
     kwargs = {**tiny_kwargs, "head.channels": 8, "head.num_groups": 8, "fpn_channels": 8, "min_size": 64, "max_size": 96}
     model = da.create("r50", num_classes=3, **kwargs).eval()
@@ -90,6 +89,8 @@ def test_a_one_value_group_norm_map_works_in_eval_and_train(tiny_kwargs):
         assert raw[0][-1].shape[-2:] == (1, 1)
         detections = model([torch.rand(3, 64, 64)])
     assert len(detections) == 1 and torch.isfinite(raw[0][-1]).all()
+    from dynamic_atss.detection.heads.base import GroupNorm
+
     norm = GroupNorm(4, 4)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2.0)
