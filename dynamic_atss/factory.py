@@ -22,10 +22,12 @@ from typing import Any
 from .config import apply_overrides
 from .convert.url import load_url_weights
 from .hub import load_pretrained
+from .hub.folder import ModelFolderNotFoundError, NotAModelFolderError
+from .locations import parse_location
 from .models.detector import DynamicATSS
 from .registry import (
     NoPretrainedWeightsError, converter_available, family_not_available, get_pretrained_cfg, is_registered,
-    model_entry, parse_location, split_name, what_is_available,
+    model_entry, split_name, what_is_available,
 )
 
 __all__ = ["create", "load_model", "load_pretrained_tag"]
@@ -58,6 +60,10 @@ def load_pretrained_tag(name: str, **kwargs: Any) -> DynamicATSS:
 def create(name: str | os.PathLike, pretrained: bool = False, **kwargs: Any) -> DynamicATSS:
     """The one way to build or load a model (names: see the module docstring).
 
+    The model is returned in train mode whatever `pretrained` is and wherever its weights come from, as timm's
+    `create_model` and torchvision's builders return it (a fresh `nn.Module`): call `model.eval()` to detect.
+    (`DynamicATSS.from_pretrained` / `load_pretrained`, the Hugging Face-style loaders, return eval mode.)
+
     `kwargs`: `num_classes`, `min_size`, `max_size`, `backbone="<timm name>"`, `backbone_pretrained`, and any
     config field as a dotted key (`**{"head.quality": "centerness"}`); for saved weights only the load-time
     fields (`dynamic_atss.hub.LOAD_TIME_OVERRIDES`), plus the download options of `load_pretrained_tag`.
@@ -66,21 +72,21 @@ def create(name: str | os.PathLike, pretrained: bool = False, **kwargs: Any) -> 
     registered = is_registered(name)
     if name.startswith(("hf-hub:", "local-dir:")) or (not registered and parse_location(name)):
         kwargs.pop("backbone_pretrained", None)
-        return load_pretrained(name, **kwargs)
+        return load_pretrained(name, **kwargs).train()
     if not registered and (os.sep in name or name.startswith((".", "~"))):  # a path, not a model name
         path = Path(name).expanduser()
         if path.is_file():
-            raise ValueError(
+            raise NotAModelFolderError(
                 f"{name} is a file: give the model folder (config.json + model.safetensors, as save_pretrained "
                 "writes it); convert an mmdetection .pth first with `dynamic-atss convert FILE --out DIR`"
             )
-        raise FileNotFoundError(f"model folder not found: {name} (nor is it a registered model name)")
+        raise ModelFolderNotFoundError(f"model folder not found: {name} (nor is it a registered model name)")
     model, tag = split_name(name)
     if tag is not None:
         pretrained = True
     entry = model_entry(model)
     if pretrained:
-        return load_pretrained_tag(f"{model}.{tag}" if tag else model, **kwargs)
+        return load_pretrained_tag(f"{model}.{tag}" if tag else model, **kwargs).train()
     if entry is None:  # indexed weights of a family without a constructor here
         raise family_not_available(get_pretrained_cfg(model))
     backbone_pretrained = kwargs.pop("backbone_pretrained", False)

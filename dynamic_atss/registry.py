@@ -1,5 +1,6 @@
-"""The tables of the zoo, timm-style: registered model names (and short aliases), `name.tag` pretrained weights,
-the converters that can load other libraries' weights, and the errors that say what exists. Nothing here builds
+"""The tables of the zoo, timm-style: registered model names (and short aliases), the backbone tokens of those
+names, `name.tag` pretrained weights, the converters that can load other libraries' weights, and the errors that
+say what exists. (Where saved weights are, `hf-hub:` / `local-dir:` / a folder, is `dynamic_atss.locations`.) Nothing here builds
 or loads a model (that is `dynamic_atss.factory`), and this module imports nothing else of the package
 but `errors` (the base class of the user-input errors).
 
@@ -23,7 +24,6 @@ import difflib
 import fnmatch
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -78,7 +78,11 @@ class NoPretrainedWeightsError(UserInputError, RuntimeError):
     """`pretrained=True` on a model or tag that has no weights; the message lists what is available."""
 
 
-class FamilyNotAvailableError(NotImplementedError):
+class UnknownTagError(UserInputError, ValueError):
+    """`name.tag` with a tag that the model index does not list for that model; the message lists its tags."""
+
+
+class FamilyNotAvailableError(UserInputError, NotImplementedError):
     """Weights of a head family (or converter) that this version of the library does not have yet."""
 
 
@@ -180,8 +184,10 @@ def split_name(name: str) -> tuple[str, str | None]:
     if model not in _MODELS:
         if any(cfg.model == model for cfg in _PRETRAINED.values()):
             return model, tag or None  # weights of a family without a constructor here: loadable by tag, if at all
-        candidates = list(_MODELS) + [n[len(_PREFIX):] for n in _MODELS]
-        close = difflib.get_close_matches(name.partition(".")[0], candidates, n=4, cutoff=0.4)
+        asked = name.partition(".")[0]
+        # matched against the full names and their short aliases ("r50"), reported as the full names, once each
+        aliases = {full: full for full in _MODELS} | {full[len(_PREFIX):]: full for full in _MODELS if full.startswith(_PREFIX)}
+        close = list(dict.fromkeys(aliases[c] for c in difflib.get_close_matches(asked, list(aliases), n=8, cutoff=0.4)))[:4]
         hint = f"; closest: {close}" if close else ""
         looks_like_path = os.sep in name or name.startswith((".", "~"))
         where = " (and no such folder)" if looks_like_path else ""
@@ -201,9 +207,9 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
         )
     if key not in _PRETRAINED:
         known = sorted(k for k in _PRETRAINED if k.startswith(model + "."))
-        raise ValueError(
-            f"no pretrained tag {key if tag else model!r}; tags for {model}: {known or 'none'}.\n"
-            + what_is_available(model)
+        raise UnknownTagError(
+            f"no pretrained tag {key!r}; the model index lists {known or 'none'} for {model} "
+            "(every loadable tag: dynamic_atss.list_models(pretrained=True))"
         )
     return _PRETRAINED[key]
 
@@ -266,14 +272,16 @@ def what_is_available(model: str, recipe: str | None = None) -> str:
         calls = [f"create({c.name!r}, pretrained=True)" for c in nearest]
         width = max(len(call) for call in calls)
         lines += [f"    {call:<{width}}  # {_describe(c)}" for call, c in zip(calls, nearest)]
-        plain = "plain ATSS, not Dynamic ATSS" if _family_of(model) == "atss" else (
+        # what the listed weights are (they may mix families), and the combined-IoU model a fine-tune becomes
+        plain = "plain ATSS, not Dynamic ATSS" if {c.family for c in nearest} == {"atss"} else (
             "plain detectors (anchor IoUs only), not their combined-IoU versions")
+        combined = model if model.startswith("dynamic_") or f"dynamic_{model}" not in _MODELS else f"dynamic_{model}"
         lines.append(
             f"Those are {plain}. To get combined-IoU weights, fine-tune one with the combined-IoU "
             f"assigner (one GPU, short schedule):\n    accelerate launch -m dynamic_atss train --config "
             f"{FINETUNE_RECIPE} --push-to-hub org/name\n(its `init_from:` names the converted tag; set `init_from` "
             "and `model` for another backbone). `--push-to-hub` shares the result; `dynamic-atss push --model "
-            f"OUT/model --repo org/name --update-index {model}.TAG` pins it in the model index."
+            f"OUT/model --repo org/name --update-index {combined}.TAG` pins it in the model index."
         )
     pending = sorted({c.family for c in _PRETRAINED.values() if c.has_weights and not _loadable(c)})
     if pending:
@@ -283,36 +291,6 @@ def what_is_available(model: str, recipe: str | None = None) -> str:
         lines.append(f"Or train from ImageNet weights: accelerate launch -m dynamic_atss train --config {recipe}")
     lines.append("Weights you already have: create('path/to/folder') or create('hf-hub:org/name').")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- locations
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def is_model_folder(name: str | os.PathLike) -> bool:
-    """Whether `name` is an existing folder (the way `create()` tells a folder from a registered name)."""
-    return Path(os.fspath(name)).expanduser().is_dir()
-
-
-def parse_location(name: str | os.PathLike) -> tuple[str, str, str | None] | None:
-    """Where saved weights are: 'hf-hub:org/name[@rev]' -> ("hub", "org/name", rev); 'local-dir:PATH' or an existing
-    folder -> ("dir", PATH, None); anything else (a model name, a missing path) -> None."""
-    name = os.fspath(name)
-    if name.startswith("hf-hub:"):
-        repo, _, revision = name[len("hf-hub:"):].partition("@")
-        if not _REPO_ID.match(repo):
-            raise ValueError(f"{name!r}: expected 'hf-hub:org/name' or 'hf-hub:org/name@revision'")
-        return "hub", repo, revision or None
-    if name.startswith("local-dir:"):
-        return "dir", name[len("local-dir:"):], None
-    if is_model_folder(name):
-        return "dir", name, None
-    return None
-
-
-def is_repo_id(name: str) -> bool:
-    """'org/name' (what the Hub accepts as a repo id; not a relative or absolute path)."""
-    return bool(_REPO_ID.match(name)) and not name.startswith((".", "/", "~"))
 
 
 def is_registered(name: str) -> bool:

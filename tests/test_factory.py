@@ -15,7 +15,7 @@ import dynamic_atss
 from dynamic_atss import registry
 
 from hub_server import file_server  # noqa: F401  (pytest fixture)
-from helpers_url import TAG, assert_same_raw_outputs, point_tag_at, serve_tiny
+from helpers_url import TAG, assert_same_raw_outputs, point_tag_at, serve_tiny, without_family
 
 
 def test_constructors_and_names_build_the_same_model(tiny_kwargs):
@@ -87,11 +87,9 @@ def test_path_like_names_in_create(tmp_path):
 
 
 def test_pretrained_without_weights_explains_what_is_available(monkeypatch):
-    from dynamic_atss.convert import mmdet
-
     # the ATSS weights only (other families' weights are listed too where they are nearer, e.g. VFNet R-101)
-    for marker in [k for k, (family, _) in mmdet.MMDET_HEADS.items() if family != "atss"]:
-        monkeypatch.delitem(mmdet.MMDET_HEADS, marker)
+    without_family(monkeypatch, "gfl")
+    without_family(monkeypatch, "vfnet")
     with pytest.raises(NoPretrainedWeightsError) as caught:
         dynamic_atss.create("dynamic_atss_r101_dcn", pretrained=True)
     message = str(caught.value)
@@ -120,3 +118,31 @@ def test_benchmark_and_trainer_load_the_tag_through_create(tmp_path, file_server
     assert tuned.config.assigner.pred_weight == 1.0 and tuned.config.assigner.anchor_weight == 1.0
     assert_same_raw_outputs(model, tuned)  # the assignment changes training only
     assert len(file_server.requests) == 1
+
+
+def test_path_mistakes_are_user_input_errors_with_their_builtin_base(tmp_path):
+    """Issue 23, item 7: a missing folder was a plain FileNotFoundError, a file a plain ValueError (exit 1)."""
+    from dynamic_atss.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="model folder not found") as caught:
+        da.create(str(tmp_path / "missing") + os.sep)
+    assert isinstance(caught.value, FileNotFoundError)
+    (tmp_path / "weights.pth").write_bytes(b"")
+    with pytest.raises(UserInputError, match="is a file: give the model folder") as caught:
+        da.create(str(tmp_path / "weights.pth"))
+    assert isinstance(caught.value, ValueError)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="missing config.json") as caught:
+        da.create(f"local-dir:{tmp_path / 'empty'}")
+    assert isinstance(caught.value, FileNotFoundError)
+
+
+def test_create_returns_train_mode_whether_or_not_pretrained(tmp_path, tiny_kwargs):
+    """Issue 23, item 6: `create(name)` gave train mode, `create(folder or tag)` eval mode."""
+    model = da.create("r50", num_classes=3, **tiny_kwargs)
+    assert model.training
+    model.eval().save_pretrained(tmp_path / "m")
+    for name in (str(tmp_path / "m"), f"local-dir:{tmp_path / 'm'}"):
+        loaded = da.create(name)
+        assert loaded.training and all(m.training for m in loaded.modules()), name
+    assert da.load_model(str(tmp_path / "m")).training

@@ -36,3 +36,21 @@ def test_a_truncated_model_file_names_its_path(tmp_path, saved_tiny_model, capsy
     assert cli(["predict", str(image), "--model", str(saved_tiny_model), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(weights) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_with_nan_or_inf_are_refused_naming_the_file_and_tensor(saved_tiny_model, bad):
+    """Issue 23, item 7: such a folder loaded and then gave NaN boxes (or nothing) without a word."""
+    from safetensors.torch import load_file, save_file
+
+    from dynamic_atss.errors import UserInputError
+
+    weights = saved_tiny_model / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["head.bbox_pred.weight"][0, 0, 0, 0] = bad
+    save_file(tensors, str(weights))
+    with pytest.raises(UserInputError) as caught:
+        da.create(saved_tiny_model)
+    message = str(caught.value)
+    assert "\n" not in message and str(weights) in message and "'head.bbox_pred.weight'" in message
+    assert "1 NaN/inf value(s)" in message

@@ -74,3 +74,57 @@ def test_scale_and_connected():
     assert float(loss.detach()) == 1.5
     loss.backward()
     assert out.grad is not None and torch.equal(out.grad, torch.zeros(4))
+
+
+def test_a_one_value_group_norm_map_works_in_eval_and_train(tiny_kwargs):
+    """Issue 23, item 7: one channel per group (head.num_groups == head.channels) and a 1x1 P7 (an input of at most
+    128 px) raised torch's "Expected more than 1 value per channel when training" in eval mode. The lone value
+    normalises to 0: the GroupNorm gives its bias."""
+    import dynamic_atss as da
+
+    kwargs = {**tiny_kwargs, "head.channels": 8, "head.num_groups": 8, "fpn_channels": 8, "min_size": 64, "max_size": 96}
+    model = da.create("r50", num_classes=3, **kwargs).eval()
+    with torch.no_grad():
+        raw = model.forward_raw(torch.rand(1, 3, 64, 64))
+        assert raw[0][-1].shape[-2:] == (1, 1)
+        detections = model([torch.rand(3, 64, 64)])
+    assert len(detections) == 1 and torch.isfinite(raw[0][-1]).all()
+    from dynamic_atss.detection.heads.base import GroupNorm
+
+    norm = GroupNorm(4, 4)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(1, 4, 1, 1, requires_grad=True)
+    out = norm(x)
+    torch.testing.assert_close(out, norm.bias.detach().view(1, 4, 1, 1).expand_as(out))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    y = torch.randn(2, 4, 3, 3)  # any other shape: nn.GroupNorm's result
+    torch.testing.assert_close(norm(y), torch.nn.functional.group_norm(y, 4, norm.weight, norm.bias, norm.eps))
+    model.train()
+    losses = model([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[4.0, 4.0, 60.0, 60.0]]), "labels": torch.tensor([1])}])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize(("name", "key", "value", "owner"), [
+    ("r50", "head.reg_max", 8, "'gfl'"), ("r50", "head.assign_boxes", "initial", "'vfnet'"),
+    ("gfl_r50", "head.quality", "centerness", "'atss'"), ("vfnet_r50", "loss.dfl_weight", 1.0, "'gfl'"),
+    ("gfl_r50", "loss.vfl_alpha", 0.5, "'atss' / 'vfnet'"),
+])
+def test_another_familys_option_is_refused_naming_its_family(tiny_kwargs, name, key, value, owner):
+    """Issue 23: each family names its own options; one of another family was silently ignored."""
+    import dynamic_atss as da
+
+    with pytest.raises(ValueError, match=rf"{key}={value!r} has no effect with head.kind=.*option of the {owner} head family"):
+        da.create(name, num_classes=3, **tiny_kwargs, **{key: value})
+
+
+def test_every_family_option_is_a_field_of_the_shared_sections():
+    from dynamic_atss.detection.heads.base import family_options
+
+    options = family_options()
+    assert {"head.reg_max", "head.quality", "head.assign_boxes", "loss.dfl_weight", "loss.box_init_weight"} <= set(options)
+    for key in options:
+        section, field = key.split(".")
+        assert hasattr(getattr(ModelConfig(), section), field), key

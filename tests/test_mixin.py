@@ -34,9 +34,11 @@ def test_save_load_round_trip(tmp_path, monkeypatch):
     assert document["recipe"] == {"name": "tiny", "iterations": 10} and document["metrics"] == METRICS
     assert document["model"]["class_names"] == ["class0", "class1", "class2"]
 
-    for loaded in (dynamic_atss.create(f"local-dir:{tmp_path / 'm'}"), load_pretrained(str(tmp_path / "m")),
-                   dynamic_atss.create(str(tmp_path / "m"))):  # a plain folder too
-        assert not loaded.training and loaded.config == model.config
+    created = [dynamic_atss.create(f"local-dir:{tmp_path / 'm'}"), dynamic_atss.create(str(tmp_path / "m"))]
+    for loaded in (*created, load_pretrained(str(tmp_path / "m"))):  # a plain folder too
+        # create: train mode, as timm's; load_pretrained / from_pretrained: eval mode, as Hugging Face's
+        assert loaded.training == any(loaded is c for c in created)
+        assert loaded.config == model.config
         assert_same_outputs(model, loaded)
     loaded = DynamicATSS.from_pretrained(tmp_path / "m")
     assert_same_outputs(model, loaded)

@@ -91,16 +91,6 @@ def test_nearest_weights_rank_by_the_entry_not_the_name(monkeypatch):
     assert nearest[0].family == "gfl"
 
 
-def test_locations_are_parsed_in_one_place(tmp_path):
-    assert registry.parse_location("hf-hub:org/name@v1") == ("hub", "org/name", "v1")
-    assert registry.parse_location(f"local-dir:{tmp_path}") == ("dir", str(tmp_path), None)
-    assert registry.parse_location(str(tmp_path)) == ("dir", str(tmp_path), None)
-    assert registry.parse_location("r50") is None
-    with pytest.raises(ValueError, match="hf-hub:org/name"):
-        registry.parse_location("hf-hub:not a repo")
-
-
-
 def test_the_registry_imports_nothing_of_the_package():
     import ast
     from pathlib import Path
@@ -123,7 +113,8 @@ def test_suggested_weights_for_an_atss_model_are_atss_weights_first():
         dynamic_atss.create("dynamic_atss_r101_dcn", pretrained=True)
     suggested = re.findall(r"create\('([^']+)'", str(caught.value))
     assert suggested[0].startswith("atss_"), suggested
-    assert "plain ATSS, not Dynamic ATSS" in str(caught.value)
+    # the list holds VFNet and GFL weights too: not all "plain ATSS" (test_the_advice_names_what_the_listed_...)
+    assert "plain detectors (anchor IoUs only)" in str(caught.value)
 
 
 def test_suggested_weights_follow_the_head_family():
@@ -133,3 +124,45 @@ def test_suggested_weights_follow_the_head_family():
         suggested = re.findall(r"create\('([^']+)'", str(caught.value))
         assert suggested[0].startswith(family), (model, suggested)
         assert "plain ATSS" not in str(caught.value) and "not their combined-IoU versions" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------- issue 23, item 7
+def test_the_registry_errors_are_user_input_errors_with_their_builtin_base():
+    from dynamic_atss.errors import UserInputError
+    from dynamic_atss.registry import UnknownTagError
+
+    assert issubclass(FamilyNotAvailableError, UserInputError) and issubclass(FamilyNotAvailableError, NotImplementedError)
+    assert issubclass(UnknownTagError, UserInputError) and issubclass(UnknownTagError, ValueError)
+
+
+def test_an_unknown_tag_is_one_line_naming_the_tags_of_that_model():
+    """It was a ValueError of 9 lines advising "Those are plain ATSS" about a list with GFL and VFNet weights."""
+    from dynamic_atss.errors import UserInputError
+
+    with pytest.raises(UserInputError) as caught:
+        da.create("gfl_r50.nope")
+    message = str(caught.value)
+    assert isinstance(caught.value, ValueError) and "\n" not in message
+    assert "'gfl_r50.nope'" in message and "['gfl_r50.mmdet_coco_1x', 'gfl_r50.mmdet_coco_2x_ms']" in message
+
+
+def test_the_advice_names_what_the_listed_weights_are_and_the_combined_iou_model():
+    with pytest.raises(NoPretrainedWeightsError) as caught:
+        da.create("dynamic_atss_r101_dcn", pretrained=True)  # its nearest weights hold ATSS, VFNet and GFL ones
+    message = str(caught.value)
+    listed = re.findall(r"create\('([^'.]+)\.", message)
+    assert {name.split("_")[0] for name in listed} > {"atss"}, listed
+    assert "Those are plain ATSS" not in message and "plain detectors (anchor IoUs only)" in message
+    assert "--update-index dynamic_atss_r101_dcn.TAG" in message
+    assert "--update-index dynamic_atss_r50.TAG" in registry.what_is_available("atss_r50")  # not atss_r50.TAG
+
+
+def test_closest_names_are_full_registered_names_once_each():
+    """`create('r51')` suggested ['r50', 'r101', '_r50', '_r50'] (names cut by the prefix length, repeated)."""
+    with pytest.raises(registry.UnknownModelError) as caught:
+        da.create("r51")
+    close = re.search(r"closest: (\[.*?\])", str(caught.value)).group(1)
+    names = json.loads(close.replace("'", '"'))
+    assert names and len(names) == len(set(names))
+    assert all(name in da.list_models() for name in names), names
+    assert "dynamic_atss_r50" in names

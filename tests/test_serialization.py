@@ -98,3 +98,12 @@ def test_config_json_errors(tmp_path):
         (folder / "config.json").write_text(json.dumps(document))
         with pytest.raises(ConfigFormatError, match=pattern):
             dynamic_atss.create(f"local-dir:{folder}")
+
+
+def test_format_errors_are_user_input_errors_with_their_builtin_base():
+    """Issue 23, item 7: the command line turns them into exit 2 and one line; callers' `except ValueError` /
+    `except RuntimeError` still catch them."""
+    from dynamic_atss.errors import UserInputError
+
+    assert issubclass(ConfigFormatError, UserInputError) and issubclass(ConfigFormatError, ValueError)
+    assert issubclass(StateDictMismatchError, UserInputError) and issubclass(StateDictMismatchError, RuntimeError)

@@ -204,3 +204,32 @@ def test_a_stalled_download_times_out_names_the_url_and_leaves_nothing(tmp_path,
     for expected in ("stalled: no data for 1 s", "DYNAMIC_ATSS_DOWNLOAD_TIMEOUT", url, "dynamic-atss convert FILE"):
         assert expected in message, expected
     assert cache_files(torch_cache) == []  # no *.partial left behind
+
+
+def test_weights_download_error_is_a_user_input_error():
+    from dynamic_atss.errors import UserInputError
+
+    assert issubclass(WeightsDownloadError, UserInputError) and issubclass(WeightsDownloadError, RuntimeError)
+
+
+def test_a_tag_is_built_once_on_first_load(tmp_path, file_server, torch_cache, scratch_registry, monkeypatch):  # noqa: F811
+    """Issue 23, item 6: the first load converted (building the model) and then built it again from the folder."""
+    from dynamic_atss.models.detector import DynamicATSS
+
+    url, _, prefix = serve_tiny(file_server, tmp_path)
+    point_tag_at(url, prefix)
+    builds = []
+    original_init = DynamicATSS.__init__
+
+    def counting_init(self, *args, **kwargs):
+        builds.append(1)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamicATSS, "__init__", counting_init)
+    first = dynamic_atss.create(TAG, pretrained=True, progress=False)
+    assert len(builds) == 1
+    again = dynamic_atss.create(TAG, pretrained=True)  # from the cached conversion: one build too
+    assert len(builds) == 2
+    assert first.training and again.training  # create's mode, whatever the source
+    assert first.pretrained_info == again.pretrained_info
+    assert_same_raw_outputs(first, again)

@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
+from ..errors import UserInputError
 from ..files import sha256_file
-from ..hub import build_model_from_state_dict, load_pretrained, offline_requested
+from ..hub import build_model_from_state_dict, load_pretrained, offline_requested, read_config
 from ..registry import FamilyNotAvailableError, available_converters, list_pretrained_cfgs
 from .mmdet import load_checkpoint_file
 
@@ -59,7 +60,7 @@ CONVERSION_NAME = "conversion.json"
 _CONVERTED_SUFFIX = ".dynamic-atss"
 
 
-class WeightsDownloadError(RuntimeError):
+class WeightsDownloadError(UserInputError, RuntimeError):
     """The checkpoint could not be downloaded (offline, unreachable, HTTP error) or its hash is not the published one."""
 
 
@@ -212,8 +213,9 @@ def _cached_conversion(folder: Path, record: dict[str, Any]) -> bool:
         return False
 
 
-def _convert(cfg: PretrainedCfg, checkpoint: Path, folder: Path, record: dict[str, Any]) -> None:
-    """Convert `checkpoint` into `folder` (written in a temporary folder, then renamed into place)."""
+def _convert(cfg: PretrainedCfg, checkpoint: Path, folder: Path, record: dict[str, Any]) -> DynamicATSS:
+    """Convert `checkpoint` into `folder` (written in a temporary folder, then renamed into place); returns the
+    model it built (eval mode), loaded from that checkpoint."""
     converter = available_converters()[cfg.converter]  # type: ignore[index]
     config, state_dict = converter(load_checkpoint_file(checkpoint))
     model = build_model_from_state_dict(config, state_dict, source=f"{checkpoint} converted with {cfg.converter}")
@@ -234,6 +236,7 @@ def _convert(cfg: PretrainedCfg, checkpoint: Path, folder: Path, record: dict[st
                 raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+    return model
 
 
 def load_url_weights(
@@ -257,11 +260,18 @@ def load_url_weights(
         )
     folder = converted_dir(cfg.url, cache_dir)
     record = _conversion_record(cfg)
+    model = None
     if force_download or not _cached_conversion(folder, record):
         checkpoint = fetch_checkpoint(cfg.url, cfg.hash_prefix, cache_dir=cache_dir, force_download=force_download,
                                       local_files_only=local_files_only, progress=progress, tag=cfg.name)
-        _convert(cfg, checkpoint, folder, record)
-    model = load_pretrained(f"local-dir:{folder}", num_classes=num_classes, **overrides)
+        model = _convert(cfg, checkpoint, folder, record)
+    if model is None or num_classes is not None or overrides:
+        # a cached conversion, or another config than the converted one: built (once) from the folder
+        model = load_pretrained(f"local-dir:{folder}", num_classes=num_classes, **overrides)
+    else:  # just converted, as it is: the model the conversion built is the one that folder holds
+        document = read_config(folder)[1]
+        model.pretrained_info = {"path": str(folder.resolve()), **{key: document.get(key) for key in (
+            "recipe", "metrics", "library_version")}}
     model.pretrained_info.update(source="url", tag=cfg.name, url=cfg.url, checkpoint=str(checkpoint_path(cfg.url, cache_dir)))
     return model
 

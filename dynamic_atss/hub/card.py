@@ -162,7 +162,7 @@ def generate_model_card(
 import torch
 import dynamic_atss
 
-model = dynamic_atss.create("{load_name}")  # eval mode; add @<revision> to pin a commit
+model = dynamic_atss.create("{load_name}").eval()  # add @<revision> to pin a commit
 image = torch.rand(3, 480, 640)  # RGB, float in [0, 1]
 with torch.no_grad():
     detections = model([image])  # [{{"boxes": (N, 4) xyxy pixels, "scores": (N,), "labels": (N,)}}]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserInputError
-from ..registry import is_model_folder, is_repo_id, parse_location
+from ..locations import is_model_folder, is_repo_id, parse_location
 from .folder import load_model_dir
 from .serialization import CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME, _library_version, build_model_from_state_dict
 

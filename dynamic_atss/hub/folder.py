@@ -18,11 +18,20 @@ from .serialization import (
     preprocessor_config, read_config,
 )
 
-__all__ = ["WeightsFileError", "load_model_dir", "save_model_dir"]
+__all__ = ["ModelFolderNotFoundError", "NotAModelFolderError", "WeightsFileError", "load_model_dir", "save_model_dir"]
 
 
 class WeightsFileError(UserInputError, ValueError):
-    """A model folder's `model.safetensors` cannot be read (truncated, corrupt, not safetensors); names the file."""
+    """A model folder's `model.safetensors` cannot be read (truncated, corrupt, not safetensors) or holds non-finite
+    values; names the file (and the tensor)."""
+
+
+class ModelFolderNotFoundError(UserInputError, FileNotFoundError):
+    """A model folder that does not exist, or lacks `config.json` / `model.safetensors`; names the path."""
+
+
+class NotAModelFolderError(UserInputError, ValueError):
+    """A file given where a model folder is expected (e.g. an mmdetection .pth); names it and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------- save
@@ -69,12 +78,13 @@ def load_model_dir(directory: Path) -> tuple[ModelConfig, dict[str, Any], dict[s
 
     directory = Path(directory).expanduser()
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no such folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise ModelFolderNotFoundError(
+            f"{directory}: no such folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / filename).is_file():
             hint = " (only safetensors weights are read; convert a .pth with dynamic_atss.convert)" \
                 if filename == WEIGHTS_NAME else ""
-            raise FileNotFoundError(f"{directory}: missing {filename}{hint}")
+            raise ModelFolderNotFoundError(f"{directory}: missing {filename}{hint}")
     config, document = read_config(directory / CONFIG_NAME)
     weights = directory / WEIGHTS_NAME
     try:
@@ -84,5 +94,21 @@ def load_model_dir(directory: Path) -> tuple[ModelConfig, dict[str, Any], dict[s
             f"{weights} cannot be read ({type(error).__name__}: {error}): the file is truncated or corrupt; save or "
             "download the model again"
         ) from None
+    _check_finite(state_dict, weights)
     return config, document, state_dict
+
+
+def _check_finite(state_dict: dict[str, Tensor], weights: Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged training run saved as is): they would only give NaN boxes."""
+    import torch  # noqa: PLC0415
+
+    floats = [(name, tensor) for name, tensor in state_dict.items() if tensor.is_floating_point()]
+    if not floats or bool(torch.stack([torch.isfinite(t).all() for _, t in floats]).all()):
+        return
+    name, tensor = next((n, t) for n, t in floats if not bool(torch.isfinite(t).all()))
+    bad = int((~torch.isfinite(tensor)).sum())
+    raise WeightsFileError(
+        f"{weights}: tensor {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()}; these weights are broken (a "
+        "diverged training run?): load an earlier checkpoint, or save or download the model again"
+    )
 

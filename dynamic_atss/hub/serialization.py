@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ..config import ModelConfig, apply_overrides
+from ..errors import UserInputError
 from ..typed import ConfigError, convert_dotted
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,11 +55,11 @@ LOAD_TIME_OVERRIDES = (
 )
 
 # ---------------------------------------------------------------------------------------------- errors
-class StateDictMismatchError(RuntimeError):
+class StateDictMismatchError(UserInputError, RuntimeError):
     """Weights that do not fit the model described by the config (missing / unexpected / mis-shaped tensors)."""
 
 
-class ConfigFormatError(ValueError):
+class ConfigFormatError(UserInputError, ValueError):
     """A `config.json` this version cannot read (unknown fields, other architecture, newer format)."""
 
 

@@ -152,6 +152,7 @@ ATSS = register_family(HeadFamily(
     mmdet_head=dict(conv_bias=False, num_groups=32, quality="centerness"),
     mmdet_conventions=dict(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
     mmdet_loss=dict(cls_loss="focal"),
+    options=("head.quality", "loss.focal_alpha", "loss.focal_gamma", "loss.vfl_alpha", "loss.quality_weight"),
     variant_config=_variant_config,
     variants=(
         Variant("dynamic_atss_r50", "r50", doc="Dynamic ATSS, ResNet-50 FPN (paper: 40.3 AP on COCO test-dev, 1x)."),

@@ -219,6 +219,8 @@ class HeadFamily:
     mmdet_head / mmdet_conventions / mmdet_loss: the `HeadConfig`, `ConventionConfig` and `LossConfig` fields
     that mmdetection's configs of this detector set (what a converted checkpoint computes with; `mmdet_config`);
     variant_config: `Variant` -> `ModelConfig` of a registered constructor; variants: those constructors.
+    options: the `head.` / `loss.` fields that are this family's own (`check` refuses another family's option
+    set away from its default, which would otherwise be ignored without a word).
     """
 
     kind: str
@@ -231,6 +233,9 @@ class HeadFamily:
     variants: tuple[Variant, ...] = ()
     box_distributions: bool = False
     cls_loss_note: str = ""  # why only `cls_losses`, said with the error
+    # The family's own options: the `head.` / `loss.` fields only this family (or a few) reads, e.g.
+    # "head.reg_max". Another family's option set away from its default is refused (it would do nothing).
+    options: tuple[str, ...] = ()
 
     def mmdet_config(self, **head_fields: Any) -> dict[str, Any]:
         """The `ModelConfig` fields of this family as mmdetection sets them: `head` (mmdetection's head fields,
@@ -258,9 +263,28 @@ class HeadFamily:
                 f"head.dgqp=True needs box distributions (GFLV2's quality predictor); head.kind={self.kind!r} "
                 "regresses boxes directly: use head.kind='gfl' or set head.dgqp=False"
             )
+        for key, owners in family_options().items():
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            default = getattr(_DEFAULT_SECTIONS[section], name)
+            if self.kind not in owners and value != default:
+                raise ValueError(
+                    f"{key}={value!r} has no effect with head.kind={self.kind!r}: it is an option of the "
+                    f"{' / '.join(repr(o) for o in owners)} head family; leave it at its default ({default!r})"
+                )
 
 
 FAMILIES: dict[str, HeadFamily] = {}  # head kind -> its family (its `head` is the module class)
+_DEFAULT_SECTIONS = {"head": HeadConfig(), "loss": LossConfig()}
+
+
+def family_options() -> dict[str, list[str]]:
+    """Every family option ("head.reg_max", ...) -> the kinds of the families that read it."""
+    owners: dict[str, list[str]] = {}
+    for family in FAMILIES.values():
+        for key in family.options:
+            owners.setdefault(key, []).append(family.kind)
+    return owners
 
 
 def register_family(family: HeadFamily) -> HeadFamily:
@@ -301,6 +325,23 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+class GroupNorm(nn.GroupNorm):
+    """`nn.GroupNorm` that also normalises a group holding a single value (one image, one channel per group, a
+    1x1 map: P7 of a small input when `head.num_groups == head.channels`). torch refuses that case ("Expected more
+    than 1 value per channel when training", in eval mode too), a check meant for BatchNorm's batch statistics;
+    the normalised value of a lone sample is exactly 0, so the output is the bias, and the gradients (0 for the
+    input and the weight) are GroupNorm's. Same parameters and state-dict keys as `nn.GroupNorm`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        # eager only: on symbolic sizes (torch.export, torch.compile) the test would specialise the graph's shapes
+        if not torch.compiler.is_compiling() and x.shape[0] * (x.shape[1] // self.num_groups) * x.shape[2:].numel() == 1:
+            normalised = x * 0.0  # 0, and the gradient GroupNorm gives a lone value (0)
+            if not self.affine:
+                return normalised
+            return normalised * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return super().forward(x)
+
+
 def conv_gn_tower(config: HeadConfig, in_channels: int) -> nn.Sequential:
     """`num_convs` x (3x3 conv, GroupNorm, ReLU); DCNv2 in the last conv when `dcn_last_conv`.
 
@@ -313,7 +354,7 @@ def conv_gn_tower(config: HeadConfig, in_channels: int) -> nn.Sequential:
             conv: nn.Module = ModulatedDeformConv2d(channels_in, config.channels, 3, 1, 1, bias=config.conv_bias)
         else:
             conv = nn.Conv2d(channels_in, config.channels, 3, 1, 1, bias=config.conv_bias)
-        layers += [conv, nn.GroupNorm(config.num_groups, config.channels), nn.ReLU(inplace=True)]
+        layers += [conv, GroupNorm(config.num_groups, config.channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 

@@ -254,6 +254,7 @@ GFL = register_family(HeadFamily(
     cls_losses=("qfl",),
     cls_loss_note="GFL / GFLV2 train their joint classification-quality score with QFL",
     box_distributions=True,
+    options=("head.reg_max", "head.dgqp", "head.dgqp_topk", "head.dgqp_hidden", "loss.dfl_weight"),
     mmdet_head=dict(conv_bias=False, num_groups=32, reg_max=16, dgqp_topk=4, dgqp_hidden=64),
     mmdet_conventions=dict(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
     mmdet_loss=dict(cls_loss="qfl", box_weight=2.0, dfl_weight=0.25),

@@ -229,6 +229,7 @@ VFNET = register_family(HeadFamily(
     head=VFNetHead,
     cls_losses=("vfl",),
     cls_loss_note="its IoU-aware classification score is trained with the Varifocal loss",
+    options=("head.assign_boxes", "loss.focal_gamma", "loss.vfl_alpha", "loss.box_init_weight"),
     mmdet_head=dict(num_convs=3, conv_bias=False, num_groups=32),
     mmdet_conventions=dict(relu_before_p7=True, score_sqrt=False, pre_nms_rank_by_joint=False),
     mmdet_loss=dict(cls_loss="vfl", vfl_alpha=0.75, focal_gamma=2.0, box_weight=2.0, box_init_weight=1.5),
