@@ -118,7 +118,7 @@ def plot_training(rows: list[dict[str, Any]], path: Path) -> Path | None:
 def plot_ap(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """AP and AP50 (percent) of the evaluations over iterations; None when the run has no evaluation."""
     curves = [(f"{prefix}/{metric}", label, style) for prefix, label in (("eval", ""), ("eval_raw", " (trained weights)"))
-              for metric, style in (("AP", "-o"), ("AP50", "--o"))]
+              for metric, style in (("AP", "-o"), ("AP50", "--s"))]
     drawn = [(key, label, style) for key, label, style in curves if len(log_series(rows, key)[0])]
     if not drawn:
         return None

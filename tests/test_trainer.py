@@ -513,9 +513,10 @@ def test_a_signal_finishes_the_step_checkpoints_unlocks_and_resume_ends_bit_iden
 
 
 def test_two_processes_stop_at_the_same_step_and_resume_bit_identical(tmp_path):
-    """Rank 1 signals the group (launcher and both ranks) after step 2: both ranks agree to stop after step 3."""
+    """Rank 1 signals the group (launcher and both ranks) after step 2: both ranks agree to stop after step 3. With
+    EMA on: the saved model is the average, which resumes exactly too."""
     common = {"checkpoint_every": 0, "batch_size": 1, "data": {**NO_VAL_DATA, "num_train": 16},
-              "optim": {**TINY_RECIPE["optim"], "max_iters": 5}}
+              "optim": {**TINY_RECIPE["optim"], "max_iters": 5}, "ema": {"enabled": True, "decay": 0.9, "tau": 2.0}}
     full = write_recipe(tmp_path / "full.yaml", output_dir=str(tmp_path / "full"), **common)
     result = run_probe(tmp_path, full, "SIGTERM", at_step=99, processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
