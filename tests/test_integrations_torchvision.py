@@ -115,6 +115,10 @@ def test_a_training_step_gives_finite_torchvision_losses(family):
         sum(losses.values()).backward()
         optimizer.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    images, targets = batch()
+    with torch.no_grad():
+        no_gt = model(images, [targets[1], targets[1]])  # a batch without any GT: every anchor negative
+    assert all(torch.isfinite(v) for v in no_gt.values()) and no_gt["bbox_regression"].item() == 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
