@@ -103,12 +103,6 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 
 # Package-level cycles that another change removes, and why they are still here. A listed cycle that is gone makes
 # the test fail too, so that this list only shrinks.
-KNOWN_PACKAGE_CYCLES = {
-    ("dynamic_atss.inference", "dynamic_atss.predict"):
-        "the export command (inference/cli.py) loads its model through predict; issue 25 moves the commands to cli/",
-}
-
-
 def test_no_import_cycles():
     assert find_cycles(import_graph()) == []
 
@@ -117,8 +111,7 @@ def test_no_package_level_cycles():
     """Issue 23: models/zoo.py imported factory.create while factory imports models.detector (a circle at the
     package level, held together by import order)."""
     cycles = {tuple(c) for c in find_cycles(package_graph(import_graph()))}
-    assert cycles - set(KNOWN_PACKAGE_CYCLES) == set(), "new package-level import cycle(s)"
-    assert set(KNOWN_PACKAGE_CYCLES) - cycles == set(), "gone: remove them from KNOWN_PACKAGE_CYCLES"
+    assert cycles == set(), "package-level import cycle(s)"
 
 
 def test_the_package_graph_sees_a_cycle_between_packages(tmp_path):

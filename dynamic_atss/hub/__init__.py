@@ -20,7 +20,7 @@ The dependency goes one way: the model class imports `HubMixin`; nothing here im
 class to rebuild is registered by inheriting the mixin).
 """
 
-from ..registry import is_model_folder
+from ..locations import is_model_folder
 from .card import CARD_MARKER, CITATION, generate_model_card
 from .download import HubFilesMissingError, HubUnreachableError, load_pretrained, offline_requested
 from .folder import load_model_dir, save_model_dir

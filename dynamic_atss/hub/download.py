@@ -44,7 +44,7 @@ def offline_requested(local_files_only: bool = False) -> bool:
 
 
 def _parse_name(name: str) -> tuple[str, str, str | None]:
-    """-> ("hub", repo_id, revision) or ("dir", path, None); `dynamic_atss.registry.parse_location`, plus a bare
+    """-> ("hub", repo_id, revision) or ("dir", path, None); `dynamic_atss.locations.parse_location`, plus a bare
     'org/name[@revision]' (not a local folder) as a Hub repo."""
     name = os.fspath(name)
     location = parse_location(name)
