@@ -19,14 +19,19 @@ def floors(extras: list[str], skip: set[str]) -> list[str]:
     lines = list(project["dependencies"])
     for extra in extras:
         lines += project["optional-dependencies"][extra]
-    pinned = []
+    pinned: dict[str, str] = {}  # name -> the highest floor that names it (an extra may raise the core's)
     for line in lines:
         match = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*>=\s*([0-9][^,;\s]*)\s*", line.split(";")[0])
         if match is None:
             raise SystemExit(f"{line!r}: not NAME>=FLOOR; every dependency states its floor")
-        if match.group(1).lower() not in skip:
-            pinned.append(f"{match.group(1)}=={match.group(2)}")
-    return pinned
+        name, floor = match.group(1).lower(), match.group(2)
+        if name not in skip and _release(floor) >= _release(pinned.get(name, "0")):
+            pinned[name] = floor
+    return [f"{name}=={floor}" for name, floor in pinned.items()]
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 if __name__ == "__main__":

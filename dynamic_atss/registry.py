@@ -1,7 +1,7 @@
 """The tables of the zoo, timm-style: registered model names (and short aliases), the backbone tokens of those
 names, `name.tag` pretrained weights, the converters that can load other libraries' weights, and the errors that
-say what exists. (Where saved weights are, `hf-hub:` / `local-dir:` / a folder, is `dynamic_atss.locations`.) Nothing here builds
-or loads a model (that is `dynamic_atss.factory`), and this module imports nothing else of the package
+say what exists. (Where saved weights are, `hf-hub:` / `local-dir:` / a folder, is `dynamic_atss.locations`.)
+Nothing here builds or loads a model (that is `dynamic_atss.factory`), and this module imports nothing else of the package
 but `errors` (the base class of the user-input errors).
 
 The weights are listed in `model_index.json`, one entry per `name.tag`, as data:
@@ -186,8 +186,10 @@ def split_name(name: str) -> tuple[str, str | None]:
             return model, tag or None  # weights of a family without a constructor here: loadable by tag, if at all
         asked = name.partition(".")[0]
         # matched against the full names and their short aliases ("r50"), reported as the full names, once each
-        aliases = {full: full for full in _MODELS} | {full[len(_PREFIX):]: full for full in _MODELS if full.startswith(_PREFIX)}
-        close = list(dict.fromkeys(aliases[c] for c in difflib.get_close_matches(asked, list(aliases), n=8, cutoff=0.4)))[:4]
+        aliases = {full: full for full in _MODELS}
+        aliases |= {full[len(_PREFIX):]: full for full in _MODELS if full.startswith(_PREFIX)}
+        matches = difflib.get_close_matches(asked, list(aliases), n=8, cutoff=0.4)
+        close = list(dict.fromkeys(aliases[match] for match in matches))[:4]
         hint = f"; closest: {close}" if close else ""
         looks_like_path = os.sep in name or name.startswith((".", "~"))
         where = " (and no such folder)" if looks_like_path else ""

@@ -580,8 +580,8 @@ def _attributes(module):
                 state[(name, key)] = {k: (id(v), v.detach().clone()) for k, v in value.items() if v is not None}
             elif key == "_modules":
                 state[(name, key)] = {k: id(v) for k, v in value.items()}
-            elif not key.startswith("_") or key == "_cache":
-                state[(name, key)] = value if key != "_cache" else None
+            elif not key.startswith("_"):  # config, training, prior_generator, ...: the same objects afterwards
+                state[(name, key)] = value
     return state
 
 

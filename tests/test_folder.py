@@ -54,3 +54,13 @@ def test_weights_with_nan_or_inf_are_refused_naming_the_file_and_tensor(saved_ti
     message = str(caught.value)
     assert "\n" not in message and str(weights) in message and "'head.bbox_pred.weight'" in message
     assert "1 NaN/inf value(s)" in message
+
+
+def test_large_finite_weights_whose_sum_overflows_still_load(saved_tiny_model):
+    from safetensors.torch import load_file, save_file
+
+    weights = saved_tiny_model / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["head.bbox_pred.weight"][0, :2, 0, 0] = 3e38  # finite; their float32 sum is inf
+    save_file(tensors, str(weights))
+    assert da.create(saved_tiny_model).head.bbox_pred.weight[0, 0, 0, 0] == 3e38

@@ -82,7 +82,8 @@ def test_a_one_value_group_norm_map_works_in_eval_and_train(tiny_kwargs):
     normalises to 0: the GroupNorm gives its bias."""
     import dynamic_atss as da
 
-    kwargs = {**tiny_kwargs, "head.channels": 8, "head.num_groups": 8, "fpn_channels": 8, "min_size": 64, "max_size": 96}
+    kwargs = {**tiny_kwargs, "head.channels": 8, "head.num_groups": 8, "fpn_channels": 8, "min_size": 64,
+              "max_size": 96}
     model = da.create("r50", num_classes=3, **kwargs).eval()
     with torch.no_grad():
         raw = model.forward_raw(torch.rand(1, 3, 64, 64))
@@ -103,7 +104,8 @@ def test_a_one_value_group_norm_map_works_in_eval_and_train(tiny_kwargs):
     y = torch.randn(2, 4, 3, 3)  # any other shape: nn.GroupNorm's result
     torch.testing.assert_close(norm(y), torch.nn.functional.group_norm(y, 4, norm.weight, norm.bias, norm.eps))
     model.train()
-    losses = model([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[4.0, 4.0, 60.0, 60.0]]), "labels": torch.tensor([1])}])
+    target = {"boxes": torch.tensor([[4.0, 4.0, 60.0, 60.0]]), "labels": torch.tensor([1])}
+    losses = model([torch.rand(3, 64, 64)], [target])
     assert all(torch.isfinite(v) for v in losses.values())
 
 
@@ -116,7 +118,8 @@ def test_another_familys_option_is_refused_naming_its_family(tiny_kwargs, name, 
     """Issue 23: each family names its own options; one of another family was silently ignored."""
     import dynamic_atss as da
 
-    with pytest.raises(ValueError, match=rf"{key}={value!r} has no effect with head.kind=.*option of the {owner} head family"):
+    expected = rf"{key}={value!r} has no effect with head.kind=.*option of the {owner} head family"
+    with pytest.raises(ValueError, match=expected):
         da.create(name, num_classes=3, **tiny_kwargs, **{key: value})
 
 
@@ -124,7 +127,8 @@ def test_every_family_option_is_a_field_of_the_shared_sections():
     from dynamic_atss.detection.heads.base import family_options
 
     options = family_options()
-    assert {"head.reg_max", "head.quality", "head.assign_boxes", "loss.dfl_weight", "loss.box_init_weight"} <= set(options)
+    expected = {"head.reg_max", "head.quality", "head.assign_boxes", "loss.dfl_weight", "loss.box_init_weight"}
+    assert expected <= set(options)
     for key in options:
         section, field = key.split(".")
         assert hasattr(getattr(ModelConfig(), section), field), key

@@ -131,7 +131,8 @@ def test_the_registry_errors_are_user_input_errors_with_their_builtin_base():
     from dynamic_atss.errors import UserInputError
     from dynamic_atss.registry import UnknownTagError
 
-    assert issubclass(FamilyNotAvailableError, UserInputError) and issubclass(FamilyNotAvailableError, NotImplementedError)
+    assert issubclass(FamilyNotAvailableError, UserInputError)
+    assert issubclass(FamilyNotAvailableError, NotImplementedError)
     assert issubclass(UnknownTagError, UserInputError) and issubclass(UnknownTagError, ValueError)
 
 

@@ -137,9 +137,9 @@ def test_readme_own_dataset_commands_fine_tune_evaluate_push_and_load(tmp_path, 
         assert "| AP | AP50 |" in result.stdout  # evaluated on the validation split
         assert repo in hub_server.repos, f"{command}: nothing pushed"
         output = tmp_path / command.split("--output_dir ")[1].split()[0] / "model"
-        local = dynamic_atss.create(f"local-dir:{output}", **{"test.score_thresh": 0.0})
+        local = dynamic_atss.create(f"local-dir:{output}", **{"test.score_thresh": 0.0}).eval()
         pushed = dynamic_atss.create(f"hf-hub:{repo}", endpoint=hub_server.endpoint,
-                                     cache_dir=tmp_path / "cache", **{"test.score_thresh": 0.0})
+                                     cache_dir=tmp_path / "cache", **{"test.score_thresh": 0.0}).eval()
         assert pushed.config.class_names == classes and pushed.config.num_classes == len(classes)
         image = torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():

@@ -272,7 +272,8 @@ def load_url_weights(
         document = read_config(folder)[1]
         model.pretrained_info = {"path": str(folder.resolve()), **{key: document.get(key) for key in (
             "recipe", "metrics", "library_version")}}
-    model.pretrained_info.update(source="url", tag=cfg.name, url=cfg.url, checkpoint=str(checkpoint_path(cfg.url, cache_dir)))
+    model.pretrained_info.update(source="url", tag=cfg.name, url=cfg.url,
+                                 checkpoint=str(checkpoint_path(cfg.url, cache_dir)))
     return model
 
 

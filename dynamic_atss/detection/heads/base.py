@@ -193,8 +193,9 @@ class DenseHead(nn.Module):
 @dataclass(frozen=True)
 class Variant:
     """One registered constructor of a family: `name` (e.g. "dynamic_gflv2_r101_dcn"), its backbone token (a key
-    of `dynamic_atss.registry.BACKBONES`), DCN backbone, whether it assigns with the combined IoUs (False: the family's own anchor-IoU
-    assignment), `options` for the family's `config` (e.g. {"dgqp": True}) and the constructor's docstring."""
+    of `dynamic_atss.registry.BACKBONES`), DCN backbone, whether it assigns with the combined IoUs (False: the
+    family's own anchor-IoU assignment), `options` for the family's `config` (e.g. {"dgqp": True}) and the
+    constructor's docstring."""
 
     name: str
     trunk: str
@@ -334,7 +335,8 @@ class GroupNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         # eager only: on symbolic sizes (torch.export, torch.compile) the test would specialise the graph's shapes
-        if not torch.compiler.is_compiling() and x.shape[0] * (x.shape[1] // self.num_groups) * x.shape[2:].numel() == 1:
+        values_per_group = x.shape[0] * (x.shape[1] // self.num_groups) * x.shape[2:].numel()
+        if not torch.compiler.is_compiling() and values_per_group == 1:
             normalised = x * 0.0  # 0, and the gradient GroupNorm gives a lone value (0)
             if not self.affine:
                 return normalised
