@@ -12,12 +12,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = str(Path(sys.executable).with_name("dynamic-atss"))
 
-# Rows whose fix is issue 23's (the registry's unknown-tag error and the factory's not-found error become
-# UserInputErrors in its branch): they pass once that branch is merged; then delete this marker.
-AFTER_ISSUE_23 = pytest.mark.xfail(reason="passes once issue 23 fixes the factory / registry errors and suggestions",
-                                   strict=False)
-
-
 def run_installed(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
                   executable: list[str] | None = None) -> subprocess.CompletedProcess:
     """`dynamic-atss ARGS` (or `executable ARGS`) with this tree on PYTHONPATH, one thread, the Hub offline."""

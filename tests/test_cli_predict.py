@@ -13,7 +13,7 @@ import torch
 from dynamic_atss.__main__ import main as cli
 from dynamic_atss.visualize import save_png
 
-from helpers_cli import AFTER_ISSUE_23, one_line_error, run_installed, save_tiny_model
+from helpers_cli import one_line_error, run_installed, save_tiny_model
 
 @pytest.fixture
 def image(tmp_path) -> Path:
@@ -62,7 +62,7 @@ def broken_models(tmp_path_factory) -> Path:
     ("MODELS/noweights", ["missing model.safetensors"]),
     ("MODELS/newer", ["format_version 99", "Upgrade"]),
     ("MODELS/extra", ["extra.weight"]),
-    pytest.param("atss_r50.foo", ["atss_r50.foo"], marks=AFTER_ISSUE_23),
+    ("atss_r50.foo", ["atss_r50.foo"]),
 ])
 def test_a_model_that_cannot_be_loaded_is_one_line(image, broken_models, model, fragments):
     """Issue 25: each of these was a 26-67 line traceback (the useful line last)."""

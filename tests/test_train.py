@@ -167,7 +167,6 @@ def test_readme_own_dataset_commands_fine_tune_evaluate_push_and_load(tmp_path, 
 
 
 # ------------------------------------------------------------------------------------------------ issue 25
-@__import__("helpers_cli").AFTER_ISSUE_23
 def test_an_init_from_that_does_not_exist_is_one_line(tmp_path):
     """`train --init_from ./nope` was 31 lines of traceback."""
     from helpers_cli import one_line_error, run_installed
@@ -177,7 +176,6 @@ def test_an_init_from_that_does_not_exist_is_one_line(tmp_path):
     one_line_error(result, "train", "./nope")
 
 
-@__import__("helpers_cli").AFTER_ISSUE_23
 def test_a_misspelt_model_name_suggests_real_names():
     """`create('r51')` suggested `['r50', 'r101', '_r50', '_r50']` (names cut by the prefix length, duplicated)."""
     import pytest
