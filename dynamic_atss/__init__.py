@@ -1,19 +1,13 @@
-"""Dynamic ATSS: ATSS whose label assigner combines predicted and anchor IoUs, on timm backbones."""
+"""Dynamic ATSS: ATSS whose label assigner combines predicted and anchor IoUs, on timm backbones.
+
+The public API (`create`, `list_models`, the constructors, ...) loads on first use (PEP 562), so a process that
+only prints text (`dynamic-atss --help`, `--version`) never imports torch; `from dynamic_atss import create` and
+`dynamic_atss.create(...)` work as with an eager package.
+"""
 
 import importlib as _importlib
-import sys as _sys
 
 from ._version import __version__
-
-_HELP_FLAGS = {"-h", "--help", "-V", "--version"}
-
-
-def _answers_text_only() -> bool:
-    """True in a `dynamic-atss` process that only prints text (bare, `--help`, `--version`, `COMMAND --help`): it
-    needs no model API, so importing the package must not import torch (seconds) there."""
-    argv = _sys.argv
-    program = argv[0].replace("\\", "/").rsplit("/", 1)[-1] if argv else ""
-    return program in ("dynamic-atss", "dynamic-atss.exe") and (len(argv) == 1 or bool(_HELP_FLAGS & set(argv[1:])))
 
 
 def _load_api() -> None:
@@ -39,7 +33,7 @@ def _load_api() -> None:
     globals().update(api)
 
 
-def __getattr__(name: str):  # PEP 562: only reached where the API was not loaded at import (text-only processes)
+def __getattr__(name: str):  # PEP 562: the API loads on first use, so `dynamic-atss --help` imports no torch
     if name.startswith("__") and name != "__all__" or "__all__" in globals():
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     _load_api()
@@ -48,5 +42,6 @@ def __getattr__(name: str):  # PEP 562: only reached where the API was not loade
     return globals()[name]
 
 
-if not _answers_text_only():
+def __dir__() -> list[str]:
     _load_api()
+    return sorted(globals())
