@@ -335,13 +335,16 @@ class GroupNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         # eager only: on symbolic sizes (torch.export, torch.compile) the test would specialise the graph's shapes
-        values_per_group = x.shape[0] * (x.shape[1] // self.num_groups) * x.shape[2:].numel()
-        if not torch.compiler.is_compiling() and values_per_group == 1:
+        if not torch.compiler.is_compiling() and self._values_per_group(x) == 1:
             normalised = x * 0.0  # 0, and the gradient GroupNorm gives a lone value (0)
             if not self.affine:
                 return normalised
             return normalised * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         return super().forward(x)
+
+    def _values_per_group(self, x: Tensor) -> int:
+        """Eager sizes only: `torch.Size.numel` on symbolic sizes would specialise them."""
+        return x.shape[0] * (x.shape[1] // self.num_groups) * x.shape[2:].numel()
 
 
 def conv_gn_tower(config: HeadConfig, in_channels: int) -> nn.Sequential:
