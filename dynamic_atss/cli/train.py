@@ -40,7 +40,6 @@ def build_parser() -> CommandParser:
     parser.add_argument("--resume", help="'latest' (the newest intact checkpoint of OUTPUT_DIR) or a checkpoint folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace what a previous run left in the output folder (checkpoints, log, model)")
-    parser.add_argument("--push_to_hub", metavar="ORG/NAME", help="push the final model to this Hub repo")
     parser.add_argument("--list_configs", action="store_true", help="list the packaged recipes and exit")
     return parser
 
@@ -51,9 +50,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    overrides = cli_overrides(rest, parser.error)
-    if args.push_to_hub:
-        overrides.append(f"push_to_hub={args.push_to_hub}")
+    overrides = cli_overrides(rest, parser.error)  # `--push_to_hub org/name` too: a config field like the others
     return args, overrides, parser
 
 
