@@ -272,13 +272,14 @@ def evaluation_figures(coco_gt: Any, detections: np.ndarray, out_dir: str | Path
     matrix = confusion_matrix(coco_gt, detections, category_ids, image_ids, score_threshold, iou_threshold)
     labels = [*names, "background"]
     fig, axis = plt.subplots(figsize=(max(4.5, 0.5 * len(labels) + 2.5),) * 2)
-    axis.imshow(matrix, cmap="Blues")
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # shaded per row: where each class goes
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(matrix):
         axis.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                  color="white" if count > matrix.max() / 2 else "black")
+                  color="white" if shares[i, j] > 0.5 else "black")
     axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     axis.set_yticks(range(len(labels)), labels)
-    axis.set(xlabel="detected as", ylabel="ground truth",
+    axis.set(xlabel="detected as", ylabel="ground truth (shade: share of the row)",
              title=f"confusion matrix (score >= {score_threshold:g}, IoU >= {iou_threshold:g})")
     paths.append(_save(fig, out_dir / "confusion.png"))
     return paths

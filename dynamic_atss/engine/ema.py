@@ -17,7 +17,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from safetensors.torch import load_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .checkpoint import CheckpointError
 
 
 EMA_FILE = "ema.safetensors"  # in each checkpoint folder: the average and its update count
@@ -25,10 +28,6 @@ EMA_FILE = "ema.safetensors"  # in each checkpoint folder: the average and its u
 
 def load_ema(ema: AveragedModel, path: Path) -> None:
     """Restore the average a checkpoint saved (safetensors: nothing is unpickled)."""
-    from safetensors.torch import load_file  # noqa: PLC0415
-
-    from .checkpoint import CheckpointError  # noqa: PLC0415
-
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint was written without ema.enabled")
     state = load_file(str(path), device=str(ema.n_averaged.device))

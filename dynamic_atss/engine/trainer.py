@@ -775,6 +775,9 @@ def _save_model(run: _Run, config: TrainConfig, directory: Path, metrics: dict[s
     os.replace(tmp, directory)
 
 
+EXAMPLE_SIZE, EXAMPLE_SCORE = 512, 0.5  # the card's example image: its longer side at least, the score drawn
+
+
 def _figures(run: _Run, output_dir: Path, model_dirs: list[Path]) -> list[str]:
     """OUTPUT_DIR/plots/ (curves, assignment dynamics, evaluation figures) and one validation image with its
     detections; the curves, the dynamics and the example go into each saved model folder too (the model card
@@ -791,7 +794,11 @@ def _figures(run: _Run, output_dir: Path, model_dirs: list[Path]) -> list[str]:
             detections = model([image.to(next(model.parameters()).device)])[0]
         names = list(getattr(run.eval_model.config, "class_names", None) or []) or None
         example = output_dir / PLOTS_DIR / "example.png"
-        save_png(draw_detections(image, {k: v.cpu() for k, v in detections.items()}, names), example)
+        # small images are enlarged so that the labels stay readable; only confident detections are drawn
+        scale = max(1.0, EXAMPLE_SIZE / max(image.shape[-2:]))
+        image = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear")[0]
+        detections = {**{k: v.cpu() for k, v in detections.items()}, "boxes": detections["boxes"].cpu() * scale}
+        save_png(draw_detections(image, detections, names, score_thresh=EXAMPLE_SCORE), example)
         paths.append(example)
     from ..hub.push import regenerated_card  # noqa: PLC0415
 
