@@ -571,7 +571,7 @@ def test_a_full_disk_while_checkpointing_stops_with_one_line_and_keeps_the_last_
     assert train_main(["--config", str(recipe)]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("train:")]  # not tqdm's bar
-    assert len(lines) == 1 and lines[0].startswith("python -m dynamic_atss.train: error: ") and "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("dynamic-atss train: error: ") and "Traceback" not in err
     assert "checkpoint-00000010" in err and "No space left on device" in err and "--resume latest" in err
     checkpoints = tmp_path / "run" / "checkpoints"
     assert [p.name for p in checkpoints.iterdir()] == ["checkpoint-00000005"]  # no .tmp-checkpoint-* left
