@@ -1,13 +1,10 @@
 #!/usr/bin/env python
-"""torchvision FCOS / RetinaNet: torchvision's assignment vs the combined-IoU drop-in (see
-dynamic_atss/integrations/torchvision_benchmark.py).
-
-    python benchmarks/torchvision_assignment.py [--families fcos retinanet] [--seeds 0 1 2] [--iterations N]
-"""
+"""`python benchmarks/torchvision_assignment.py [options]` from a source checkout: the same as `dynamic-atss benchmark
+torchvision` (see its `--help`; the study is dynamic_atss/benchmark/torchvision_assignment.py)."""
 
 import sys
 
-from dynamic_atss.integrations.torchvision_benchmark import main
+from dynamic_atss.cli.benchmark import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(command="torchvision"))

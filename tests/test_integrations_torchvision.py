@@ -21,7 +21,7 @@ from dynamic_atss.integrations.torchvision import (
     restore_assignment,
     use_combined_iou_assignment,
 )
-from dynamic_atss.integrations.torchvision_benchmark import build_model
+from dynamic_atss.benchmark.torchvision_assignment import build_model
 
 FAMILIES = ("fcos", "retinanet")
 SIZE = 96

@@ -1,4 +1,4 @@
-"""`dynamic-atss benchmark {coco,speed,assigner} [options]`: the package's measurements.
+"""`dynamic-atss benchmark {coco,speed,assigner,torchvision} [options]`: the package's measurements.
 
 * ``coco``: COCO box AP of a model on val2017 (the paper's columns, printed and written as JSON) or a
   test-dev2017 submission zip (`dynamic_atss.benchmark.coco`); runs under ``accelerate launch -m dynamic_atss``.
@@ -6,8 +6,10 @@
   FCOS and RetinaNet in the same run (`dynamic_atss.benchmark.throughput`).
 * ``assigner``: the combined-IoU assigner, batched vs per image, and its share of a training step
   (`dynamic_atss.benchmark.assigner`).
+* ``torchvision``: torchvision FCOS / RetinaNet trained with torchvision's assignment vs the combined-IoU drop-in
+  (`dynamic_atss.integrations.torchvision`), 3 seeds each (`dynamic_atss.benchmark.torchvision_assignment`).
 
-The thin scripts ``benchmarks/{coco,throughput,assigner}.py`` of a source checkout run the same commands.
+The thin scripts ``benchmarks/{coco,throughput,assigner,torchvision_assignment}.py`` of a source checkout run the same commands.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ __all__ = ["SUBCOMMANDS", "main", "parse_coco_args", "parse_speed_args", "parse_
 SUBMISSION_SPLITS = ("test-dev2017", "test2017")  # dynamic_atss.benchmark.coco.SUBMISSION_SPLITS
 PEERS = ("fcos", "retinanet")  # dynamic_atss.benchmark.peers.PEERS
 MODES = ("inference", "raw", "train")  # dynamic_atss.benchmark.measurement.MODES
+TORCHVISION_FAMILIES = ("fcos", "retinanet")  # dynamic_atss.benchmark.torchvision_assignment.FAMILIES
+TORCHVISION_ASSIGNMENTS = ("torchvision", "combined", "atss")  # ... .torchvision_assignment.ASSIGNMENTS
 
 
 def json_object(text: str) -> dict:
@@ -257,11 +261,38 @@ def run_assigner(argv: list[str]) -> int:
     return run(args)
 
 
+# ----------------------------------------------------------------------------------------------- torchvision
+def torchvision_parser() -> CommandParser:
+    parser = CommandParser("benchmark torchvision", description=(
+        "torchvision FCOS / RetinaNet on a tiny backbone, trained on the embedded synthetic dataset with one recipe: "
+        "torchvision's own assignment (`torchvision`) vs `use_combined_iou_assignment` (`combined`) vs the drop-in "
+        "with pred_weight=0 (`atss`); prints mean and per-seed COCO AP."))
+    parser.add_argument("--families", nargs="+", choices=TORCHVISION_FAMILIES, default=list(TORCHVISION_FAMILIES),
+                        help="torchvision detectors to train")
+    parser.add_argument("--assignments", nargs="+", choices=TORCHVISION_ASSIGNMENTS,
+                        default=list(TORCHVISION_ASSIGNMENTS), help="assignment rules to compare")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
+    parser.add_argument("--iterations", type=positive_int, default=1500, help="training iterations per run")
+    parser.add_argument("--train_images", type=positive_int, default=512, help="synthetic training images")
+    parser.add_argument("--val_images", type=positive_int, default=100, help="synthetic held-out images (AP)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--json", default=None, help="also write every run's metrics here")
+    return parser
+
+
+def run_torchvision(argv: list[str]) -> int:
+    args = torchvision_parser().parse_args(argv)
+    from ..benchmark.torchvision_assignment import run  # noqa: PLC0415  (after parsing: --help stays fast)
+
+    return run(args)
+
+
 # ------------------------------------------------------------------------------------------------- dispatch
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "coco": (run_coco, "COCO AP on val2017, or a test-dev2017 submission zip"),
     "speed": (run_speed, "throughput / latency / memory vs torchvision FCOS and RetinaNet"),
     "assigner": (run_assigner, "the combined-IoU assigner: batched vs per image, share of a step"),
+    "torchvision": (run_torchvision, "torchvision FCOS / RetinaNet: own assignment vs the combined-IoU drop-in"),
 }
 
 

@@ -1,4 +1,5 @@
-"""dynamic_atss.integrations.torchvision_benchmark: the torchvision assignment study (tiny settings here)."""
+"""dynamic_atss.benchmark.torchvision_assignment (`dynamic-atss benchmark torchvision`): the torchvision assignment
+study (tiny settings here)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import pytest
 import torch
 
-from dynamic_atss.integrations.torchvision_benchmark import TinyBackbone, format_results, main, train_and_evaluate
+from dynamic_atss.benchmark.torchvision_assignment import TinyBackbone, format_results, train_and_evaluate
+from dynamic_atss.cli.benchmark import main as benchmark_main
 
 
 def test_tiny_backbone_gives_three_levels_of_strides_8_16_32():
@@ -17,8 +19,9 @@ def test_tiny_backbone_gives_three_levels_of_strides_8_16_32():
 
 def test_the_study_runs_end_to_end_and_writes_every_run(tmp_path, capsys):
     out = tmp_path / "runs.json"
-    assert main(["--families", "fcos", "retinanet", "--assignments", "torchvision", "combined", "--seeds", "0",
-                 "--iterations", "2", "--train-images", "8", "--val-images", "4", "--json", str(out)]) == 0
+    assert benchmark_main(command="torchvision", argv=[
+        "--families", "fcos", "retinanet", "--assignments", "torchvision", "combined", "--seeds", "0",
+        "--iterations", "2", "--train_images", "8", "--val_images", "4", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| fcos | combined |" in table and "| retinanet | torchvision |" in table
     results = json.loads(out.read_text())["results"]
@@ -34,3 +37,15 @@ def test_format_results_gives_mean_and_per_seed_ap_in_percent():
 def test_an_unknown_assignment_is_refused_before_training():
     with pytest.raises(ValueError, match="unknown assignment 'fcos_style'"):
         train_and_evaluate("fcos", "fcos_style", 0, None)
+
+
+def test_the_command_offers_the_study_s_own_choices():
+    """`dynamic-atss benchmark torchvision --help` imports no torch, so the command keeps copies of the choices."""
+    from dynamic_atss.benchmark import torchvision_assignment as study
+    from dynamic_atss.cli import benchmark as command
+
+    assert command.TORCHVISION_FAMILIES == study.FAMILIES
+    assert command.TORCHVISION_ASSIGNMENTS == tuple(study.ASSIGNMENTS)
+    defaults = command.torchvision_parser().parse_args([])
+    assert (defaults.iterations, defaults.train_images, defaults.val_images) == (
+        study.Recipe.iterations, study.Recipe.train_images, study.Recipe.val_images)

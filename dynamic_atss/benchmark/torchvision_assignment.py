@@ -9,8 +9,8 @@ held-out ("val") split with the package's evaluator. Three assignments per famil
 - `combined`: `use_combined_iou_assignment(model)` (pred_weight=1, anchor_weight=1);
 - `atss`: `use_combined_iou_assignment(model, pred_weight=0)` (plain ATSS on torchvision's anchors).
 
-    python benchmarks/torchvision_assignment.py [--families fcos retinanet] [--seeds 0 1 2] [--iterations 1500]
-        [--json runs.json]
+    dynamic-atss benchmark torchvision [--families fcos retinanet] [--seeds 0 1 2] [--iterations 1500]
+        [--json runs.json]          (or `python benchmarks/torchvision_assignment.py ...` in a source checkout)
 
 Single-threaded (`torch.set_num_threads(1)`) unless `--threads`; prints a markdown table (mean and per-seed AP).
 The README's numbers: `--families fcos` (1500 iterations) and `--families retinanet --iterations 1000`.
@@ -23,7 +23,6 @@ import json
 import math
 import platform
 import statistics
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 
 from ..data.synthetic import SyntheticShapes
 from ..evaluation import evaluate_detections, evaluator_for
-from .torchvision import use_combined_iou_assignment
+from ..integrations.torchvision import use_combined_iou_assignment
 
 FAMILIES = ("fcos", "retinanet")
 #: assignment name -> options of `use_combined_iou_assignment` (None: torchvision's own)
@@ -187,17 +186,9 @@ def format_results(results: dict[str, dict[str, list[float]]], seeds: Sequence[i
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/torchvision_assignment.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
-    parser.add_argument("--assignments", nargs="+", choices=list(ASSIGNMENTS), default=list(ASSIGNMENTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=Recipe.iterations)
-    parser.add_argument("--train-images", type=int, default=Recipe.train_images)
-    parser.add_argument("--val-images", type=int, default=Recipe.val_images)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="also write every run's metrics here")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Train and evaluate every (family, assignment, seed) of `args` (see `dynamic-atss benchmark torchvision
+    --help`); prints each run and the markdown table; writes `args.json` when given."""
     torch.set_num_threads(args.threads)
     recipe = Recipe(iterations=args.iterations, train_images=args.train_images, val_images=args.val_images)
     kwargs = {"image_size": recipe.image_size, "max_objects": recipe.max_objects}
@@ -221,6 +212,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump({"recipe": asdict(recipe), "seeds": args.seeds, "results": results}, f, indent=1)
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
