@@ -17,7 +17,7 @@ from dynamic_atss.ops.dcn import ModulatedDeformConv2d
 def test_build_head_names_an_unknown_kind_and_the_known_ones():
     config = ModelConfig(head=HeadConfig(kind="atss"))
     config.head.kind = "yolo"
-    with pytest.raises(ValueError, match=r"head.kind='yolo' is not a known head family; known: \['atss', 'gfl', 'vfnet'\]"):
+    with pytest.raises(ValueError, match=r"head.kind='yolo' is not a known head family; known: \['atss', 'gfl', .*'vfnet'\]"):
         build_head(config)
 
 
@@ -119,7 +119,8 @@ def test_another_familys_option_is_refused_naming_its_family(tiny_kwargs, name, 
     """Issue 23: each family names its own options; one of another family was silently ignored."""
     import dynamic_atss as da
 
-    expected = rf"{key}={value!r} has no effect with head.kind=.*option of the {owner} head family"
+    # (a family added later that shares the option is named after these: the pattern allows more owners)
+    expected = rf"{key}={value!r} has no effect with head.kind=.*option of the {owner}( / '\w+')* head family"
     with pytest.raises(ValueError, match=expected):
         da.create(name, num_classes=3, **tiny_kwargs, **{key: value})
 
@@ -134,7 +135,7 @@ def test_each_family_owns_its_options_and_the_shared_sections_hold_none():
 
     assert (FAMILIES["atss"].options, FAMILIES["gfl"].options, FAMILIES["vfnet"].options) == (
         atss.ATSSOptions, gfl.GFLOptions, vfnet.VFNetOptions)
-    keys = {option_key(f) for family in FAMILIES.values() for f in dataclasses.fields(family.options)}
+    keys = {option_key(f) for kind in ("atss", "gfl", "vfnet") for f in dataclasses.fields(FAMILIES[kind].options)}
     expected = {"head.reg_max", "head.dgqp", "head.dgqp_topk", "head.dgqp_hidden", "head.quality", "head.assign_boxes",
                 "loss.dfl_weight", "loss.box_init_weight", "loss.focal_alpha", "loss.focal_gamma", "loss.vfl_alpha",
                 "loss.quality_weight"}
@@ -142,4 +143,4 @@ def test_each_family_owns_its_options_and_the_shared_sections_hold_none():
     for key in keys:
         section, name = key.split(".")
         assert not hasattr(getattr(ModelConfig(), section), name), key
-    assert {row[0] for row in family_option_rows()} == expected
+    assert expected <= {row[0] for row in family_option_rows()}
