@@ -342,8 +342,8 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def config_help() -> str:
-    """Every field with its type and default (`--help`), the model overrides included."""
-    _register_head_families()
+    """Every field with its type and default (`--help`), the model overrides included. The head families' own
+    options are listed when their modules are loaded (they import torch, which `--help` does not)."""
     lines = []
     for name, type_name, default, comment in field_rows(TrainConfig):
         if name == "model_overrides":
@@ -354,6 +354,9 @@ def config_help() -> str:
     for name, type_name, default, comment in field_rows(ModelConfig, "model_overrides.") + family_option_rows(
             "model_overrides."):
         lines.append(_help_line(name, type_name, default, comment))
+    if not family_option_rows():
+        lines.append("  --model_overrides.head.<option> / loss.<option>: the head family's own options (head.quality, "
+                     "head.reg_max, loss.dfl_weight, ...), declared in dynamic_atss/detection/heads/<family>.py")
     return "\n".join(lines)
 
 

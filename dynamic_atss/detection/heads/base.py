@@ -13,7 +13,8 @@ and knows no family by name. A family's `loss` runs one way, in its own module:
     -> targets -> losses             the family's own, {"loss_cls", "loss_box", ...}: the parts only
 
 A family is one module under `detection/heads/` that subclasses `DenseHead`, declares its `HeadFamily`
-(mmdetection settings, config checks, registered constructors) with `register_family`, and is imported by
+(mmdetection settings, config checks, registered constructors, its options dataclass: the
+`head.` / `loss.` settings only it reads, e.g. `GFLOptions.reg_max`) with `register_family`, and is imported by
 `detection/heads/__init__.py`. Its priors are the shared anchor grid of `detection/anchors.py` (one square
 anchor per location), which every family here names through `DenseHead.prior_generator`.
 
