@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from .typed import convert_dotted, from_dict as _typed_from_dict
+from .typed import ConfigError, closest, convert, field_rows, field_types, from_dict as _typed_from_dict, resolve_dotted
 
 WeightSchedule = Union[float, Literal["up", "down"]]
 
@@ -30,6 +30,84 @@ class BackboneConfig:
 
 
 @dataclass
+class FamilyOptions:
+    """Base of a head family's own options: a dataclass declared in the family's module
+    (`detection/heads/<kind>.py`, e.g. `GFLOptions`) and named by its `HeadFamily`, with the fields only that family
+    reads, their defaults and (in `__post_init__`) their allowed values.
+
+    A field is set with the dotted key `head.<name>` (e.g. `head.reg_max`), or `loss.<name>` when declared with
+    `loss_option` (e.g. `loss.dfl_weight`); `HeadConfig.options` stores the ones set away from their defaults.
+    """
+
+
+def loss_option(default: Any) -> Any:
+    """A `FamilyOptions` field that is a loss setting: set with `loss.<name>` rather than `head.<name>`."""
+    return field(default=default, metadata={"section": "loss"})
+
+
+# head kind -> its options dataclass; filled by `detection.heads.base.register_family` (this module is below it).
+FAMILY_OPTIONS: dict[str, type[FamilyOptions]] = {}
+
+
+def option_key(option: dataclasses.Field) -> str:
+    """The dotted key users set a `FamilyOptions` field with: "head.reg_max", "loss.dfl_weight", ..."""
+    return f"{option.metadata.get('section', 'head')}.{option.name}"
+
+
+def _option_fields(kind: str) -> dict[str, dataclasses.Field]:
+    return {option.name: option for option in dataclasses.fields(FAMILY_OPTIONS[kind])}
+
+
+def option_owners(name: str) -> list[str]:
+    """The registered families (kinds) that have an option called `name`, in registration order."""
+    return [kind for kind in FAMILY_OPTIONS if name in _option_fields(kind)]
+
+
+def normalise_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` for head family `kind`: each converted to its field's type and checked by the family's options
+    dataclass; those at their defaults left out. Another family's option at its default is left out (configs
+    written before the options moved into the families hold every family's); set away from its default it is
+    refused naming its family (it would do nothing)."""
+    own = _option_fields(kind)
+    own_types = field_types(FAMILY_OPTIONS[kind])
+    kept: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in own:
+            converted = convert(value, own_types[name], option_key(own[name]))
+            if converted != own[name].default:
+                kept[name] = converted
+            continue
+        owners = option_owners(name)
+        if not owners:
+            known = sorted(option_key(option) for option in own.values())
+            raise ConfigError(
+                f"head.options: {name!r} is no option of any head family{closest(name, own)}; head.kind={kind!r} "
+                f"has {known}"
+            )
+        foreign = _option_fields(owners[0])[name]
+        value = convert(value, field_types(FAMILY_OPTIONS[owners[0]])[name], option_key(foreign))
+        if value != foreign.default:
+            raise ConfigError(
+                f"{option_key(foreign)}={value!r} has no effect with head.kind={kind!r}: it is an option of the "
+                f"{' / '.join(repr(o) for o in owners)} head family; leave it at its default ({foreign.default!r})"
+            )
+    FAMILY_OPTIONS[kind](**kept)  # the family's checks across its fields (allowed values)
+    return kept
+
+
+def family_option_rows(prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """`(dotted key, type, default, comment)` of every registered family's options, as `typed.field_rows` gives
+    for the shared fields (for `--help`); an option several families have is listed once, naming them."""
+    rows: dict[str, tuple[str, str, Any, str]] = {}
+    for kind, options in FAMILY_OPTIONS.items():
+        for (key, type_name, default, comment), option in zip(field_rows(options), dataclasses.fields(options)):
+            key = prefix + option_key(option)
+            owners = " / ".join(option_owners(option.name))
+            rows.setdefault(key, (key, type_name, default, f"{owners} family" + (f": {comment}" if comment else "")))
+    return list(rows.values())
+
+
+@dataclass
 class HeadConfig:
     kind: str = "atss"  # the head family (detection/heads/): "atss", ...
     channels: int = 256
@@ -37,15 +115,23 @@ class HeadConfig:
     num_groups: int = 32  # GroupNorm groups in the towers
     conv_bias: bool = True  # authors' code: True; mmdetection: False (GN follows)
     dcn_last_conv: bool = False  # DCNv2 in the last conv of each tower (DCN models)
-    quality: Literal["centerness", "iou"] = "iou"  # ATSS family: the quality branch
     prior_prob: float = 0.01
-    # GFL / GFLV2 family: box sides as distributions over reg_max + 1 bins; DGQP = GFLV2's quality predictor
-    reg_max: int = 16
-    dgqp: bool = False
-    dgqp_topk: int = 4
-    dgqp_hidden: int = 64
-    # VFNet family: which predicted boxes the combined-IoU assigner uses (see detection/heads/vfnet.py)
-    assign_boxes: Literal["initial", "refined"] = "refined"
+    # The family's own options set away from their defaults (its `FamilyOptions`, e.g. {"reg_max": 8}); set them
+    # with their dotted keys (`head.reg_max`, `loss.dfl_weight`) and read them with `family_options()`.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind in FAMILY_OPTIONS:  # else checked when the head is built (its family registers first)
+            self.options = normalise_options(self.kind, self.options)
+
+    def family_options(self) -> FamilyOptions:
+        """This head family's options dataclass, every field set (defaults where `options` has none)."""
+        if self.kind not in FAMILY_OPTIONS:
+            raise ValueError(
+                f"head.kind={self.kind!r} is not a known head family; known: {sorted(FAMILY_OPTIONS)} "
+                "(a family registers itself with register_family in dynamic_atss/detection/heads/)"
+            )
+        return FAMILY_OPTIONS[self.kind](**normalise_options(self.kind, self.options))
 
 
 @dataclass
@@ -75,13 +161,8 @@ class AssignerConfig:
 @dataclass
 class LossConfig:
     cls_loss: Literal["focal", "qfl", "vfl"] = "qfl"
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    vfl_alpha: float = 0.75
     box_weight: float = 2.0  # GIoU (refined box for VFNet)
-    quality_weight: float = 1.0
-    dfl_weight: float = 0.25  # GFL: distribution focal loss
-    box_init_weight: float = 1.5  # VFNet: GIoU of the initial box
+    # The families' own loss settings (`loss.dfl_weight`, ...) are options of their family (`HeadConfig.options`).
 
 
 @dataclass
@@ -133,8 +214,38 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of `to_dict`; unknown keys are an error naming them (a config from another model)."""
-        return _from_dict(cls, data, path="config")
+        """Inverse of `to_dict`; unknown keys are an error naming them (a config from another model).
+
+        Also reads the layout written before the head families owned their options (`config.json`
+        format_version 1): every family's fields flat in `head` / `loss` (`"head": {"reg_max": 16, ...}`)."""
+        return _from_dict(cls, _family_options_moved(data), path="config")
+
+
+_SHARED_FIELDS = {"head": field_types(HeadConfig), "loss": field_types(LossConfig)}
+
+
+def _family_options_moved(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the head families' options found flat in `head` / `loss` (the layout of format_version 1) moved
+    into `head.options`, where `HeadConfig` checks them against its family. Other unknown keys stay (and are
+    refused by name); before any family has registered, every non-shared key is taken for an option (checked
+    when the head is built)."""
+    if not isinstance(data, dict):
+        return data
+    moved: dict[str, Any] = {}
+    sections = {}
+    for section, shared in _SHARED_FIELDS.items():
+        values = data.get(section)
+        if not isinstance(values, dict):
+            continue
+        options = {name for name in values if name not in shared and (option_owners(name) or not FAMILY_OPTIONS)}
+        if options:
+            sections[section] = {name: value for name, value in values.items() if name not in options}
+            moved.update({name: values[name] for name in options})
+    if not moved:
+        return data
+    head = dict(sections.get("head", data.get("head") or {}))
+    head["options"] = {**moved, **dict(head.get("options") or {})}
+    return {**data, **sections, "head": head}
 
 
 def _from_dict(cls: type, data: dict[str, Any], path: str) -> Any:
@@ -143,19 +254,63 @@ def _from_dict(cls: type, data: dict[str, Any], path: str) -> Any:
     return _typed_from_dict(cls, data, path)
 
 
+def override_target(key: str, where: str = "config override") -> tuple[list[str], Any]:
+    """Where the dotted `ModelConfig` key is stored in `to_dict()`'s mapping, and its type. A head family's option
+    (`head.reg_max`, `loss.dfl_weight`, or `head.options.reg_max`) is stored in `head.options`; its type is the
+    field's in the options dataclass of a registered family that has it."""
+    section, _, name = key.partition(".")
+    if section == "head" and name.startswith("options."):
+        name = name.removeprefix("options.")
+    elif section not in _SHARED_FIELDS or "." in name or name in _SHARED_FIELDS[section]:
+        return key.split("."), resolve_dotted(ModelConfig, key, where)
+    owners = [kind for kind in option_owners(name) if option_key(_option_fields(kind)[name]).startswith(section)
+              or key.startswith("head.options.")]
+    if not owners:
+        names = set(_SHARED_FIELDS[section]) | {
+            option.name for kind in FAMILY_OPTIONS for option in _option_fields(kind).values()
+            if option_key(option).startswith(f"{section}.")
+        }
+        raise ConfigError(
+            f"unknown {where} {key!r}: no key {name!r} in {section}{closest(name, names)}; known keys: {sorted(names)}"
+        )
+    return ["head", "options", name], field_types(FAMILY_OPTIONS[owners[0]])[name]
+
+
+def convert_override(key: str, value: Any, where: str = "config override") -> Any:
+    """`value` converted to the type of the dotted `ModelConfig` key (a head family's option included)."""
+    return convert(value, override_target(key, where)[1], key)
+
+
+def config_value(config: ModelConfig, key: str) -> Any:
+    """The value `config` has for the dotted key (what `override_target` resolves): a head family's option reads
+    the family's options, defaults included; another family's option has that family's default (no effect here)."""
+    path, _ = override_target(key)
+    if path[:2] == ["head", "options"]:
+        options = config.head.family_options()
+        if hasattr(options, path[2]):
+            return getattr(options, path[2])
+        return _option_fields(option_owners(path[2])[0])[path[2]].default
+    node: Any = config
+    for part in path:
+        node = getattr(node, part)
+    return node
+
+
 def apply_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
     """Return a copy of `config` with dotted overrides applied, e.g. {"head.quality": "centerness"}.
 
     Values are converted to the field's type (`"1e-3"` -> 0.001, `"null"` -> None, `[640, 800]` -> a tuple)
     and misspelt keys name the closest field, through the same typed machinery as the training config.
-    Top-level shortcut used by `create()`: `backbone="<timm name>"` sets `backbone.name`.
+    A head family's option (`head.reg_max`, `loss.dfl_weight`) goes to `head.options` and is checked against the
+    family of the resulting `head.kind`. Top-level shortcut used by `create()`: `backbone="<timm name>"` sets
+    `backbone.name`.
     """
     data = config.to_dict()
     for key, value in overrides.items():
         if key == "backbone" and isinstance(value, str):
             key = "backbone.name"
-        converted = convert_dotted(ModelConfig, key, value, where="config override")
-        *parents, leaf = key.split(".")
+        (*parents, leaf), tp = override_target(key)
+        converted = convert(value, tp, key)
         node = data
         for part in parents:
             node = node[part]

@@ -49,7 +49,7 @@ class ATSSAssignAndLoss:
     """The ATSS family's `loss` (priors, assignment, losses) on given flattened outputs, as the detector calls it."""
 
     def __init__(self, loss_cfg, assigner_cfg, quality, num_classes):
-        config = ModelConfig(num_classes=num_classes, head=HeadConfig(quality=quality, channels=8, num_groups=8,
+        config = ModelConfig(num_classes=num_classes, head=HeadConfig(options={"quality": quality}, channels=8, num_groups=8,
                              num_convs=1), loss=loss_cfg, assigner=assigner_cfg)
         self.head = ATSSHead(config)
         self.assigner = CombinedIoUAssigner.from_config(assigner_cfg)

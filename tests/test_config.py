@@ -13,7 +13,7 @@ def test_config_json_round_trip_and_overrides():
     config = apply_overrides(ModelConfig(), {"head.quality": "centerness", "min_size": (640, 800), "backbone": "resnet101"})
     data = json.loads(json.dumps(config.to_dict()))
     assert ModelConfig.from_dict(data) == config
-    assert config.backbone.name == "resnet101" and config.head.quality == "centerness"
+    assert config.backbone.name == "resnet101" and config.head.family_options().quality == "centerness"
     with pytest.raises(ValueError, match="unknown field"):
         ModelConfig.from_dict({**data, "bogus": 1})
     with pytest.raises(ValueError, match="unknown config override"):
@@ -28,7 +28,7 @@ def test_head_family_is_a_config_field(tiny_kwargs):
     assert len(model.forward_raw(torch.zeros(1, 3, 64, 64))) == len(model.head.output_names)
     with pytest.raises(ValueError, match=r"head.kind='yolo' is not a known head family; known: \['atss'"):
         da.create("r50", **{**tiny_kwargs, "head.kind": "yolo"})
-    with pytest.raises(ValueError, match="head.dgqp=True needs box distributions"):
+    with pytest.raises(ValueError, match="head.dgqp=True has no effect with head.kind='atss': .* the 'gfl' head family"):
         da.create("r50", **{**tiny_kwargs, "head.dgqp": True})
 
 

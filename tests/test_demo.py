@@ -23,9 +23,9 @@ def test_demo_compares_gflv2_with_and_without_combined_ious(tmp_path):
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert set(summary["AP"]) == {"GFLV2 + CIoUs (combined IoUs)", "GFLV2 (anchor IoUs only)"}
     baseline = json.loads((tmp_path / "demo" / "gflv2_baseline" / "model" / "config.json").read_text())["model"]
-    assert baseline["head"]["kind"] == "gfl" and baseline["head"]["dgqp"] and baseline["assigner"]["pred_weight"] == 0.0
+    assert baseline["head"]["kind"] == "gfl" and baseline["head"]["options"]["dgqp"] and baseline["assigner"]["pred_weight"] == 0.0
     main = json.loads((Path(summary["model_dir"]) / "config.json").read_text())["model"]
-    assert main["head"]["dgqp"] and main["assigner"]["pred_weight"] == 1.0
+    assert main["head"]["options"]["dgqp"] and main["assigner"]["pred_weight"] == 1.0
     assert (tmp_path / "demo" / "losses.png").is_file()
 
 

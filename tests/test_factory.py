@@ -39,7 +39,7 @@ def test_constructors_only_name_their_variant(monkeypatch):
 
 def test_overrides_reach_the_config(tiny_kwargs):
     model = da.create("atss_r50", **tiny_kwargs, **{"head.quality": "iou", "assigner.pred_weight": 1.0})
-    assert model.config.head.quality == "iou" and model.config.assigner.pred_weight == 1.0
+    assert model.config.head.family_options().quality == "iou" and model.config.assigner.pred_weight == 1.0
     assert model.config.anchors.center_offset == 0.0  # the variant's own settings stay
 
 

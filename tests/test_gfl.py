@@ -89,7 +89,7 @@ def test_config_errors(tiny_kwargs):
         da.create("gflv2_r50", **tiny_kwargs, **{"head.dgqp_topk": 18})
     with pytest.raises(ValueError, match=r"loss.cls_loss='focal' is not available for head.kind='gfl'"):
         da.create("gfl_r50", **tiny_kwargs, **{"loss.cls_loss": "focal"})
-    with pytest.raises(ValueError, match="head.dgqp=True needs box distributions"):
+    with pytest.raises(ValueError, match="head.dgqp=True has no effect with head.kind='atss'"):
         da.create("r50", **tiny_kwargs, **{"head.dgqp": True})
     with pytest.raises(ValueError, match=r"head.kind='gfl2' is not a known head family; known: \[.*'gfl'"):
         da.create("gfl_r50", **tiny_kwargs, **{"head.kind": "gfl2"})
@@ -112,9 +112,9 @@ def test_config_json_round_trip_through_save_and_load(tmp_path, tiny_kwargs):
             assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
-def tiny_head(dgqp=True, **head):
-    config = ModelConfig(num_classes=3, fpn_channels=8,
-                         head=HeadConfig(kind="gfl", channels=8, num_groups=4, num_convs=1, dgqp=dgqp, **head))
+def tiny_head(dgqp=True, **options):
+    config = ModelConfig(num_classes=3, fpn_channels=8, head=HeadConfig(
+        kind="gfl", channels=8, num_groups=4, num_convs=1, options={"dgqp": dgqp, **options}))
     return GFLHead(config)
 
 
@@ -195,7 +195,7 @@ def loss_problem(dgqp, seed=0):
 @pytest.mark.parametrize("dgqp", [False, True])
 def test_losses_match_hand_written_float64_formulas(dgqp):
     head = GFLHead(ModelConfig(num_classes=3, fpn_channels=8, anchors=AnchorConfig(center_offset=0.0), head=HeadConfig(
-        kind="gfl", channels=8, num_groups=4, num_convs=1, dgqp=dgqp)))
+        kind="gfl", channels=8, num_groups=4, num_convs=1, options={"dgqp": dgqp})))
     flat, anchors, counts, strides, targets = loss_problem(dgqp)
     pred_boxes = head.assignment_boxes(flat, anchors, strides)
     assigner = CombinedIoUAssigner(pred_weight=1.0)
@@ -287,7 +287,7 @@ def test_recipes_build_their_model(recipe, model, pred_weight, dgqp):
     assert config.model == model and config.optim.max_iters == 90000
     with torch.device("meta"):
         built = da.create(config.model, **config.model_overrides)
-    assert built.config.assigner.pred_weight == pred_weight and built.config.head.dgqp == dgqp
+    assert built.config.assigner.pred_weight == pred_weight and built.config.head.family_options().dgqp == dgqp
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def test_save_load_round_trip(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors",
                                                                    "preprocessor_config.json"]
     document = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert document["architecture"] == "DynamicATSS" and document["format_version"] == 1
+    assert document["architecture"] == "DynamicATSS" and document["format_version"] == 2
     assert document["library_version"] == dynamic_atss.__version__
     assert document["model"] == json.loads(json.dumps(model.config.to_dict()))
     assert document["recipe"] == {"name": "tiny", "iterations": 10} and document["metrics"] == METRICS

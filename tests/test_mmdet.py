@@ -33,7 +33,7 @@ def assert_mmdet_conventions(config) -> None:
     assert config.conventions.relu_before_p7 is False
     assert config.conventions.score_sqrt is False
     assert config.head.conv_bias is False
-    assert config.head.quality == "centerness"
+    assert config.head.family_options().quality == "centerness"
     assert config.assigner.pred_weight == 0
     assert config.loss.cls_loss == "focal"
 

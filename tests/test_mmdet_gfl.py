@@ -43,12 +43,12 @@ def test_converter_every_tensor_lands(tmp_path, dgqp):
     model = convert_mmdet_gfl(path, **TINY_OVERRIDES)
     assert_gfl_landed(model, source)
     config = model.config
-    assert config.head.kind == "gfl" and config.head.reg_max == 16 and config.head.dgqp == dgqp
+    assert config.head.kind == "gfl" and config.head.family_options().reg_max == 16 and config.head.family_options().dgqp == dgqp
     assert config.head.conv_bias is False and config.anchors.center_offset == 0.0
     assert config.conventions.relu_before_p7 is False and config.assigner.pred_weight == 0.0
     assert config.loss.cls_loss == "qfl" and config.class_names == ["a", "b", "c"]
     if dgqp:
-        assert (config.head.dgqp_topk, config.head.dgqp_hidden) == (4, 16)
+        assert (config.head.family_options().dgqp_topk, config.head.family_options().dgqp_hidden) == (4, 16)
     with torch.no_grad():
         raw = model.forward_raw(torch.randn(1, 3, 64, 96))
     assert len(raw) == (3 if dgqp else 2)

@@ -88,7 +88,7 @@ def test_config_json_errors(tmp_path):
         ("unknown_top", lambda d: d.update(extra=1), r"unknown top-level field\(s\) \['extra'\]"),
         ("unknown_model", lambda d: d["model"]["head"].update(width=3), r"config\.head: unknown field\(s\) \['width'\]"),
         ("architecture", lambda d: d.update(architecture="RetinaNet"), r"architecture is 'RetinaNet', expected 'DynamicATSS'"),
-        ("newer", lambda d: d.update(format_version=2), r"format_version 2 was written by a newer dynamic-atss"),
+        ("newer", lambda d: d.update(format_version=3), r"format_version 3 was written by a newer dynamic-atss"),
     ]
     for name, edit, pattern in cases:
         folder = tmp_path / name
@@ -107,3 +107,36 @@ def test_format_errors_are_user_input_errors_with_their_builtin_base():
 
     assert issubclass(ConfigFormatError, UserInputError) and issubclass(ConfigFormatError, ValueError)
     assert issubclass(StateDictMismatchError, UserInputError) and issubclass(StateDictMismatchError, RuntimeError)
+
+
+@pytest.mark.parametrize("name", ["gflv2", "atss_mmdet", "vfnet"])
+def test_version_1_folder_resaves_in_version_2_with_the_family_options_in_head(tmp_path, name):
+    """Issue 23: a head family owns its options; config.json (format_version 2) keeps them in `model.head.options`
+    (those away from their defaults), no longer flat in `head` / `loss` (format_version 1, still read)."""
+    from dynamic_atss.hub.serialization import FORMAT_VERSION
+
+    source = Path(__file__).parent / "fixtures" / "saved_models" / name
+    old = json.loads((source / "config.json").read_text())
+    assert old["format_version"] == 1 and "options" not in old["model"]["head"]
+    model = dynamic_atss.create(source).eval()
+    model.save_pretrained(tmp_path / "v2")
+    new = json.loads((tmp_path / "v2" / "config.json").read_text())
+    assert new["format_version"] == FORMAT_VERSION == 2
+    head, loss = new["model"]["head"], new["model"]["loss"]
+    assert set(head) == {"kind", "channels", "num_convs", "num_groups", "conv_bias", "dcn_last_conv", "prior_prob",
+                         "options"}
+    assert set(loss) == {"cls_loss", "box_weight"}
+    expected_options = {"gflv2": {"dgqp": True}, "atss_mmdet": {"quality": "centerness"}, "vfnet": {}}[name]
+    assert head["options"] == expected_options
+    for section in ("head", "loss"):  # every value the old file held is what the new model computes with
+        for key, value in old["model"][section].items():
+            if key in new["model"][section]:
+                assert new["model"][section][key] == value, key
+            elif hasattr(model.head.options, key):
+                assert getattr(model.head.options, key) == value, key
+    reloaded = dynamic_atss.create(tmp_path / "v2").eval()
+    assert reloaded.config == model.config
+    images = [torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(0))]
+    with torch.no_grad():
+        for a, b in zip(model.forward_raw(model.preprocess(images)[0]), reloaded.forward_raw(reloaded.preprocess(images)[0])):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from dynamic_atss.config import ModelConfig, apply_overrides
+from dynamic_atss.config import ModelConfig, apply_overrides, family_option_rows
 from dynamic_atss.engine import load_config, trainer
 from dynamic_atss.engine.config import TrainConfig
 from dynamic_atss.cli.train import main as train_main
@@ -34,8 +34,9 @@ def test_values_are_converted_to_the_field_types(tmp_path):
     # The model config goes through the same converter.
     model = apply_overrides(ModelConfig(), {"loss.focal_alpha": "2.5e-1", "assigner.pred_weight": "up",
                                             "anchors.strides": [8, 16, 32, 64, 128]})
-    assert model.loss.focal_alpha == 0.25 and model.assigner.pred_weight == "up" and model.anchors.strides == (8, 16, 32, 64, 128)
-    assert ModelConfig.from_dict({"loss": {"focal_gamma": "2e0"}}).loss.focal_gamma == 2.0
+    assert model.head.family_options().focal_alpha == 0.25 and model.assigner.pred_weight == "up" and model.anchors.strides == (8, 16, 32, 64, 128)
+    # a family's option in the flat layout of format_version 1 (`loss.focal_gamma`) goes to the head's options
+    assert ModelConfig.from_dict({"loss": {"focal_gamma": "2e0"}}).head.family_options().focal_gamma == 2.0
 
 
 @pytest.mark.parametrize("override, message", [
@@ -81,7 +82,7 @@ def test_help_lists_every_field_with_its_default(capsys):
         train_main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    rows = field_rows(TrainConfig) + field_rows(ModelConfig, "model_overrides.")
+    rows = field_rows(TrainConfig) + field_rows(ModelConfig, "model_overrides.") + family_option_rows("model_overrides.")
     for name, _, default, _ in rows:
         if name == "model_overrides":
             continue

@@ -21,16 +21,16 @@ def test_registered_constructors_and_their_defaults():
     with torch.device("meta"):
         model = da.create("dynamic_gflv2_r101_dcn")
     config = model.config
-    assert config.head.kind == "gfl" and config.head.dgqp and config.head.reg_max == 16
-    assert (config.head.dgqp_topk, config.head.dgqp_hidden, config.head.conv_bias) == (4, 64, False)
+    assert config.head.kind == "gfl" and config.head.family_options().dgqp and config.head.family_options().reg_max == 16
+    assert (config.head.family_options().dgqp_topk, config.head.family_options().dgqp_hidden, config.head.conv_bias) == (4, 64, False)
     assert config.backbone.dcn and not config.head.dcn_last_conv
     assert any(isinstance(m, ModulatedDeformConv2d) for m in model.backbone.modules())
     assert config.anchors.center_offset == 0.0 and config.conventions.relu_before_p7 is False
-    assert (config.loss.cls_loss, config.loss.box_weight, config.loss.dfl_weight) == ("qfl", 2.0, 0.25)
+    assert (config.loss.cls_loss, config.loss.box_weight, config.head.family_options().dfl_weight) == ("qfl", 2.0, 0.25)
     assert config.assigner.pred_weight == 1.0
     with torch.device("meta"):
         baseline = da.create("gfl_x101_64x4d")
-    assert baseline.config.assigner.pred_weight == 0.0 and not baseline.config.head.dgqp
+    assert baseline.config.assigner.pred_weight == 0.0 and not baseline.config.head.family_options().dgqp
     assert baseline.config.backbone.name == "resnext101_64x4d" and baseline.head.dgqp is None
 
 

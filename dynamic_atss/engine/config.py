@@ -31,9 +31,9 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from ..config import ModelConfig
+from ..config import ModelConfig, convert_override, family_option_rows
 from ..errors import UserInputError
-from ..typed import ConfigError, closest, convert_dotted, field_rows, from_dict, resolve_dotted
+from ..typed import ConfigError, closest, field_rows, from_dict, resolve_dotted
 
 class RecipeNotFoundError(UserInputError, FileNotFoundError):
     """`--config` (or a recipe's `base:`) names neither a file nor a packaged recipe."""
@@ -233,14 +233,20 @@ def check_ranges(config: TrainConfig) -> None:
         )
 
 
+def _register_head_families() -> None:
+    """The head families declare their own options (`head.reg_max`, ...) in their modules: import them (torch)."""
+    from ..detection import heads  # noqa: F401, PLC0415
+
+
 def check_model_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     """Dotted `ModelConfig` overrides with each value converted to its field's type (errors name the key)."""
+    _register_head_families()
     checked = {}
     for key, value in (overrides or {}).items():
         if key == "backbone" and isinstance(value, str):  # `create()`'s shortcut for backbone.name
             checked[key] = value
             continue
-        checked[key] = convert_dotted(ModelConfig, key, value, where="model override")
+        checked[key] = convert_override(key, value, where="model override")
     return checked
 
 
@@ -336,7 +342,8 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def config_help() -> str:
-    """Every field with its type and default (`--help`), the model overrides included."""
+    """Every field with its type and default (`--help`), the model overrides included. The head families' own
+    options are listed when their modules are loaded (they import torch, which `--help` does not)."""
     lines = []
     for name, type_name, default, comment in field_rows(TrainConfig):
         if name == "model_overrides":
@@ -344,8 +351,12 @@ def config_help() -> str:
         lines.append(_help_line(name, type_name, default, comment))
     lines.append("\nmodel_overrides (ModelConfig fields; the defaults below are ModelConfig's, each registry model "
                  "sets its own):")
-    for name, type_name, default, comment in field_rows(ModelConfig, "model_overrides."):
+    for name, type_name, default, comment in field_rows(ModelConfig, "model_overrides.") + family_option_rows(
+            "model_overrides."):
         lines.append(_help_line(name, type_name, default, comment))
+    if not family_option_rows():
+        lines.append("  --model_overrides.head.<option> / loss.<option>: the head family's own options (head.quality, "
+                     "head.reg_max, loss.dfl_weight, ...), declared in dynamic_atss/detection/heads/<family>.py")
     return "\n".join(lines)
 
 

@@ -1,11 +1,12 @@
 """The saved-model format: `config.json` schema and strict state-dict loading.
 
-`config.json` is `{"architecture": "DynamicATSS", "format_version": 1, "library_version": "...",
+`config.json` is `{"architecture": "DynamicATSS", "format_version": 2, "library_version": "...",
 "model": ModelConfig.to_dict(), "recipe": {...} | null, "metrics": {...} | null}` plus what the Hugging Face
 ecosystem reads: `model_type` ("dynamic_atss", the type `dynamic_atss.integrations.transformers` registers) and
 `id2label` / `label2id` (from the class names, which live in the model config: `model.class_names`). Folders
 written before these keys existed still load; `auto_map`, `architectures` and `transformers_version` (which
-transformers' own tools add) are accepted and ignored. Weights are `model.safetensors` only (nothing is ever unpickled).
+transformers' own tools add) are accepted and ignored. format_version 1 (before 2, which keeps a head family's own
+options in `model.head.options`) held every family's fields flat in `model.head` / `model.loss`: still read. Weights are `model.safetensors` only (nothing is ever unpickled).
 
 Loading is strict: a missing or unexpected tensor, or one whose shape differs from the model that
 `config.json` describes, is an error naming it. The one exception is fine-tuning on another label set:
@@ -27,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from ..config import ModelConfig, apply_overrides
+from ..config import ModelConfig, apply_overrides, config_value, convert_override
 from ..errors import UserInputError
-from ..typed import ConfigError, convert_dotted
+from ..typed import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.detector import DynamicATSS
@@ -39,7 +40,7 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 PREPROCESSOR_NAME = "preprocessor_config.json"  # what transformers' AutoImageProcessor reads
 ARCHITECTURE = "DynamicATSS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a head family's own options in `model.head.options` (1: flat in `head` / `loss`)
 LIBRARY_NAME = "dynamic-atss"
 CLASSIFIER_PREFIX = "head.cls_logits."
 MODEL_TYPE = "dynamic_atss"  # transformers' `model_type` (dynamic_atss.integrations.transformers registers it)
@@ -192,11 +193,8 @@ def _check_overrides(config: ModelConfig, overrides: dict[str, Any], source: str
             kept[key] = value
             continue
         field_key = "backbone.name" if key == "backbone" and isinstance(value, str) else key
-        requested = convert_dotted(ModelConfig, field_key, value, where="model override")
-        saved = config.to_dict()
-        for part in field_key.split("."):
-            saved = saved[part]
-        saved = convert_dotted(ModelConfig, field_key, saved, where="config.json")
+        requested = convert_override(field_key, value, where="model override")
+        saved = config_value(config, field_key)
         if requested != saved:
             differing.append(f"{field_key}: checkpoint {saved!r}, requested {requested!r}")
     if differing:

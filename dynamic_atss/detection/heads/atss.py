@@ -21,12 +21,15 @@ threshold in both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ...config import BackboneConfig, HeadConfig, ModelConfig
+from ...config import BackboneConfig, FamilyOptions, HeadConfig, ModelConfig, loss_option
 from ...registry import BACKBONES
 from ..anchors import BoxCoder
 from ..assigner import CombinedIoUAssigner
@@ -39,6 +42,21 @@ from .base import (
 _WEIGHT_EPS = 1e-6
 
 
+@dataclass
+class ATSSOptions(FamilyOptions):
+    """The ATSS family's own options (`head.quality`, `loss.focal_alpha`, ...; see `FamilyOptions`)."""
+
+    quality: Literal["centerness", "iou"] = "iou"  # the quality branch
+    focal_alpha: float = loss_option(0.25)  # loss.cls_loss: focal
+    focal_gamma: float = loss_option(2.0)  # focal and varifocal losses
+    vfl_alpha: float = loss_option(0.75)  # loss.cls_loss: vfl
+    quality_weight: float = loss_option(1.0)  # BCE of the quality branch
+
+    def __post_init__(self) -> None:
+        if self.quality not in ("centerness", "iou"):
+            raise ValueError(f"head.quality={self.quality!r} is unknown; use 'centerness' or 'iou'")
+
+
 class ATSSHead(DenseHead):
     """Shared across levels; see the module docstring for outputs, losses and scores."""
 
@@ -47,11 +65,9 @@ class ATSSHead(DenseHead):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        head, loss = config.head, config.loss
-        if head.quality not in ("centerness", "iou"):
-            raise ValueError(f"head.quality={head.quality!r} is unknown; use 'centerness' or 'iou'")
-        self.loss_cfg = loss
-        self.quality_kind = head.quality
+        head = config.head
+        self.loss_cfg = config.loss
+        self.quality_kind = self.options.quality
         self.conventions = config.conventions  # the model's own object: later edits to it take effect
         self.box_coder = BoxCoder()
         self.cls_tower = conv_gn_tower(head, config.fpn_channels)
@@ -91,17 +107,17 @@ class ATSSHead(DenseHead):
         num_pos = reduce_mean(torch.tensor(float(img_idx.numel()), device=cls_logits.device)).clamp(min=1.0)
 
         # Classification over all anchors x classes.
-        cfg = self.loss_cfg
+        cfg, options = self.loss_cfg, self.options
         cls_targets = torch.zeros_like(cls_logits)
         if cfg.cls_loss == "focal":
             cls_targets[img_idx, anchor_idx, labels] = 1.0
-            loss_cls = sigmoid_focal_loss(cls_logits, cls_targets, cfg.focal_alpha, cfg.focal_gamma)
+            loss_cls = sigmoid_focal_loss(cls_logits, cls_targets, options.focal_alpha, options.focal_gamma)
         elif cfg.cls_loss == "qfl":
             cls_targets[img_idx, anchor_idx, labels] = soft
             loss_cls = quality_focal_loss(cls_logits, cls_targets)
         else:
             cls_targets[img_idx, anchor_idx, labels] = soft
-            loss_cls = varifocal_loss(cls_logits, cls_targets, cfg.vfl_alpha, cfg.focal_gamma)
+            loss_cls = varifocal_loss(cls_logits, cls_targets, options.vfl_alpha, options.focal_gamma)
         loss_cls = loss_cls / num_pos
 
         # Quality targets (also the regression weights).
@@ -117,7 +133,7 @@ class ATSSHead(DenseHead):
 
         loss_quality = F.binary_cross_entropy_with_logits(
             quality_logits[img_idx, anchor_idx], quality_targets, reduction="sum"
-        ) / num_pos * cfg.quality_weight
+        ) / num_pos * options.quality_weight
         return {
             "loss_cls": loss_cls,
             "loss_box": connected(loss_box, box_deltas),
@@ -142,7 +158,7 @@ def _variant_config(variant: Variant) -> ModelConfig:
         return ModelConfig(backbone=backbone, **ATSS.mmdet_config())
     # The published Dynamic ATSS models: combined IoUs + QFL + IoU branch (paper, Tables II and IV), the authors'
     # conventions (ModelConfig's defaults).
-    return ModelConfig(backbone=backbone, head=HeadConfig(kind="atss", dcn_last_conv=variant.dcn, quality="iou"))
+    return ModelConfig(backbone=backbone, head=HeadConfig(kind="atss", dcn_last_conv=variant.dcn))
 
 
 ATSS = register_family(HeadFamily(
@@ -152,7 +168,7 @@ ATSS = register_family(HeadFamily(
     mmdet_head=dict(conv_bias=False, num_groups=32, quality="centerness"),
     mmdet_conventions=dict(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
     mmdet_loss=dict(cls_loss="focal"),
-    options=("head.quality", "loss.focal_alpha", "loss.focal_gamma", "loss.vfl_alpha", "loss.quality_weight"),
+    options=ATSSOptions,
     variant_config=_variant_config,
     variants=(
         Variant("dynamic_atss_r50", "r50", doc="Dynamic ATSS, ResNet-50 FPN (paper: 40.3 AP on COCO test-dev, 1x)."),

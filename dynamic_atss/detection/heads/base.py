@@ -13,7 +13,8 @@ and knows no family by name. A family's `loss` runs one way, in its own module:
     -> targets -> losses             the family's own, {"loss_cls", "loss_box", ...}: the parts only
 
 A family is one module under `detection/heads/` that subclasses `DenseHead`, declares its `HeadFamily`
-(mmdetection settings, config checks, registered constructors) with `register_family`, and is imported by
+(mmdetection settings, config checks, registered constructors, its options dataclass: the
+`head.` / `loss.` settings only it reads, e.g. `GFLOptions.reg_max`) with `register_family`, and is imported by
 `detection/heads/__init__.py`. Its priors are the shared anchor grid of `detection/anchors.py` (one square
 anchor per location), which every family here names through `DenseHead.prior_generator`.
 
@@ -28,6 +29,7 @@ Conventions every family keeps, because code outside the family relies on them:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -36,7 +38,9 @@ from typing import Any, Callable, ClassVar, NamedTuple, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ...config import AnchorConfig, AssignerConfig, ConventionConfig, HeadConfig, LossConfig, ModelConfig
+from ...config import (
+    FAMILY_OPTIONS, AnchorConfig, AssignerConfig, ConventionConfig, FamilyOptions, HeadConfig, LossConfig, ModelConfig,
+)
 from ...ops.dcn import ModulatedDeformConv2d
 from ...registry import ModelEntry, register_model
 from ..anchors import AnchorGenerator
@@ -110,7 +114,7 @@ class DenseHead(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.family.check(config)
+        self.options = self.family.check(config)  # the family's own options (its `HeadFamily.options` dataclass)
         self.num_classes = config.num_classes
         self.num_levels = len(config.anchors.strides)
         self.strides = [float(s) for s in config.anchors.strides]
@@ -216,12 +220,12 @@ class HeadFamily:
     """Everything about one head family outside its network, read by the zoo, the converters and the registry.
 
     kind: `HeadConfig.kind`; head: the `DenseHead` subclass; cls_losses: the `loss.cls_loss` values it trains
-    with; box_distributions: whether it predicts box distributions (needed by `head.dgqp`);
-    mmdet_head / mmdet_conventions / mmdet_loss: the `HeadConfig`, `ConventionConfig` and `LossConfig` fields
-    that mmdetection's configs of this detector set (what a converted checkpoint computes with; `mmdet_config`);
-    variant_config: `Variant` -> `ModelConfig` of a registered constructor; variants: those constructors.
-    options: the `head.` / `loss.` fields that are this family's own (`check` refuses another family's option
-    set away from its default, which would otherwise be ignored without a word).
+    with; mmdet_head / mmdet_conventions / mmdet_loss: the `HeadConfig`, `ConventionConfig` and `LossConfig`
+    fields and the family's options that mmdetection's configs of this detector set (what a converted checkpoint
+    computes with; `mmdet_config`); variant_config: `Variant` -> `ModelConfig` of a registered constructor;
+    variants: those constructors. options: the family's own options dataclass (`FamilyOptions`, declared in its
+    module), set with `head.<field>` / `loss.<field>` and stored in `HeadConfig.options`; another family's option
+    set away from its default is refused (it would otherwise be ignored without a word).
     """
 
     kind: str
@@ -232,60 +236,40 @@ class HeadFamily:
     mmdet_loss: dict[str, Any]
     variant_config: Callable[[Variant], ModelConfig]
     variants: tuple[Variant, ...] = ()
-    box_distributions: bool = False
     cls_loss_note: str = ""  # why only `cls_losses`, said with the error
-    # The family's own options: the `head.` / `loss.` fields only this family (or a few) reads, e.g.
-    # "head.reg_max". Another family's option set away from its default is refused (it would do nothing).
-    options: tuple[str, ...] = ()
+    options: type[FamilyOptions] = FamilyOptions  # the fields only this family reads (e.g. GFL's `reg_max`)
 
     def mmdet_config(self, **head_fields: Any) -> dict[str, Any]:
         """The `ModelConfig` fields of this family as mmdetection sets them: `head` (mmdetection's head fields,
         then `head_fields`, e.g. what a converter read from a checkpoint), `anchors`, `conventions`, `assigner`
         (anchor IoUs only: mmdetection's detectors are the plain ones) and `loss`. Every mmdetection dense
-        detector here centres its anchors at (x, y) * stride."""
+        detector here centres its anchors at (x, y) * stride. Fields that are the family's options go to
+        `head.options`."""
+        shared_head = {f.name for f in dataclasses.fields(HeadConfig)}
+        shared_loss = {f.name for f in dataclasses.fields(LossConfig)}
+        head = {**self.mmdet_head, **head_fields}
+        options = {k: v for k, v in {**head, **self.mmdet_loss}.items() if k not in shared_head | shared_loss}
         return dict(
-            head=HeadConfig(kind=self.kind, **{**self.mmdet_head, **head_fields}),
+            head=HeadConfig(kind=self.kind, options=options, **{k: v for k, v in head.items() if k in shared_head}),
             anchors=AnchorConfig(center_offset=0.0),
             conventions=ConventionConfig(**self.mmdet_conventions),
             assigner=AssignerConfig(pred_weight=0.0, anchor_weight=1.0),
-            loss=LossConfig(**self.mmdet_loss),
+            loss=LossConfig(**{k: v for k, v in self.mmdet_loss.items() if k in shared_loss}),
         )
 
-    def check(self, config: ModelConfig) -> None:
-        """Clear errors for settings every family checks the same way (raised when the head is built)."""
-        head, loss = config.head, config.loss
+    def check(self, config: ModelConfig) -> FamilyOptions:
+        """Clear errors for settings every family checks the same way (raised when the head is built); returns
+        the family's options (`config.head.options` checked against them, defaults filled in)."""
+        loss = config.loss
         if loss.cls_loss not in self.cls_losses:
             raise ValueError(
                 f"loss.cls_loss={loss.cls_loss!r} is not available for head.kind={self.kind!r}; use "
                 + " or ".join(repr(c) for c in self.cls_losses) + (f" ({self.cls_loss_note})" if self.cls_loss_note else "")
             )
-        if head.dgqp and not self.box_distributions:
-            raise ValueError(
-                f"head.dgqp=True needs box distributions (GFLV2's quality predictor); head.kind={self.kind!r} "
-                "regresses boxes directly: use head.kind='gfl' or set head.dgqp=False"
-            )
-        for key, owners in family_options().items():
-            section, name = key.split(".")
-            value = getattr(getattr(config, section), name)
-            default = getattr(_DEFAULT_SECTIONS[section], name)
-            if self.kind not in owners and value != default:
-                raise ValueError(
-                    f"{key}={value!r} has no effect with head.kind={self.kind!r}: it is an option of the "
-                    f"{' / '.join(repr(o) for o in owners)} head family; leave it at its default ({default!r})"
-                )
+        return config.head.family_options()
 
 
 FAMILIES: dict[str, HeadFamily] = {}  # head kind -> its family (its `head` is the module class)
-_DEFAULT_SECTIONS = {"head": HeadConfig(), "loss": LossConfig()}
-
-
-def family_options() -> dict[str, list[str]]:
-    """Every family option ("head.reg_max", ...) -> the kinds of the families that read it."""
-    owners: dict[str, list[str]] = {}
-    for family in FAMILIES.values():
-        for key in family.options:
-            owners.setdefault(key, []).append(family.kind)
-    return owners
 
 
 def register_family(family: HeadFamily) -> HeadFamily:
@@ -297,6 +281,7 @@ def register_family(family: HeadFamily) -> HeadFamily:
     family.head.kind = family.kind
     family.head.family = family
     FAMILIES[family.kind] = family
+    FAMILY_OPTIONS[family.kind] = family.options
     for variant in family.variants:
         register_model(ModelEntry(name=variant.name, family=family.kind, trunk=variant.trunk, dcn=variant.dcn,
                                   config=functools.partial(family.variant_config, variant), doc=variant.doc))

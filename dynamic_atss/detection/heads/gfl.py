@@ -41,12 +41,14 @@ in the head, as in GFL.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ...config import BackboneConfig, ModelConfig
+from ...config import BackboneConfig, FamilyOptions, ModelConfig, loss_option
 from ...registry import BACKBONES
 from ..assigner import CombinedIoUAssigner
 from ..losses import distribution_focal_loss, joint_quality_focal_loss, quality_focal_loss, reduce_mean
@@ -59,22 +61,30 @@ from .base import (
 _TARGET_EPS = 0.01
 
 
-def check_gfl_config(config: ModelConfig) -> None:
-    """Clear errors for settings the GFL family cannot use (raised when the model is built)."""
-    head, loss = config.head, config.loss
-    if not isinstance(head.reg_max, int) or head.reg_max < 1:
-        raise ValueError(
-            f"head.reg_max={head.reg_max!r}: the box distributions need at least 2 bins (reg_max >= 1); GFL uses 16"
-        )
-    if head.dgqp:
-        bins = head.reg_max + 1
-        if not 1 <= head.dgqp_topk <= bins:
+@dataclass
+class GFLOptions(FamilyOptions):
+    """The GFL family's own options (`head.reg_max`, `head.dgqp`, ..., `loss.dfl_weight`; see `FamilyOptions`)."""
+
+    reg_max: int = 16  # box sides as distributions over reg_max + 1 bins
+    dgqp: bool = False  # GFLV2's distribution-guided quality predictor
+    dgqp_topk: int = 4  # DGQP: top-k probabilities of each side's distribution
+    dgqp_hidden: int = 64  # DGQP: hidden channels
+    dfl_weight: float = loss_option(0.25)  # distribution focal loss
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reg_max, int) or self.reg_max < 1:
             raise ValueError(
-                f"head.dgqp_topk={head.dgqp_topk} must be between 1 and the number of bins per side, "
-                f"reg_max + 1 = {bins}; GFLV2 uses 4"
+                f"head.reg_max={self.reg_max!r}: the box distributions need at least 2 bins (reg_max >= 1); GFL uses 16"
             )
-        if head.dgqp_hidden < 1:
-            raise ValueError(f"head.dgqp_hidden={head.dgqp_hidden} must be >= 1; GFLV2 uses 64")
+        if self.dgqp:
+            bins = self.reg_max + 1
+            if not 1 <= self.dgqp_topk <= bins:
+                raise ValueError(
+                    f"head.dgqp_topk={self.dgqp_topk} must be between 1 and the number of bins per side, "
+                    f"reg_max + 1 = {bins}; GFLV2 uses 4"
+                )
+            if self.dgqp_hidden < 1:
+                raise ValueError(f"head.dgqp_hidden={self.dgqp_hidden} must be >= 1; GFLV2 uses 64")
 
 
 class GFLHead(DenseHead):
@@ -84,23 +94,22 @@ class GFLHead(DenseHead):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        check_gfl_config(config)
-        head = config.head
+        head, options = config.head, self.options
         self.loss_cfg = config.loss
-        self.reg_max = head.reg_max
-        self.dgqp_topk = head.dgqp_topk
+        self.reg_max = options.reg_max
+        self.dgqp_topk = options.dgqp_topk
         # GFL (v1) has no quality output: the names depend on the configuration, not only on the family.
-        self.output_names = ("cls_logits", "box_dist_logits") + (("quality_logits",) if head.dgqp else ())
+        self.output_names = ("cls_logits", "box_dist_logits") + (("quality_logits",) if options.dgqp else ())
         self.cls_tower = conv_gn_tower(head, config.fpn_channels)
         self.box_tower = conv_gn_tower(head, config.fpn_channels)
         self.cls_logits = nn.Conv2d(head.channels, config.num_classes, 3, 1, 1)
         self.bbox_pred = nn.Conv2d(head.channels, 4 * (self.reg_max + 1), 3, 1, 1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(self.num_levels))
         self.dgqp: nn.Sequential | None = None
-        if head.dgqp:
+        if options.dgqp:
             self.dgqp = nn.Sequential(
-                nn.Conv2d(4 * (head.dgqp_topk + 1), head.dgqp_hidden, 1), nn.ReLU(inplace=True),
-                nn.Conv2d(head.dgqp_hidden, 1, 1),
+                nn.Conv2d(4 * (options.dgqp_topk + 1), options.dgqp_hidden, 1), nn.ReLU(inplace=True),
+                nn.Conv2d(options.dgqp_hidden, 1, 1),
             )
         # The bin values 0..reg_max (not a parameter, not saved: it follows from reg_max).
         self.register_buffer("bin_values", torch.arange(self.reg_max + 1, dtype=torch.float32), persistent=False)
@@ -194,7 +203,7 @@ class GFLHead(DenseHead):
         side_targets = side_targets.clamp(min=0, max=self.reg_max - _TARGET_EPS)
         # clamped into range just above: no need for the loss's range check (a host-device synchronisation)
         dfl = distribution_focal_loss(pos_logits.reshape(-1, self.reg_max + 1), side_targets.reshape(-1), check=False)
-        loss_dfl = (dfl.view(-1, 4).mean(dim=-1) * weights).sum() / weight_sum * self.loss_cfg.dfl_weight
+        loss_dfl = (dfl.view(-1, 4).mean(dim=-1) * weights).sum() / weight_sum * self.options.dfl_weight
 
         outputs = (box_dist_logits,) if quality_logits is None else (box_dist_logits, quality_logits)
         return {
@@ -253,8 +262,7 @@ GFL = register_family(HeadFamily(
     head=GFLHead,
     cls_losses=("qfl",),
     cls_loss_note="GFL / GFLV2 train their joint classification-quality score with QFL",
-    box_distributions=True,
-    options=("head.reg_max", "head.dgqp", "head.dgqp_topk", "head.dgqp_hidden", "loss.dfl_weight"),
+    options=GFLOptions,
     mmdet_head=dict(conv_bias=False, num_groups=32, reg_max=16, dgqp_topk=4, dgqp_hidden=64),
     mmdet_conventions=dict(relu_before_p7=False, score_sqrt=False, pre_nms_rank_by_joint=False),
     mmdet_loss=dict(cls_loss="qfl", box_weight=2.0, dfl_weight=0.25),

@@ -45,12 +45,14 @@ assignment (anchor IoUs only, Table V "VFNet"); 1 is the "+CIoUs" row.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
-from ...config import BackboneConfig, ModelConfig
+from ...config import BackboneConfig, FamilyOptions, ModelConfig, loss_option
 from ...ops.dcn import DeformConv2d
 from ...registry import BACKBONES
 from ..assigner import CombinedIoUAssigner, paired_iou
@@ -64,6 +66,20 @@ from .base import (
 OFFSET_GRADIENT_SCALE = 0.1
 # IoUs are clamped here before they serve as targets and weights (VarifocalNet's reference code).
 _MIN_IOU = 1e-6
+
+
+@dataclass
+class VFNetOptions(FamilyOptions):
+    """The VFNet family's own options (`head.assign_boxes`, `loss.box_init_weight`, ...; see `FamilyOptions`)."""
+
+    assign_boxes: Literal["initial", "refined"] = "refined"  # the predicted boxes the combined-IoU assigner uses
+    focal_gamma: float = loss_option(2.0)  # varifocal loss
+    vfl_alpha: float = loss_option(0.75)  # varifocal loss
+    box_init_weight: float = loss_option(1.5)  # GIoU of the initial box
+
+    def __post_init__(self) -> None:
+        if self.assign_boxes not in ("initial", "refined"):
+            raise ValueError(f"head.assign_boxes={self.assign_boxes!r} is unknown; use 'initial' or 'refined'")
 
 
 def distance_to_boxes(distances: Tensor, anchors: Tensor) -> Tensor:
@@ -115,11 +131,9 @@ class VFNetHead(DenseHead):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        head, loss = config.head, config.loss
-        if head.assign_boxes not in ("initial", "refined"):
-            raise ValueError(f"head.assign_boxes={head.assign_boxes!r} is unknown; use 'initial' or 'refined'")
-        self.loss_cfg = loss
-        self.assign_boxes = head.assign_boxes
+        head = config.head
+        self.loss_cfg = config.loss
+        self.assign_boxes = self.options.assign_boxes
         self.reg_denoms = [config.anchors.octave_scale * s for s in self.strides]
         channels = head.channels
         self.cls_tower = conv_gn_tower(head, config.fpn_channels)
@@ -176,15 +190,15 @@ class VFNetHead(DenseHead):
         pos = gather_positive(assignment, inputs.targets)
         img_idx, anchor_idx, labels, gt_boxes = pos["img"], pos["anchor"], pos["labels"], pos["gt_boxes"]
         num_pos = reduce_mean(torch.tensor(float(img_idx.numel()), device=cls_logits.device)).clamp(min=1.0)
-        cfg = self.loss_cfg
+        cfg, options = self.loss_cfg, self.options
 
         pos_anchors = anchors[anchor_idx]
-        loss_box_init, _ = _iou_weighted_giou(box_init, img_idx, anchor_idx, pos_anchors, gt_boxes, cfg.box_init_weight)
+        loss_box_init, _ = _iou_weighted_giou(box_init, img_idx, anchor_idx, pos_anchors, gt_boxes, options.box_init_weight)
         loss_box, refined_iou = _iou_weighted_giou(box_refine, img_idx, anchor_idx, pos_anchors, gt_boxes, cfg.box_weight)
 
         cls_targets = torch.zeros_like(cls_logits)
         cls_targets[img_idx, anchor_idx, labels] = refined_iou  # the IoU of the *refined* box with its GT
-        loss_cls = varifocal_loss(cls_logits, cls_targets, cfg.vfl_alpha, cfg.focal_gamma) / num_pos
+        loss_cls = varifocal_loss(cls_logits, cls_targets, options.vfl_alpha, options.focal_gamma) / num_pos
         return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_box_init": loss_box_init}, assignment.stats
 
     # ------------------------------------------------------------------ inference
@@ -229,7 +243,7 @@ VFNET = register_family(HeadFamily(
     head=VFNetHead,
     cls_losses=("vfl",),
     cls_loss_note="its IoU-aware classification score is trained with the Varifocal loss",
-    options=("head.assign_boxes", "loss.focal_gamma", "loss.vfl_alpha", "loss.box_init_weight"),
+    options=VFNetOptions,
     mmdet_head=dict(num_convs=3, conv_bias=False, num_groups=32),
     mmdet_conventions=dict(relu_before_p7=True, score_sqrt=False, pre_nms_rank_by_joint=False),
     mmdet_loss=dict(cls_loss="vfl", vfl_alpha=0.75, focal_gamma=2.0, box_weight=2.0, box_init_weight=1.5),
