@@ -188,7 +188,8 @@ def format_results(results: dict[str, dict[str, list[float]]], seeds: Sequence[i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/torchvision_assignment.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dynamic_atss.integrations.torchvision_benchmark",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument("--assignments", nargs="+", choices=list(ASSIGNMENTS), default=list(ASSIGNMENTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
