@@ -117,6 +117,15 @@ def test_an_out_that_is_a_file_is_one_line(image, tmp_path):
     assert (tmp_path / "taken").read_text() == "x"
 
 
+def test_inputs_that_are_all_missing_are_one_line(tmp_path):
+    """A mistyped image name as the only input gave two `error:` lines without the command's name."""
+    out = tmp_path / "out"
+    result = run_installed("predict", str(tmp_path / "nope.jpg"), str(tmp_path / "empty*.png"), "--model", "r50",
+                           "--random_weights", "--out", str(out))
+    one_line_error(result, "predict", "nope.jpg: no such file or folder")
+    assert "empty*.png: the pattern holds no image files" in result.stderr and not out.exists()
+
+
 # -------------------------------------------------------------------------------- issue 24, item 6: predict's output
 def test_coco_results_max_detections_and_old_flag_names(tmp_path, saved_tiny_model, capsys):
     images = tmp_path / "val"

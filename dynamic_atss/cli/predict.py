@@ -29,6 +29,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import UserInputError
 from . import CommandParser, check_device, load_model_arg, positive_int, run_command, score_threshold
 
 OLD_NAMES = {"--allow_random_weights": "--random_weights", "--dtype": "--precision", "--batch": "--batch_size"}
@@ -84,11 +85,10 @@ def run(argv: list[str]) -> int:
     if skipped:
         shown = ", ".join(str(p) for p in skipped[:5]) + (f", ... ({len(skipped)} in all)" if len(skipped) > 5 else "")
         print(f"warning: skipped {len(skipped)} file(s) that are not images: {shown}", file=sys.stderr)
-    if not paths:
-        for item, problem in failures:
-            print(f"error: {item}: {problem}", file=sys.stderr)
-        print("error: no images to predict on", file=sys.stderr)
-        return 2
+    if not paths:  # (inputs that fail next to readable ones are reported at the end, with exit status 1)
+        shown = "; ".join(f"{item}: {problem}" for item, problem in failures[:3])
+        more = f"; ... ({len(failures)} inputs in all)" if len(failures) > 3 else ""
+        raise UserInputError(f"{shown}{more}; give image files, folders of images or glob patterns")
     out = Path(args.out)
     drawings = [out / name for name in drawing_names(paths)]
     files = [out / RESULTS_NAME] + ([out / "coco_results.json"] if args.format == "coco" else [])
