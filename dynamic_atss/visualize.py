@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 # A fixed palette (matplotlib's tab10), so a class has the same colour in every drawing and every run.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
+
+
+# torchvision >= 0.22 draws each label on a filled box of its colour (legible where boxes and labels crowd);
+# older releases draw the text only.
+_FILLED_LABELS = "fill_labels" in inspect.signature(draw_bounding_boxes).parameters
 
 
 def class_colour(label: int) -> str:
@@ -35,7 +41,10 @@ def draw_detections(image: Tensor, detections: dict[str, Tensor], class_names: l
     if len(boxes) == 0:
         return canvas
     colours = [class_colour(l) for l in detections["labels"][keep].tolist()]
-    return draw_bounding_boxes(canvas, boxes, labels=labels, colors=colours, width=2)  # labels in the box's colour
+    if _FILLED_LABELS:  # white text on the class colour
+        return draw_bounding_boxes(canvas, boxes, labels=labels, colors=colours, width=2, fill_labels=True,
+                                   label_colors="white", label_background_colors=colours)
+    return draw_bounding_boxes(canvas, boxes, labels=labels, colors=colours, width=2)  # text in the box's colour
 
 
 def save_png(image: Tensor, path: str | Path) -> None:

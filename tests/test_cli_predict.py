@@ -168,6 +168,23 @@ def test_boxes_are_coloured_by_class():
     assert {left, right} == colour
 
 
+@pytest.mark.parametrize("filled", [True, False])
+def test_labels_are_white_on_their_class_colour_where_torchvision_can(monkeypatch, filled):
+    """The demo's labels overlapped in the box colour on busy images; now each sits on a filled box of its colour
+    (torchvision >= 0.22), and older torchvision still draws the plain labels."""
+    from dynamic_atss import visualize
+
+    monkeypatch.setattr(visualize, "_FILLED_LABELS", filled)
+    image = torch.zeros(3, 60, 80)
+    detections = {"boxes": torch.tensor([[5.0, 20, 70, 55]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([2])}
+    drawn = visualize.draw_detections(image, detections, ["a", "b", "cat"], 0.5)
+    label_area = drawn[:, 22:30, 7:40].reshape(3, -1).T.tolist()  # inside the box, where the label is written
+    colour = [int(visualize.PALETTE[2][k:k + 2], 16) for k in (1, 3, 5)]
+    background = sum(pixel == colour for pixel in label_area)
+    white_text = sum(min(pixel) > 180 for pixel in label_area)  # the black image has no bright pixel of its own
+    assert (background > len(label_area) / 3) is filled and (white_text > 0) is filled
+
+
 def test_predict_draws_and_reports_in_the_frame_viewers_show(tmp_path, saved_tiny_model):
     """Issue 25: a phone photo stored 160x96 with EXIF orientation 6 was drawn and reported in the stored frame."""
     import PIL.Image
