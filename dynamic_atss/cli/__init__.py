@@ -164,14 +164,12 @@ def load_model_arg(spec: str, random_weights: bool = False, flag: str = "--model
     that cannot be downloaded) is a `UserInputError` that names `flag` and `spec`. Returns the model in eval mode."""
     import warnings  # noqa: PLC0415
 
-    from ..convert.url import WeightsDownloadError  # noqa: PLC0415
     from ..factory import create, load_model  # noqa: PLC0415
-    from ..hub.download import HubFilesMissingError, HubUnreachableError  # noqa: PLC0415
-    from ..hub.serialization import ConfigFormatError, StateDictMismatchError  # noqa: PLC0415
-    from ..registry import FamilyNotAvailableError, NoPretrainedWeightsError  # noqa: PLC0415
+    from ..registry import NoPretrainedWeightsError  # noqa: PLC0415
 
-    wrong_name = (FileNotFoundError, NotADirectoryError, ConfigFormatError, StateDictMismatchError,
-                  WeightsDownloadError, HubUnreachableError, HubFilesMissingError, FamilyNotAvailableError)
+    # Every loading error of the package (a broken or newer folder, a Hub repo, a download) is a UserInputError;
+    # a plain OS error reading the named path is the user's too.
+    wrong_path = (FileNotFoundError, NotADirectoryError)
     try:
         try:
             model = load_model(spec)
@@ -186,6 +184,6 @@ def load_model_arg(spec: str, random_weights: bool = False, flag: str = "--model
         if str(error).startswith(flag):
             raise
         raise UserInputError(f"{flag} {spec}: {error}") from None
-    except wrong_name as error:
+    except wrong_path as error:
         raise UserInputError(f"{flag} {spec}: {error}") from None
     return model.eval()
